@@ -1,0 +1,17 @@
+"""
+The pginfra runbook: take a Debian 12 host to a production PostgreSQL host.
+
+    pyinfra inventories/prod.py deploys/postgres.py
+
+Every step is a ``@deploy`` in ``pginfra/steps/``. Inventory data is validated first, so a typo
+stops the run before any operation changes anything.
+"""
+
+from pginfra.settings import load_settings
+from pginfra.steps import create_cluster, install_packages, run_service
+
+settings = load_settings()  # 0. validate this host's inventory data
+
+install_packages(settings)  # 1. PostgreSQL from Debian's packages
+create_cluster(settings)  # 2. the cluster, created by pginfra with data checksums
+run_service(settings)  # 3. running under systemd, started at boot

@@ -1,0 +1,28 @@
+"""The ``pginfra`` command: ``pginfra rehearsal ...`` and ``pginfra settings``."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["rehearsal"]:
+        from pginfra.rehearsal import main as rehearsal_main
+
+        return rehearsal_main(argv[1:])
+    if argv[:1] == ["settings"]:
+        from pginfra.settings import reference
+
+        sys.stdout.write(reference())
+        return 0
+    print(
+        "usage: pginfra rehearsal {up [--hosts N] | down | status | ssh NAME}\n"
+        "       pginfra settings      print the settings reference",
+        file=sys.stderr,
+    )
+    return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Helpers for inventory files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pyinfra.api.exceptions import PyinfraError
+
+
+def rehearsal_hosts(state_dir: str | os.PathLike | None = None) -> list[tuple[str, dict]]:
+    """
+    pyinfra host entries for the hosts of a rehearsal lab.
+
+    >>> rehearsal_hosts()  # doctest: +SKIP
+    [('pg1', {'ssh_hostname': '10.77.0.10', 'ssh_user': 'root', ...})]
+    """
+    from pginfra.rehearsal import DEFAULT_STATE_DIR
+
+    state_dir = Path(state_dir or os.environ.get("PGINFRA_REHEARSAL_DIR") or DEFAULT_STATE_DIR)
+    state_file = state_dir / "hosts.json"
+    if not state_file.exists():
+        raise PyinfraError(
+            f"no rehearsal hosts in {state_dir}: run 'pginfra rehearsal up' first"
+        )
+    state = json.loads(state_file.read_text())
+    return [
+        (
+            name,
+            {
+                "ssh_hostname": h["address"],
+                "ssh_user": state["user"],
+                "ssh_key": state["key"],
+                "ssh_known_hosts_file": state["known_hosts"],
+                "ssh_strict_host_key_checking": "yes",
+                "ssh_allow_agent": False,
+                "ssh_look_for_keys": False,
+            },
+        )
+        for name, h in sorted(state["hosts"].items())
+    ]

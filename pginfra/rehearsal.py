@@ -1,0 +1,533 @@
+"""Rehearsal hosts: Debian 12 machines booted on this machine with systemd-nspawn.
+
+A *lab* is a set of hosts sharing one bridge and one small subnet. Each host is a copy of a cached
+debootstrap root filesystem, booted with systemd as PID 1 in its own network namespace (a veth
+pair whose machine side is enslaved to the lab's bridge), and reached over SSH with a key made for
+the lab, exactly as a production host is reached.
+
+    lab = Lab.default()
+    lab.up(hosts=1)      # idempotent: running hosts are kept
+    lab.status()
+    lab.down()           # stops hosts, removes veths, bridge, NAT rules and host directories
+
+What inventories and testinfra need is written into the lab's state directory:
+``hosts.json`` (names, addresses, user, key), ``ssh_config`` and ``known_hosts``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+# What a rehearsal host needs to boot, be reached over SSH and be driven by pyinfra.
+ROOTFS_PACKAGES = (
+    "systemd", "systemd-sysv", "dbus", "openssh-server", "sudo", "python3",
+    "iproute2", "ca-certificates", "procps", "less", "locales",
+)
+REQUIRED_TOOLS = ("debootstrap", "systemd-nspawn", "ip", "iptables", "ssh", "ssh-keygen")
+NAME_RE = re.compile(r"[a-z][a-z0-9]{0,10}")  # nspawn names the veth vb-NAME (15 chars max)
+IPT_COMMENT = "pginfra-rehearsal"
+
+DEFAULT_STATE_DIR = Path(os.environ.get("PGINFRA_REHEARSAL_DIR", "/var/lib/pginfra/rehearsal"))
+DEFAULT_CACHE_DIR = Path(os.environ.get("PGINFRA_CACHE_DIR", "/var/cache/pginfra"))
+
+
+class RehearsalError(Exception):
+    """A rehearsal command cannot go on; nothing was changed by the failing step."""
+
+
+def say(message: str) -> None:
+    print(f"rehearsal: {message}", flush=True)
+
+
+def run(cmd: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, text=True, capture_output=True, **kwargs)
+    if check and proc.returncode != 0:
+        output = proc.stderr.strip() or proc.stdout.strip()
+        raise RehearsalError(f"{' '.join(cmd)} failed ({proc.returncode}): {output}")
+    return proc
+
+
+# -- pure helpers (unit-tested) ------------------------------------------------------------------
+
+
+def host_names(prefix: str, count: int) -> list[str]:
+    """``host_names("pg", 2) == ["pg1", "pg2"]``; refuses names nspawn cannot use."""
+    if count < 1 or count > 50:
+        raise RehearsalError(f"--hosts must be between 1 and 50, got {count}")
+    names = [f"{prefix}{i}" for i in range(1, count + 1)]
+    for name in names:
+        if not NAME_RE.fullmatch(name):
+            raise RehearsalError(
+                f"host name {name!r} is not usable: lower-case letters and digits, starting with a"
+                " letter, at most 11 characters (the veth is named vb-NAME)"
+            )
+    return names
+
+
+def plan_addresses(subnet: str, names: list[str]) -> tuple[str, dict[str, str]]:
+    """The gateway (first address) and one address per host, from the 10th address on."""
+    net = ipaddress.ip_network(subnet, strict=True)
+    if net.version != 4:
+        raise RehearsalError(f"subnet {subnet} must be IPv4")
+    hosts = list(net.hosts())
+    if len(hosts) < 10 + len(names):
+        raise RehearsalError(f"subnet {subnet} is too small for {len(names)} hosts")
+    return str(hosts[0]), {name: str(hosts[9 + i]) for i, name in enumerate(names)}
+
+
+def overlapping_routes(subnet: str, routes: list[dict], own_bridge: str) -> list[str]:
+    """Routes (``ip -j route`` entries) that overlap ``subnet`` and are not the lab's own."""
+    net = ipaddress.ip_network(subnet)
+    clashes = []
+    for route in routes:
+        dst = route.get("dst", "")
+        if dst in ("default", "") or route.get("dev") == own_bridge:
+            continue
+        try:
+            other = ipaddress.ip_network(dst, strict=False)
+        except ValueError:
+            continue
+        if other.version == net.version and other.overlaps(net):
+            clashes.append(f"{dst} dev {route.get('dev', '?')}")
+    return clashes
+
+
+def render_ssh_config(hosts: dict[str, str], key: Path, known_hosts: Path) -> str:
+    blocks = []
+    for name, address in hosts.items():
+        blocks.append(
+            f"Host {name}\n"
+            f"    HostName {address}\n"
+            "    User root\n"
+            f"    IdentityFile {key}\n"
+            "    IdentitiesOnly yes\n"
+            f"    UserKnownHostsFile {known_hosts}\n"
+            "    StrictHostKeyChecking yes\n"
+            "    BatchMode yes\n"
+            "    ConnectTimeout 5\n"
+            "    LogLevel ERROR\n"
+        )
+    return "\n".join(blocks)
+
+
+def rootfs_key(packages: tuple[str, ...] = ROOTFS_PACKAGES, suite: str = SUITE,
+               mirror: str = MIRROR) -> str:
+    """Cache key of a root filesystem: changes whenever what debootstrap is asked for changes."""
+    digest = hashlib.sha256(" ".join((suite, mirror, *sorted(packages))).encode()).hexdigest()
+    return f"{suite}-{digest[:12]}"
+
+
+# -- the lab -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Lab:
+    state_dir: Path = DEFAULT_STATE_DIR
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    subnet: str = "10.77.0.0/24"
+    bridge: str = "pginfra0"
+    prefix: str = "pg"
+    mirror: str = MIRROR
+    hosts: dict[str, dict] = field(default_factory=dict)  # name -> {address, pid}
+
+    @classmethod
+    def default(cls, **overrides) -> Lab:
+        """The lab recorded in the state directory, or a new one with the given settings."""
+        state_dir = Path(overrides.pop("state_dir", DEFAULT_STATE_DIR))
+        lab = cls(state_dir=state_dir, **{k: v for k, v in overrides.items() if v is not None})
+        recorded = lab.load_state()
+        if recorded:
+            for key in ("subnet", "bridge", "prefix"):
+                wanted = overrides.get(key)
+                if wanted is not None and wanted != recorded[key]:
+                    raise RehearsalError(
+                        f"the lab in {state_dir} uses {key} {recorded[key]}, not {wanted}:"
+                        " run 'down' first, or use another --state-dir"
+                    )
+                setattr(lab, key, recorded[key])
+            lab.hosts = recorded["hosts"]
+        return lab
+
+    # paths
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "hosts.json"
+
+    @property
+    def key(self) -> Path:
+        return self.state_dir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state_dir / "known_hosts"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.state_dir / "ssh_config"
+
+    def host_dir(self, name: str) -> Path:
+        return self.state_dir / "hosts" / name
+
+    def rootfs_dir(self) -> Path:
+        return self.cache_dir / "rootfs" / rootfs_key(mirror=self.mirror)
+
+    # state
+    def load_state(self) -> dict | None:
+        if not self.state_file.exists():
+            return None
+        return json.loads(self.state_file.read_text())
+
+    def save_state(self, extra: dict | None = None) -> None:
+        recorded = self.load_state() or {}
+        recorded.update(
+            subnet=self.subnet, bridge=self.bridge, prefix=self.prefix, hosts=self.hosts,
+            user="root", key=str(self.key), known_hosts=str(self.known_hosts),
+            ssh_config=str(self.ssh_config),
+        )
+        if extra:
+            recorded.update(extra)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+        tmp.replace(self.state_file)
+
+    # checks made before anything changes
+    def preflight(self, names: list[str]) -> None:
+        if platform.system() != "Linux":
+            raise RehearsalError(f"rehearsal hosts need Linux, this is {platform.system()}")
+        if os.geteuid() != 0:
+            raise RehearsalError("rehearsal hosts need root (debootstrap, nspawn, veth, iptables)")
+        missing = [tool for tool in REQUIRED_TOOLS if not shutil.which(tool)]
+        if missing:
+            raise RehearsalError(
+                f"missing tools: {', '.join(missing)} (apt-get install debootstrap"
+                " systemd-container iptables iproute2 openssh-client)"
+            )
+        if not re.fullmatch(r"[a-z][a-z0-9-]{0,14}", self.bridge):
+            raise RehearsalError(f"bridge name {self.bridge!r} is not a usable interface name")
+        links = {link["ifname"]: link for link in json.loads(run(["ip", "-j", "link"]).stdout)}
+        bridge = links.get(self.bridge)
+        if bridge and not self.load_state():
+            raise RehearsalError(f"interface {self.bridge} already exists and is not this lab's")
+        routes = json.loads(run(["ip", "-j", "route"]).stdout)
+        clashes = overlapping_routes(self.subnet, routes, self.bridge)
+        if clashes:
+            raise RehearsalError(f"subnet {self.subnet} is taken: {'; '.join(clashes)}")
+        for name in names:
+            if name in self.hosts and self.is_running(name):
+                continue
+            if f"vb-{name}" in links:
+                raise RehearsalError(f"host name {name} is taken: interface vb-{name} exists")
+            if self._nspawn_pids(name):
+                raise RehearsalError(f"host name {name} is taken: a container {name} runs")
+
+    # building blocks
+    def build_rootfs(self) -> Path:
+        """debootstrap a Debian 12 root once; later calls return the cached copy."""
+        target = self.rootfs_dir()
+        if (target / ".pginfra-complete").exists():
+            return target
+        work = target.with_name(target.name + ".partial")
+        shutil.rmtree(work, ignore_errors=True)
+        work.parent.mkdir(parents=True, exist_ok=True)
+        say(f"building the Debian 12 root filesystem in {target} (debootstrap, once)")
+        started = time.monotonic()
+        run([
+            "debootstrap", "--variant=minbase", f"--include={','.join(ROOTFS_PACKAGES)}",
+            SUITE, str(work), self.mirror,
+        ])
+        # Per-host identity is made when a host is created, never shared through the cache.
+        for path in (work / "etc/ssh").glob("ssh_host_*"):
+            path.unlink()
+        (work / "etc/machine-id").write_text("")
+        (work / "etc/default/locale").write_text("LANG=C.UTF-8\n")
+        (work / "etc/systemd/system/multi-user.target.wants").mkdir(parents=True, exist_ok=True)
+        (work / "etc/systemd/system/multi-user.target.wants/systemd-networkd.service").symlink_to(
+            "/lib/systemd/system/systemd-networkd.service"
+        )
+        # A container has no use for a login prompt on its console.
+        (work / "etc/systemd/system/console-getty.service").symlink_to("/dev/null")
+        (work / ".pginfra-complete").write_text(f"{time.monotonic() - started:.1f}\n")
+        work.rename(target)
+        say(f"root filesystem built in {time.monotonic() - started:.0f}s")
+        return target
+
+    def ensure_key(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        if not self.key.exists():
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pginfra-rehearsal",
+                 "-f", str(self.key)])
+
+    def ensure_network(self, gateway: str) -> None:
+        prefixlen = ipaddress.ip_network(self.subnet).prefixlen
+        links = {link["ifname"] for link in json.loads(run(["ip", "-j", "link"]).stdout)}
+        if self.bridge not in links:
+            say(f"creating bridge {self.bridge} with {gateway}/{prefixlen}")
+            run(["ip", "link", "add", self.bridge, "type", "bridge"])
+        addrs = json.loads(run(["ip", "-j", "addr", "show", "dev", self.bridge]).stdout)
+        have = {a["local"] for entry in addrs for a in entry.get("addr_info", [])}
+        if gateway not in have:
+            run(["ip", "addr", "add", f"{gateway}/{prefixlen}", "dev", self.bridge])
+        run(["ip", "link", "set", self.bridge, "up"])
+
+        recorded = self.load_state() or {}
+        if "ip_forward_before" not in recorded:
+            before = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+            self.save_state({"ip_forward_before": before})
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+        for rule in self._iptables_rules():
+            if run(["iptables", *rule[:2], "-C", *rule[2:]], check=False).returncode != 0:
+                run(["iptables", *rule[:2], "-A", *rule[2:]])
+
+    def _iptables_rules(self) -> list[list[str]]:
+        comment = ["-m", "comment", "--comment", f"{IPT_COMMENT}:{self.bridge}"]
+        return [
+            ["-t", "nat", "POSTROUTING", "-s", self.subnet, "!", "-d", self.subnet,
+             "-j", "MASQUERADE", *comment],
+            ["-t", "filter", "FORWARD", "-i", self.bridge, "-j", "ACCEPT", *comment],
+            ["-t", "filter", "FORWARD", "-o", self.bridge, "-j", "ACCEPT", *comment],
+        ]
+
+    def create_host(self, name: str, address: str, gateway: str) -> Path:
+        """Copy the cached root and give it its own identity, address and authorised key."""
+        root = self.host_dir(name) / "rootfs"
+        if root.exists():
+            return root
+        partial = root.with_name("rootfs.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        run(["cp", "-a", "--reflink=auto", str(self.build_rootfs()), str(partial)])
+        (partial / ".pginfra-complete").unlink()
+        prefixlen = ipaddress.ip_network(self.subnet).prefixlen
+        (partial / "etc/hostname").write_text(f"{name}\n")
+        (partial / "etc/hosts").write_text(
+            f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        )
+        (partial / "etc/systemd/network/10-host0.network").write_text(
+            f"[Match]\nName=host0\n\n[Network]\nAddress={address}/{prefixlen}\n"
+            f"Gateway={gateway}\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+        )
+        resolv = partial / "etc/resolv.conf"
+        if resolv.is_symlink() or resolv.exists():
+            resolv.unlink()
+        shutil.copyfile("/etc/resolv.conf", resolv)
+        ssh_dir = partial / "root/.ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        shutil.copyfile(self.key.with_suffix(".pub"), ssh_dir / "authorized_keys")
+        os.chmod(ssh_dir / "authorized_keys", 0o600)
+        host_key = partial / "etc/ssh/ssh_host_ed25519_key"
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{name}",
+             "-f", str(host_key)])
+        partial.rename(root)
+        return root
+
+    def start_host(self, name: str) -> int:
+        root = self.host_dir(name) / "rootfs"
+        log = open(self.host_dir(name) / "console.log", "ab")  # noqa: SIM115 (kept by the child)
+        proc = subprocess.Popen(
+            ["systemd-nspawn", "--quiet", "-D", str(root), "-M", name, "--boot",
+             "--register=no", "--keep-unit", f"--network-bridge={self.bridge}",
+             "--console=read-only"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        return proc.pid
+
+    def _nspawn_pids(self, name: str) -> list[int]:
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if (
+                argv[0].endswith(b"systemd-nspawn")
+                and b"-M" in argv[:-1]
+                and argv[argv.index(b"-M") + 1] == name.encode()
+            ):
+                pids.append(int(proc.name))
+        return pids
+
+    def is_running(self, name: str) -> bool:
+        pid = self.hosts.get(name, {}).get("pid")
+        return bool(pid) and pid in self._nspawn_pids(name)
+
+    def wait_for_ssh(self, name: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if not self.is_running(name):
+                raise RehearsalError(
+                    f"{name} stopped while booting; see {self.host_dir(name) / 'console.log'}"
+                )
+            proc = self.ssh(name, ["systemctl", "is-system-running", "--wait"], check=False)
+            state = proc.stdout.strip()
+            if proc.returncode == 0 or state in ("running", "degraded"):
+                if state == "degraded":
+                    failed = self.ssh(name, ["systemctl", "--failed", "--no-legend"], check=False)
+                    say(f"{name} booted degraded: {failed.stdout.strip()}")
+                return
+            last = proc.stderr.strip() or state
+            time.sleep(0.5)
+        raise RehearsalError(f"{name} did not answer over SSH within {timeout:.0f}s: {last}")
+
+    def ssh(self, name: str, command: list[str], check: bool = True,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+        return run(["ssh", "-F", str(self.ssh_config), name, "--", *command], check=check,
+                   timeout=timeout)
+
+    def write_access_files(self) -> None:
+        addresses = {name: h["address"] for name, h in self.hosts.items()}
+        self.ssh_config.write_text(render_ssh_config(addresses, self.key, self.known_hosts))
+        lines = []
+        for name, h in self.hosts.items():
+            pub = (self.host_dir(name) / "rootfs/etc/ssh/ssh_host_ed25519_key.pub").read_text()
+            key_type, key_data = pub.split()[:2]
+            lines.append(f"{h['address']} {key_type} {key_data}")
+            lines.append(f"{name} {key_type} {key_data}")
+        self.known_hosts.write_text("\n".join(lines) + "\n")
+
+    # commands
+    def up(self, count: int = 1) -> dict[str, dict]:
+        names = host_names(self.prefix, count)
+        self.preflight(names)
+        gateway, addresses = plan_addresses(self.subnet, names)
+        self.ensure_key()
+        self.build_rootfs()
+        self.ensure_network(gateway)
+        for name in names:
+            self.hosts.setdefault(name, {"address": addresses[name], "pid": None})
+            self.hosts[name]["address"] = addresses[name]
+            self.create_host(name, addresses[name], gateway)
+        self.save_state()
+        self.write_access_files()
+        for name in names:
+            if self.is_running(name):
+                say(f"{name} is already running at {self.hosts[name]['address']}")
+                continue
+            say(f"booting {name} at {self.hosts[name]['address']}")
+            started = time.monotonic()
+            self.hosts[name]["pid"] = self.start_host(name)
+            self.save_state()
+            self.wait_for_ssh(name)
+            self.hosts[name]["boot_seconds"] = round(time.monotonic() - started, 1)
+            self.save_state()
+            say(f"{name} is up over SSH after {time.monotonic() - started:.1f}s")
+        return self.hosts
+
+    def stop_host(self, name: str, timeout: float = 30) -> None:
+        pids = self._nspawn_pids(name)
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)  # nspawn asks the container's systemd to power off
+        deadline = time.monotonic() + timeout
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+            time.sleep(0.2)
+        for pid in pids:
+            say(f"{name} did not power off within {timeout:.0f}s; killing it")
+            os.kill(pid, signal.SIGKILL)
+
+    def down(self) -> None:
+        if platform.system() != "Linux" or os.geteuid() != 0:
+            raise RehearsalError("rehearsal hosts need root on Linux")
+        recorded = self.load_state()
+        if recorded is None:
+            say(f"no lab recorded in {self.state_dir}; nothing to do")
+            return
+        for name in list(self.hosts):
+            say(f"stopping {name}")
+            self.stop_host(name)
+            link = f"vb-{name}"
+            if run(["ip", "link", "show", link], check=False).returncode == 0:
+                run(["ip", "link", "del", link])
+        for rule in self._iptables_rules():
+            while run(["iptables", *rule[:2], "-C", *rule[2:]], check=False).returncode == 0:
+                run(["iptables", *rule[:2], "-D", *rule[2:]])
+        if run(["ip", "link", "show", self.bridge], check=False).returncode == 0:
+            run(["ip", "link", "del", self.bridge])
+        before = recorded.get("ip_forward_before")
+        if before is not None:
+            Path("/proc/sys/net/ipv4/ip_forward").write_text(f"{before}\n")
+        shutil.rmtree(self.state_dir)
+        self.hosts = {}
+        say("lab removed; the root filesystem cache stays in " + str(self.rootfs_dir().parent))
+
+    def status(self) -> list[dict]:
+        rows = []
+        for name, h in self.hosts.items():
+            running = self.is_running(name)
+            reachable = running and self.ssh(name, ["true"], check=False,
+                                             timeout=15).returncode == 0
+            rows.append({"name": name, "address": h["address"], "running": running,
+                         "ssh": reachable})
+        return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="pginfra rehearsal",
+        description="Boot Debian 12 rehearsal hosts on this machine (systemd-nspawn, reached "
+                    "over SSH) and tear them down again.",
+    )
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                        help="where the lab keeps hosts, key, ssh_config (default %(default)s)")
+    parser.add_argument("--subnet", help="IPv4 subnet of the lab (default 10.77.0.0/24)")
+    parser.add_argument("--bridge", help="bridge interface name (default pginfra0)")
+    parser.add_argument("--prefix", help="host name prefix: pg gives pg1, pg2... (default pg)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="build, boot and wait for hosts (idempotent)")
+    up.add_argument("--hosts", type=int, default=1, help="how many hosts (default 1)")
+    sub.add_parser("down", help="stop hosts and remove everything the lab made")
+    status = sub.add_parser("status", help="list hosts, addresses and whether SSH answers")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    ssh = sub.add_parser("ssh", help="open a shell, or run a command, on a host")
+    ssh.add_argument("name")
+    ssh.add_argument("cmd", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+
+    try:
+        lab = Lab.default(state_dir=args.state_dir, subnet=args.subnet, bridge=args.bridge,
+                          prefix=args.prefix)
+        if args.command == "up":
+            lab.up(args.hosts)
+            say(f"inventory data: {lab.state_file}; ssh config: {lab.ssh_config}")
+        elif args.command == "down":
+            lab.down()
+        elif args.command == "status":
+            rows = lab.status()
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            elif not rows:
+                print("no rehearsal hosts")
+            for row in [] if args.json else rows:
+                print(f"{row['name']:<12} {row['address']:<15} "
+                      f"{'running' if row['running'] else 'stopped':<8} "
+                      f"ssh {'ok' if row['ssh'] else 'down'}")
+        elif args.command == "ssh":
+            if args.name not in lab.hosts:
+                raise RehearsalError(f"no rehearsal host named {args.name!r}")
+            os.execvp("ssh", ["ssh", "-F", str(lab.ssh_config), args.name, *args.cmd])
+    except RehearsalError as exc:
+        print(f"rehearsal: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,223 @@
+"""Every setting a user may change, declared once: name, default, type and meaning.
+
+This module is the single source of truth for inventory data. ``docs/settings.md`` is generated
+from it (``python -m pginfra.settings > docs/settings.md``) and a unit test keeps the two equal.
+
+Settings are read from pyinfra host data (host data > group data > ``all``; ``--data`` wins) and
+validated before the first operation runs::
+
+    from pginfra.settings import load_settings
+
+    settings = load_settings()       # raises SettingsError naming host, key and problem
+    settings.postgres_port           # -> 5432
+
+pginfra owns every data key that starts with one of ``OWNED_PREFIXES``; an unknown key there is
+an error with a "did you mean" suggestion. A key outside those prefixes that looks like a typo of
+a setting (``postgress_port``) is an error too. Everything else (``ssh_user``, your own keys) is
+left alone.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pyinfra.api.exceptions import PyinfraError
+
+OWNED_PREFIXES = ("postgres_", "pgbouncer_", "pginfra_", "backup_", "health_")
+
+# Debian package names (Debian policy 5.6.1), optionally pinned with =version.
+_DEB_PACKAGE = r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$"
+
+
+class SettingsError(PyinfraError):
+    """Inventory data failed validation; the message names each host, key and problem."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One user-changeable setting."""
+
+    name: str
+    default: Any
+    type: type
+    meaning: str
+    choices: tuple | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+    pattern: str | None = None  # for str, and for each item of a list
+    item_type: type | None = None  # for list
+
+    def check(self, value: Any) -> str | None:
+        """Return a problem description for ``value``, or None when it is acceptable."""
+        if self.type is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                return f"expected an integer, got {value!r}"
+            if self.minimum is not None and value < self.minimum:
+                return f"must be at least {self.minimum}, got {value}"
+            if self.maximum is not None and value > self.maximum:
+                return f"must be at most {self.maximum}, got {value}"
+        elif self.type is bool:
+            if not isinstance(value, bool):
+                return f"expected true or false, got {value!r}"
+        elif self.type is str:
+            if not isinstance(value, str):
+                return f"expected a string, got {value!r}"
+            if self.pattern and not re.fullmatch(self.pattern, value):
+                return f"{value!r} does not match {self.pattern}"
+        elif self.type is list:
+            if not isinstance(value, list | tuple):
+                return f"expected a list, got {value!r}"
+            for item in value:
+                if self.item_type and not isinstance(item, self.item_type):
+                    return f"list items must be {self.item_type.__name__}, got {item!r}"
+                if self.pattern and not re.fullmatch(self.pattern, str(item)):
+                    return f"list item {item!r} does not match {self.pattern}"
+        if self.choices is not None and value not in self.choices:
+            allowed = ", ".join(repr(c) for c in self.choices)
+            return f"must be one of {allowed}, got {value!r}"
+        return None
+
+    @property
+    def type_name(self) -> str:
+        if self.type is list and self.item_type:
+            return f"list of {self.item_type.__name__}"
+        return self.type.__name__
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "postgres_version", 15, int,
+        "PostgreSQL major version, installed from Debian's own packages.",
+        choices=(15,),
+    ),
+    Setting(
+        "postgres_cluster", "main", str,
+        "Name of the cluster pginfra manages (as pg_lsclusters shows it).",
+        pattern=r"[a-z][a-z0-9_]{0,30}",
+    ),
+    Setting(
+        "postgres_port", 5432, int,
+        "TCP port the cluster listens on.",
+        minimum=1024, maximum=65535,
+    ),
+    Setting(
+        "postgres_locale", "C.UTF-8", str,
+        "Locale of a new cluster (initdb --locale); it must exist on the host.",
+        pattern=r"[A-Za-z0-9_.@-]+",
+    ),
+    Setting(
+        "postgres_data_checksums", True, bool,
+        "Create new clusters with data checksums (initdb --data-checksums).",
+    ),
+    Setting(
+        "postgres_extra_packages", [], list,
+        "More Debian packages to install with the server, e.g. postgresql-15-pgvector.",
+        item_type=str, pattern=_DEB_PACKAGE,
+    ),
+    Setting(
+        "pginfra_apt_cache_time", 3600, int,
+        "Seconds an apt package index stays fresh before installing packages refreshes it.",
+        minimum=0,
+    ),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+class Settings:
+    """The validated settings of one host, as attributes: ``settings.postgres_port``."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        self._values = dict(values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"no pginfra setting named {name!r}") from None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def __repr__(self) -> str:
+        return f"Settings({self._values!r})"
+
+
+def _suggest(key: str) -> str:
+    match = difflib.get_close_matches(key, BY_NAME, n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _looks_like_typo(key: str) -> bool:
+    return bool(difflib.get_close_matches(key, BY_NAME, n=1, cutoff=0.85))
+
+
+def problems(data: Mapping[str, Any]) -> list[str]:
+    """All problems with one host's data, each as ``key: problem``. Empty when valid."""
+    found = []
+    for key in sorted(data):
+        if key in BY_NAME:
+            problem = BY_NAME[key].check(data[key])
+            if problem:
+                found.append(f"{key}: {problem}")
+        elif key.startswith(OWNED_PREFIXES) or _looks_like_typo(key):
+            found.append(f"{key}: unknown setting{_suggest(key)}")
+    return found
+
+
+def resolve(data: Mapping[str, Any], host_name: str = "host") -> Settings:
+    """Validate ``data`` and return it merged over the defaults.
+
+    >>> resolve({"postgres_port": 5433}).postgres_port
+    5433
+    """
+    found = problems(data)
+    if found:
+        lines = "\n".join(f"  {host_name}: {p}" for p in found)
+        raise SettingsError(f"invalid inventory data, nothing was changed:\n{lines}")
+    values = {s.name: _copy(s.default) for s in SETTINGS}
+    values.update({k: _copy(v) for k, v in data.items() if k in BY_NAME})
+    return Settings(values)
+
+
+def _copy(value: Any) -> Any:
+    return list(value) if isinstance(value, list | tuple) else value
+
+
+def load_settings() -> Settings:
+    """Validate and return the settings of pyinfra's current host."""
+    from pyinfra import host
+
+    return resolve(host.data.dict(), host.name)
+
+
+def reference(settings: Iterable[Setting] = SETTINGS) -> str:
+    """The settings reference, in Markdown."""
+    out = [
+        "# Settings reference",
+        "",
+        "Generated from `pginfra/settings.py` by `pginfra settings`; do not edit by hand.",
+        "Set any of these as host data or group data in an inventory, or with `--data key=value`.",
+        "",
+        "| setting | default | type | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for s in settings:
+        constraint = ""
+        if s.choices is not None:
+            constraint = " One of: " + ", ".join(f"`{c}`" for c in s.choices) + "."
+        elif s.minimum is not None or s.maximum is not None:
+            lo = "" if s.minimum is None else f"{s.minimum} ≤ "
+            hi = "" if s.maximum is None else f" ≤ {s.maximum}"
+            constraint = f" Range: {lo}value{hi}."
+        out.append(f"| `{s.name}` | `{s.default!r}` | {s.type_name} | {s.meaning}{constraint} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reference())
