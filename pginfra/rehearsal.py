@@ -37,9 +37,13 @@ ROOTFS_PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "sudo", "python3",
     "iproute2", "ca-certificates", "procps", "less", "locales",
 )
-REQUIRED_TOOLS = ("debootstrap", "systemd-nspawn", "ip", "iptables", "ssh", "ssh-keygen")
+REQUIRED_TOOLS = (
+    "debootstrap", "systemd-nspawn", "ip", "iptables", "iptables-save", "ssh", "ssh-keygen",
+)
 NAME_RE = re.compile(r"[a-z][a-z0-9]{0,10}")  # nspawn names the veth vb-NAME (15 chars max)
 IPT_COMMENT = "pginfra-rehearsal"
+# Shared SSH connections; a socket path must stay under 108 bytes, so not in the state directory.
+SSH_CONTROL_DIR = Path("/run/pginfra-ssh")
 
 DEFAULT_STATE_DIR = Path(os.environ.get("PGINFRA_REHEARSAL_DIR", "/var/lib/pginfra/rehearsal"))
 DEFAULT_CACHE_DIR = Path(os.environ.get("PGINFRA_CACHE_DIR", "/var/cache/pginfra"))
@@ -106,7 +110,11 @@ def overlapping_routes(subnet: str, routes: list[dict], own_bridge: str) -> list
     return clashes
 
 
-def render_ssh_config(hosts: dict[str, str], key: Path, known_hosts: Path) -> str:
+def render_ssh_config(hosts: dict[str, str], key: Path, known_hosts: Path,
+                      control_dir: Path | None = None) -> str:
+    """OpenSSH client configuration for the hosts: strict host keys, the lab's key only, and
+    connection sharing so that testinfra's many small commands reuse one connection."""
+    control_dir = control_dir or SSH_CONTROL_DIR
     blocks = []
     for name, address in hosts.items():
         blocks.append(
@@ -119,6 +127,11 @@ def render_ssh_config(hosts: dict[str, str], key: Path, known_hosts: Path) -> st
             "    StrictHostKeyChecking yes\n"
             "    BatchMode yes\n"
             "    ConnectTimeout 5\n"
+            "    ServerAliveInterval 5\n"
+            "    ServerAliveCountMax 3\n"
+            "    ControlMaster auto\n"
+            f"    ControlPath {control_dir}/cm-%C\n"
+            "    ControlPersist 60\n"
             "    LogLevel ERROR\n"
         )
     return "\n".join(blocks)
@@ -395,6 +408,7 @@ class Lab:
                    timeout=timeout)
 
     def write_access_files(self) -> None:
+        SSH_CONTROL_DIR.mkdir(mode=0o700, exist_ok=True)
         addresses = {name: h["address"] for name, h in self.hosts.items()}
         self.ssh_config.write_text(render_ssh_config(addresses, self.key, self.known_hosts))
         lines = []
@@ -442,7 +456,10 @@ class Lab:
             pids = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
             time.sleep(0.2)
         for pid in pids:
-            say(f"{name} did not power off within {timeout:.0f}s; killing it")
+            console = self.host_dir(name) / "console.log"
+            tail = console.read_text(errors="replace").splitlines()[-5:] if console.exists() else []
+            say(f"{name} did not power off within {timeout:.0f}s; killing it. Console: "
+                + " | ".join(line.strip() for line in tail))
             os.kill(pid, signal.SIGKILL)
 
     def down(self) -> None:
@@ -454,6 +471,8 @@ class Lab:
             return
         for name in list(self.hosts):
             say(f"stopping {name}")
+            if self.ssh_config.exists():  # end the shared SSH connection, if one is open
+                run(["ssh", "-F", str(self.ssh_config), "-O", "exit", name], check=False)
             self.stop_host(name)
             link = f"vb-{name}"
             if run(["ip", "link", "show", link], check=False).returncode == 0:
@@ -464,7 +483,8 @@ class Lab:
         if run(["ip", "link", "show", self.bridge], check=False).returncode == 0:
             run(["ip", "link", "del", self.bridge])
         before = recorded.get("ip_forward_before")
-        if before is not None:
+        other_labs = IPT_COMMENT in run(["iptables-save", "-t", "nat"]).stdout
+        if before is not None and not other_labs:  # another lab still needs forwarding
             Path("/proc/sys/net/ipv4/ip_forward").write_text(f"{before}\n")
         shutil.rmtree(self.state_dir)
         self.hosts = {}

@@ -1,0 +1,108 @@
+"""End to end: boot a rehearsal lab of our own, deploy to it with the real pyinfra CLI over SSH,
+check the host with testinfra, deploy again, tear down. The lab is shared by the whole session.
+
+It uses its own state directory, bridge, subnet and host names, so it never touches the lab that
+``./dev.sh rehearse`` leaves running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pginfra import ROOT
+from pginfra.rehearsal import REQUIRED_TOOLS, Lab
+
+E2E = {
+    "state_dir": Path(os.environ.get("PGINFRA_E2E_DIR", "/var/lib/pginfra/e2e")),
+    "subnet": "10.77.1.0/24",
+    "bridge": "pginfra-e2e",
+    "prefix": "pgt",
+}
+BIN = Path(sys.executable).parent
+TIMINGS = ROOT / "bench/results/e2e-timings.json"
+
+
+def _why_not_runnable() -> str | None:
+    if platform.system() != "Linux":
+        return "rehearsal hosts need Linux"
+    if os.geteuid() != 0:
+        return "rehearsal hosts need root"
+    missing = [tool for tool in REQUIRED_TOOLS if not shutil.which(tool)]
+    if missing:
+        return f"not installed: {', '.join(missing)} (./dev.sh test installs them)"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _why_not_runnable()
+    for item in items:
+        if "tests/e2e" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@dataclass
+class Deploy:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def results(self) -> dict:
+        return json.loads(self.stdout)["results"]
+
+    @property
+    def changed(self) -> list[str]:
+        return [op["name"] for op in self.results["operations"] if op["success"]]
+
+
+def run_pyinfra(lab: Lab, *args: str, inventory: str = "inventories/rehearsal.py",
+                deploy: str = "deploys/postgres.py") -> Deploy:
+    env = dict(os.environ, PGINFRA_REHEARSAL_DIR=str(lab.state_dir))
+    started = time.monotonic()
+    proc = subprocess.run(
+        [str(BIN / "pyinfra"), "-y", "--json", inventory, deploy, *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    return Deploy(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+
+
+def record_timing(name: str, seconds: float) -> None:
+    TIMINGS.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
+    data[name] = round(seconds, 1)
+    TIMINGS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@pytest.fixture(scope="session")
+def lab():
+    lab = Lab.default(**E2E)
+    if lab.load_state():  # left over from an interrupted run: start clean
+        lab.down()
+        lab = Lab.default(**E2E)
+    started = time.monotonic()
+    lab.up(1)
+    record_timing("lab_up_seconds", time.monotonic() - started)
+    record_timing("host_boot_seconds", lab.hosts["pgt1"]["boot_seconds"])
+    yield lab
+    Lab.default(**E2E).down()
+
+
+@pytest.fixture(scope="session")
+def first_deploy(lab) -> Deploy:
+    result = run_pyinfra(lab)
+    assert result.returncode == 0, result.stderr[-4000:]
+    record_timing("first_deploy_seconds", result.seconds)
+    return result

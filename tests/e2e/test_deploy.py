@@ -1,0 +1,76 @@
+"""The runbook against a real rehearsal host, through the real pyinfra CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import BIN, record_timing, run_pyinfra
+
+from pginfra import ROOT
+
+
+def test_first_deploy_changes_the_host(first_deploy):
+    assert first_deploy.results["failed_hosts"] == []
+    assert "Create the PostgreSQL cluster | Create cluster 15/main" in first_deploy.changed
+    assert "Install PostgreSQL packages | Install PostgreSQL server packages" in (
+        first_deploy.changed
+    )
+
+
+def test_host_state(lab, first_deploy):
+    """tests/host, run by testinfra over SSH exactly as against production."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/host",
+         "--hosts=ssh://pgt1", f"--ssh-config={lab.ssh_config}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def test_second_deploy_reports_no_changes(lab, first_deploy):
+    second = run_pyinfra(lab)
+    assert second.returncode == 0, second.stderr[-4000:]
+    record_timing("second_deploy_seconds", second.seconds)
+    assert second.changed == []
+    assert second.results["totals"]["success"] == 0
+    assert second.results["totals"]["no_change"] > 0
+
+
+def test_typo_in_data_stops_before_any_operation(lab, first_deploy):
+    result = run_pyinfra(lab, "--data", "postgres_prot=5433", "--data", "postgres_version=14")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "pgt1: postgres_prot: unknown setting; did you mean 'postgres_port'?" in output
+    assert "pgt1: postgres_version: must be one of 15, got 14" in output
+    assert "Beginning operation run" not in output
+    assert "Starting operation" not in output
+
+
+def test_bad_value_in_an_inventory_file_names_host_and_key(lab, first_deploy, tmp_path):
+    inventory = tmp_path / "typo.py"
+    inventory.write_text(
+        "from pginfra.inventory import rehearsal_hosts\n"
+        "postgres_servers = ([h for h in rehearsal_hosts()], {'postgres_port': '5432x'})\n"
+    )
+    result = run_pyinfra(lab, inventory=str(inventory))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "pgt1: postgres_port: expected an integer, got '5432x'" in output
+    assert "Starting operation" not in output
+
+
+def test_dry_run_of_a_converged_host_plans_nothing(lab, first_deploy):
+    env = dict(os.environ, PGINFRA_REHEARSAL_DIR=str(lab.state_dir))
+    proc = subprocess.run(
+        [str(BIN / "pyinfra"), "--dry", "--json", "inventories/rehearsal.py",
+         "deploys/postgres.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    payload = json.loads(proc.stdout)
+    assert payload["results"] is None
+    assert payload["plan"], "the dry run planned the runbook's operations"
+    assert [op["name"] for op in payload["plan"] if op["hosts_with_change"]] == []

@@ -1,0 +1,58 @@
+"""Inventories load through pyinfra's own inventory loader, and their data validates."""
+
+import json
+
+import pytest
+from pyinfra.api import State
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.context import ctx_state
+from pyinfra_cli.inventory import make_inventory as _make_inventory
+
+from pginfra import ROOT
+from pginfra.inventory import rehearsal_hosts
+from pginfra.settings import problems
+
+
+def make_inventory(path, **kwargs):
+    """Load an inventory file the way the pyinfra CLI does (it needs a State in context)."""
+    with ctx_state.use(State()):
+        return _make_inventory(path, **kwargs)
+
+
+def test_prod_inventory_loads_and_validates():
+    inventory = make_inventory(str(ROOT / "inventories/prod.py"), cwd=str(ROOT))
+    hosts = list(inventory)
+    assert [h.name for h in hosts][:1] == ["db1.example.com"]
+    for host in hosts:
+        assert problems(host.data.dict()) == [], host.name
+    primary = inventory.get_host("db1.example.com")
+    assert {"postgres_servers", "primary"} <= set(primary.groups)
+    assert primary.data.postgres_port == 5432  # group data
+    assert inventory.get_host("db2.example.com").data.postgres_port == 5433  # host data wins
+
+
+def test_rehearsal_inventory_reads_the_lab(tmp_path, monkeypatch):
+    (tmp_path / "hosts.json").write_text(json.dumps({
+        "user": "root", "key": "/k/id_ed25519", "known_hosts": "/k/known_hosts",
+        "hosts": {"pg2": {"address": "10.77.0.11"}, "pg1": {"address": "10.77.0.10"}},
+    }))
+    monkeypatch.setenv("PGINFRA_REHEARSAL_DIR", str(tmp_path))
+    inventory = make_inventory(str(ROOT / "inventories/rehearsal.py"), cwd=str(ROOT))
+    pg1 = inventory.get_host("pg1")
+    assert pg1.data.ssh_hostname == "10.77.0.10"
+    assert pg1.data.ssh_key == "/k/id_ed25519"
+    assert pg1.data.ssh_strict_host_key_checking == "yes"
+    assert [h.name for h in inventory] == ["pg1", "pg2"]
+
+
+def test_rehearsal_inventory_without_a_lab_says_what_to_do(tmp_path):
+    with pytest.raises(PyinfraError, match="run 'pginfra rehearsal up' first"):
+        rehearsal_hosts(tmp_path)
+
+
+def test_vagrant_inventory_names_the_vagrantfile_machines():
+    text = (ROOT / "inventories/vagrant.py").read_text()
+    vagrantfile = (ROOT / "Vagrantfile").read_text()
+    for name in ("pg1", "pg2"):
+        assert f"@vagrant/{name}" in text
+        assert f'"{name}"' in vagrantfile
