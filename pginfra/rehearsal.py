@@ -16,6 +16,7 @@ What inventories and testinfra need is written into the lab's state directory:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -142,6 +143,17 @@ def rootfs_key(packages: tuple[str, ...] = ROOTFS_PACKAGES, suite: str = SUITE,
     """Cache key of a root filesystem: changes whenever what debootstrap is asked for changes."""
     digest = hashlib.sha256(" ".join((suite, mirror, *sorted(packages))).encode()).hexdigest()
     return f"{suite}-{digest[:12]}"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs. Reaps it when it is our own child (a zombie is not alive)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 # -- the lab -------------------------------------------------------------------------------------
@@ -375,6 +387,7 @@ class Lab:
                 argv[0].endswith(b"systemd-nspawn")
                 and b"-M" in argv[:-1]
                 and argv[argv.index(b"-M") + 1] == name.encode()
+                and _alive(int(proc.name))  # only nspawn children are ever reaped here
             ):
                 pids.append(int(proc.name))
         return pids
@@ -453,7 +466,7 @@ class Lab:
             os.kill(pid, signal.SIGTERM)  # nspawn asks the container's systemd to power off
         deadline = time.monotonic() + timeout
         while pids and time.monotonic() < deadline:
-            pids = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+            pids = [pid for pid in pids if _alive(pid)]
             time.sleep(0.2)
         for pid in pids:
             console = self.host_dir(name) / "console.log"

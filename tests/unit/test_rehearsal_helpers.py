@@ -91,3 +91,13 @@ def test_recorded_lab_refuses_other_settings(tmp_path):
     assert (again.subnet, again.bridge, again.prefix) == ("10.77.5.0/24", "pgtest0", "pgx")
     with pytest.raises(RehearsalError, match="uses subnet 10.77.5.0/24"):
         Lab.default(state_dir=tmp_path, subnet="10.77.6.0/24")
+
+
+def test_an_exited_child_is_not_alive_even_before_it_is_reaped():
+    import subprocess
+    import time
+
+    child = subprocess.Popen(["true"])
+    time.sleep(0.3)  # exited, and a zombie until someone waits for it
+    assert rehearsal._alive(child.pid) is False
+    assert rehearsal._alive(1) is True

@@ -1,0 +1,90 @@
+"""Foundation benchmark: what rehearsing and deploying cost, against the floor of a bare install.
+
+    .venv/bin/python bench/foundation.py [--rounds N] [--keep-rootfs-cache]
+
+In one process, on rehearsal hosts of a lab of its own (pgb1, pgb2 on 10.77.2.0/24):
+  1. builds the debootstrap root filesystem from scratch into a temporary cache;
+  2. boots two hosts;
+  3. baseline: a bare ``apt-get update && apt-get install -y postgresql pgbouncer`` on pgb2;
+  4. the first ``pyinfra deploys/postgres.py`` run on pgb1, then a second (no-op) run.
+It prints wall times and the ratios of each deploy to the baseline, and writes them to
+bench/results/foundation.json. Nothing here is asserted: it is a measurement, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pginfra.rehearsal import Lab  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    started = time.monotonic()
+    result = fn(*args, **kwargs)
+    return time.monotonic() - started, result
+
+
+def deploy(lab: Lab) -> dict:
+    env = dict(os.environ, PGINFRA_REHEARSAL_DIR=str(lab.state_dir))
+    proc = subprocess.run(
+        [str(BIN / "pyinfra"), "-y", "--json", "--limit", "pgb1", "inventories/rehearsal.py",
+         "deploys/postgres.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+    )
+    return json.loads(proc.stdout)["results"]["totals"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--keep-rootfs-cache", action="store_true",
+                        help="use the shared root filesystem cache instead of timing a build")
+    args = parser.parse_args()
+
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="pginfra-bench-") as tmp:
+        cache = Path("/var/cache/pginfra") if args.keep_rootfs_cache else Path(tmp) / "cache"
+        lab = Lab(state_dir=Path(tmp) / "lab", cache_dir=cache, subnet="10.77.2.0/24",
+                  bridge="pginfra-bench", prefix="pgb")
+        try:
+            if not args.keep_rootfs_cache:
+                figures["rootfs_build_s"], _ = timed(lab.build_rootfs)
+            figures["lab_up_2_hosts_s"], _ = timed(lab.up, 2)
+            figures["host_boot_s"] = lab.hosts["pgb1"]["boot_seconds"]
+
+            bare = "export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null && " \
+                   "apt-get install -y -q postgresql pgbouncer >/dev/null"
+            figures["baseline_bare_apt_install_s"], _ = timed(
+                lab.ssh, "pgb2", ["sh", "-c", shlex.quote(bare)], timeout=900)
+            figures["first_deploy_s"], first = timed(deploy, lab)
+            figures["second_deploy_s"], second = timed(deploy, lab)
+            figures["first_deploy_changed_ops"] = first["success"]
+            figures["second_deploy_changed_ops"] = second["success"]
+        finally:
+            lab.down()
+
+    base = figures["baseline_bare_apt_install_s"]
+    figures["ratio_first_deploy_to_baseline"] = figures["first_deploy_s"] / base
+    figures["ratio_second_deploy_to_baseline"] = figures["second_deploy_s"] / base
+    out = ROOT / "bench/results/foundation.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({k: round(v, 3) for k, v in figures.items()}, indent=2) + "\n")
+    for key, value in figures.items():
+        print(f"{key:<36} {value:10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
