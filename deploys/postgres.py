@@ -8,10 +8,19 @@ stops the run before any operation changes anything.
 """
 
 from pginfra.settings import load_settings
-from pginfra.steps import create_cluster, install_packages, run_service
+from pginfra.steps import (
+    configure_server,
+    create_cluster,
+    install_packages,
+    install_tls,
+    run_service,
+)
 
 settings = load_settings()  # 0. validate this host's inventory data
 
 install_packages(settings)  # 1. PostgreSQL from Debian's packages
 create_cluster(settings)  # 2. the cluster, created by pginfra with data checksums
 run_service(settings)  # 3. running under systemd, started at boot
+tls_files = install_tls(settings)  # 4. the host's own key and certificate
+configure_server(settings, tls_files)  # 5. tuned config and pg_hba: checked, reloaded, restarted
+#                                           only when a changed parameter needs it

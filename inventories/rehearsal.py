@@ -8,6 +8,17 @@ lab's own key and known_hosts, exactly as production hosts are reached.
 ``PGINFRA_REHEARSAL_DIR`` chooses another lab (default /var/lib/pginfra/rehearsal).
 """
 
-from pginfra.inventory import rehearsal_hosts
+from pginfra.inventory import rehearsal_hosts, rehearsal_lab
 
-postgres_servers = rehearsal_hosts()
+lab = rehearsal_lab()
+
+postgres_servers = (
+    rehearsal_hosts(lab),
+    {
+        # The lab network plays the application network: clients there may connect with TLS.
+        "postgres_hba": [
+            {"database": "all", "user": "all", "address": lab["subnet"],
+             "comment": "the rehearsal lab network"},
+        ],
+    },
+)

@@ -12,9 +12,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return rehearsal_main(argv[1:])
     if argv[:1] == ["settings"]:
+        from pginfra.server_config import parameters_reference
         from pginfra.settings import reference
 
-        sys.stdout.write(reference())
+        sys.stdout.write(reference() + parameters_reference())
         return 0
     print(
         "usage: pginfra rehearsal {up [--hosts N] | down | status | ssh NAME}\n"

@@ -9,13 +9,8 @@ from pathlib import Path
 from pyinfra.api.exceptions import PyinfraError
 
 
-def rehearsal_hosts(state_dir: str | os.PathLike | None = None) -> list[tuple[str, dict]]:
-    """
-    pyinfra host entries for the hosts of a rehearsal lab.
-
-    >>> rehearsal_hosts()  # doctest: +SKIP
-    [('pg1', {'ssh_hostname': '10.77.0.10', 'ssh_user': 'root', ...})]
-    """
+def rehearsal_lab(state_dir: str | os.PathLike | None = None) -> dict:
+    """What ``pginfra rehearsal up`` recorded: subnet, hosts and their addresses, key paths."""
     from pginfra.rehearsal import DEFAULT_STATE_DIR
 
     state_dir = Path(state_dir or os.environ.get("PGINFRA_REHEARSAL_DIR") or DEFAULT_STATE_DIR)
@@ -24,7 +19,18 @@ def rehearsal_hosts(state_dir: str | os.PathLike | None = None) -> list[tuple[st
         raise PyinfraError(
             f"no rehearsal hosts in {state_dir}: run 'pginfra rehearsal up' first"
         )
-    state = json.loads(state_file.read_text())
+    return json.loads(state_file.read_text())
+
+
+def rehearsal_hosts(lab: dict | str | os.PathLike | None = None) -> list[tuple[str, dict]]:
+    """
+    pyinfra host entries for the hosts of a rehearsal lab: SSH with the lab's key and
+    known_hosts, and the server listening on the host's lab address too.
+
+    >>> rehearsal_hosts()  # doctest: +SKIP
+    [('pg1', {'ssh_hostname': '10.77.0.10', 'ssh_user': 'root', ...})]
+    """
+    state = lab if isinstance(lab, dict) else rehearsal_lab(lab)
     return [
         (
             name,
@@ -36,6 +42,7 @@ def rehearsal_hosts(state_dir: str | os.PathLike | None = None) -> list[tuple[st
                 "ssh_strict_host_key_checking": "yes",
                 "ssh_allow_agent": False,
                 "ssh_look_for_keys": False,
+                "postgres_listen_addresses": ["localhost", h["address"]],
             },
         )
         for name, h in sorted(state["hosts"].items())

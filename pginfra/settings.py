@@ -20,18 +20,49 @@ left alone.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pyinfra.api.exceptions import PyinfraError
 
+from pginfra.tuning import PROFILES, STORAGE
+
 OWNED_PREFIXES = ("postgres_", "pgbouncer_", "pginfra_", "backup_", "health_")
 
+_ABS_PATH = r"/[A-Za-z0-9_./-]+"
 # Debian package names (Debian policy 5.6.1), optionally pinned with =version.
 _DEB_PACKAGE = r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$"
+
+
+_NAME = r"[a-z_][a-z0-9_$]{0,62}"
+_HBA_KEYS = {"database", "user", "address", "comment"}
+
+
+def _check_hba_rules(rules: list) -> str | None:
+    """Each rule: {database, user, address[, comment]}; address a network, never a hostname."""
+    for i, rule in enumerate(rules):
+        where = f"rule {i + 1}"
+        if not isinstance(rule, dict):
+            return f"{where}: expected a mapping with database, user and address, got {rule!r}"
+        unknown = set(rule) - _HBA_KEYS
+        if unknown:
+            return f"{where}: unknown key(s) {', '.join(sorted(unknown))}"
+        missing = {"database", "user", "address"} - set(rule)
+        if missing:
+            return f"{where}: missing {', '.join(sorted(missing))}"
+        for key in ("database", "user"):
+            for name in str(rule[key]).split(","):
+                if not re.fullmatch(r"\+?" + _NAME, name):
+                    return f"{where}: {key} {name!r} is not a role or database name"
+        try:
+            ipaddress.ip_network(str(rule["address"]), strict=True)
+        except ValueError as exc:
+            return f"{where}: address {rule['address']!r} is not a network: {exc}"
+    return None
 
 
 class SettingsError(PyinfraError):
@@ -51,6 +82,7 @@ class Setting:
     maximum: int | None = None
     pattern: str | None = None  # for str, and for each item of a list
     item_type: type | None = None  # for list
+    validator: Callable[[Any], str | None] | None = None  # further checks, after the type's
 
     def check(self, value: Any) -> str | None:
         """Return a problem description for ``value``, or None when it is acceptable."""
@@ -69,6 +101,14 @@ class Setting:
                 return f"expected a string, got {value!r}"
             if self.pattern and not re.fullmatch(self.pattern, value):
                 return f"{value!r} does not match {self.pattern}"
+        elif self.type is dict:
+            if not isinstance(value, dict):
+                return f"expected a mapping, got {value!r}"
+            for key, item in value.items():
+                if not isinstance(key, str) or not re.fullmatch(self.pattern or ".+", key):
+                    return f"key {key!r} does not match {self.pattern}"
+                if not isinstance(item, str | int | float | bool):
+                    return f"value of {key!r} must be a string, number or boolean, got {item!r}"
         elif self.type is list:
             if not isinstance(value, list | tuple):
                 return f"expected a list, got {value!r}"
@@ -77,6 +117,10 @@ class Setting:
                     return f"list items must be {self.item_type.__name__}, got {item!r}"
                 if self.pattern and not re.fullmatch(self.pattern, str(item)):
                     return f"list item {item!r} does not match {self.pattern}"
+        if self.validator is not None:
+            problem = self.validator(value)
+            if problem:
+                return problem
         if self.choices is not None and value not in self.choices:
             allowed = ", ".join(repr(c) for c in self.choices)
             return f"must be one of {allowed}, got {value!r}"
@@ -118,6 +162,76 @@ SETTINGS: tuple[Setting, ...] = (
         "postgres_extra_packages", [], list,
         "More Debian packages to install with the server, e.g. postgresql-15-pgvector.",
         item_type=str, pattern=_DEB_PACKAGE,
+    ),
+    Setting(
+        "postgres_profile", "web", str,
+        "Workload profile the memory and worker settings are tuned for (pgtune's formulas).",
+        choices=PROFILES,
+    ),
+    Setting(
+        "postgres_storage", "ssd", str,
+        "Storage under the data directory; sets random_page_cost and effective_io_concurrency.",
+        choices=STORAGE,
+    ),
+    Setting(
+        "postgres_max_connections", 0, int,
+        "max_connections; 0 takes the profile's (web 200, oltp 300, mixed 100).",
+        minimum=0, maximum=10000,
+    ),
+    Setting(
+        "postgres_replicas", 0, int,
+        "Streaming replicas planned for this server; max_wal_senders must cover them.",
+        minimum=0, maximum=100,
+    ),
+    Setting(
+        "postgres_listen_addresses", ["localhost"], list,
+        "Addresses the server listens on (listen_addresses); never '*' unless you mean it.",
+        item_type=str, pattern=r"[A-Za-z0-9.:*-]+",
+    ),
+    Setting(
+        "postgres_hba", [], list,
+        "Who may connect over TCP: {database, user, address}, each hostssl scram-sha-256.",
+        item_type=dict, validator=_check_hba_rules,
+    ),
+    Setting(
+        "postgres_tls_names", [], list,
+        "More DNS names or addresses clients use for this host, added to its certificate.",
+        item_type=str, pattern=r"[A-Za-z0-9.:-]+",
+    ),
+    Setting(
+        "postgres_tls_cert_file", "", str,
+        "Your certificate for this host (path on the control machine); empty: pginfra's CA.",
+        pattern=r"(~?/[^\0]*)?",
+    ),
+    Setting(
+        "postgres_tls_key_file", "", str,
+        "Its private key (path on the control machine); installed with mode 0600.",
+        pattern=r"(~?/[^\0]*)?",
+    ),
+    Setting(
+        "postgres_tls_ca_file", "", str,
+        "The CA certificate that signed it (path on the control machine).",
+        pattern=r"(~?/[^\0]*)?",
+    ),
+    Setting(
+        "postgres_parameters", {}, dict,
+        "postgresql.conf parameters overriding the computed and pginfra's values.",
+        pattern=r"[a-z_][a-z0-9_.]*",
+    ),
+    Setting(
+        "postgres_wal_archive_dir", "/var/lib/postgresql/wal-archive", str,
+        "Directory WAL segments are archived into (owner postgres, mode 0700).",
+        pattern=_ABS_PATH,
+    ),
+    Setting(
+        "postgres_log_directory", "/var/log/postgresql/pginfra", str,
+        "Server log directory, outside the data directory (owner postgres, mode 0700).",
+        pattern=_ABS_PATH,
+    ),
+    Setting(
+        "postgres_slow_statement_ms", 500, int,
+        "Statements slower than this many milliseconds are logged, with their plan at 4x.",
+        minimum=-1,
     ),
     Setting(
         "pginfra_apt_cache_time", 3600, int,
@@ -186,6 +300,8 @@ def resolve(data: Mapping[str, Any], host_name: str = "host") -> Settings:
 
 
 def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return dict(value)
     return list(value) if isinstance(value, list | tuple) else value
 
 

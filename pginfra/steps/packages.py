@@ -19,6 +19,7 @@ def server_packages(settings: Settings) -> list[str]:
         f"postgresql-{version}",
         f"postgresql-client-{version}",
         "postgresql-common",
+        "python3",  # host-side programs in files/ run on it
         *settings.postgres_extra_packages,
     ]
 

@@ -34,6 +34,7 @@ def test_prod_inventory_loads_and_validates():
 def test_rehearsal_inventory_reads_the_lab(tmp_path, monkeypatch):
     (tmp_path / "hosts.json").write_text(json.dumps({
         "user": "root", "key": "/k/id_ed25519", "known_hosts": "/k/known_hosts",
+        "subnet": "10.77.0.0/24",
         "hosts": {"pg2": {"address": "10.77.0.11"}, "pg1": {"address": "10.77.0.10"}},
     }))
     monkeypatch.setenv("PGINFRA_REHEARSAL_DIR", str(tmp_path))

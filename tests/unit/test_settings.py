@@ -72,7 +72,11 @@ def test_defaults_are_not_shared_between_hosts():
 
 
 def test_settings_reference_in_docs_is_current():
+    from pginfra.server_config import parameters_reference
+
     doc = (ROOT / "docs/settings.md").read_text()
-    assert doc == reference(), "regenerate with: pginfra settings > docs/settings.md"
+    assert doc == reference() + parameters_reference(), (
+        "regenerate with: pginfra settings > docs/settings.md"
+    )
     for name in BY_NAME:
         assert f"`{name}`" in doc

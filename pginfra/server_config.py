@@ -1,0 +1,186 @@
+"""The parameters pginfra writes to ``conf.d/postgresql-production.conf``.
+
+Three layers, later ones win: ``BASE_PARAMETERS`` (pginfra's production values, below), the
+values ``pginfra.tuning`` computes from the host's RAM and CPUs, and ``postgres_parameters`` from
+inventory data. The result is checked for contradictions before anything is written.
+
+    >>> from pginfra.settings import resolve
+    >>> params = server_parameters(resolve({}), memory=16 * 1024**3, cpus=4)
+    >>> params["shared_buffers"], params["archive_mode"]
+    ('4GB', 'on')
+"""
+
+from __future__ import annotations
+
+from pginfra.settings import Settings, SettingsError
+from pginfra.tuning import contradictions, tune
+
+CONF_NAME = "postgresql-production.conf"
+
+# name -> (value, why). Values that depend on settings are filled in by server_parameters().
+BASE_PARAMETERS: dict[str, tuple[str, str]] = {
+    # connections
+    "listen_addresses": ("", "from postgres_listen_addresses"),
+    "port": ("", "from postgres_port"),
+    "superuser_reserved_connections": ("3", "room for the DBA when every slot is taken"),
+    "unix_socket_directories": ("/var/run/postgresql", "Debian's socket directory"),
+    "unix_socket_group": ("postgres", "only members of group postgres reach the socket"),
+    "unix_socket_permissions": ("0770", "the socket is not world-writable"),
+    "idle_in_transaction_session_timeout": ("10min", "ends sessions that hold locks idle"),
+    # security
+    "password_encryption": ("scram-sha-256", "no md5 verifiers"),
+    "ssl": ("on", "TLS for every TCP client"),
+    "ssl_cert_file": ("", "the host's certificate, from the pginfra CA or the operator"),
+    "ssl_key_file": ("", "its key, mode 0600"),
+    "ssl_ca_file": ("", "the CA that signed it"),
+    "ssl_min_protocol_version": ("TLSv1.2", "nothing older than TLS 1.2"),
+    "ssl_ciphers": ("ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!eNULL:!MD5",
+                    "forward-secret ciphers only (TLS 1.2; TLS 1.3 suites all are)"),
+    "ssl_prefer_server_ciphers": ("on", "the server's cipher order wins"),
+    # WAL and archiving
+    "wal_level": ("replica", "enough for archiving and streaming replicas"),
+    "max_wal_senders": ("10", "streaming replicas and pg_basebackup"),
+    "wal_keep_size": ("1GB", "WAL kept for replicas that fall behind"),
+    "archive_mode": ("on", "every segment goes to the WAL archive"),
+    "archive_library": ("basic_archive", "durable copy: temp file, fsync, rename, fsync dir"),
+    "basic_archive.archive_directory": ("", "from postgres_wal_archive_dir"),
+    "archive_timeout": ("5min", "a quiet server still archives at least every 5 minutes"),
+    "wal_compression": ("lz4", "smaller WAL for full-page writes"),
+    # checkpoints
+    "checkpoint_timeout": ("15min", "fewer full-page writes than the 5min default"),
+    # logging
+    "logging_collector": ("on", "the server writes its own log files"),
+    "log_directory": ("", "from postgres_log_directory, outside the data directory"),
+    "log_filename": ("postgresql-%a.log", "one file a weekday, overwritten a week later"),
+    "log_truncate_on_rotation": ("on", "so the weekday files do not grow forever"),
+    "log_rotation_age": ("1d", "a new file each day"),
+    "log_rotation_size": ("0", "rotate by time only"),
+    "log_file_mode": ("0600", "only postgres reads the logs"),
+    "log_line_prefix": ("%m [%p] user=%u,db=%d,app=%a,client=%h ",
+                        "time, pid, user, database, application, client"),
+    "log_timezone": ("UTC", "one clock across hosts"),
+    "log_connections": ("on", "who connected"),
+    "log_disconnections": ("on", "and for how long"),
+    "log_lock_waits": ("on", "waits longer than deadlock_timeout"),
+    "log_temp_files": ("0", "every temporary file, with its size"),
+    "log_checkpoints": ("on", "checkpoint timing"),
+    "log_autovacuum_min_duration": ("0", "every autovacuum run"),
+    "log_min_duration_statement": ("", "from postgres_slow_statement_ms"),
+    # statistics
+    "shared_preload_libraries": ("pg_stat_statements,auto_explain", "query statistics, plans"),
+    "pg_stat_statements.max": ("10000", "distinct statements tracked"),
+    "pg_stat_statements.track": ("top", "statements issued by clients"),
+    "track_io_timing": ("on", "I/O time in pg_stat_statements and EXPLAIN"),
+    "auto_explain.log_min_duration": ("", "plans of statements 4x slower than the slow log"),
+    "auto_explain.log_format": ("text", "readable in the log"),
+}
+
+SECTIONS: list[tuple[str, list[str]]] = [
+    ("Connections", ["listen_addresses", "port", "max_connections",
+                     "superuser_reserved_connections", "unix_socket_directories",
+                     "unix_socket_group", "unix_socket_permissions",
+                     "idle_in_transaction_session_timeout"]),
+    ("Security and TLS", ["password_encryption", "ssl", "ssl_cert_file", "ssl_key_file",
+                          "ssl_ca_file", "ssl_min_protocol_version", "ssl_ciphers",
+                          "ssl_prefer_server_ciphers"]),
+    ("Memory (tuned from RAM)", ["shared_buffers", "huge_pages", "effective_cache_size",
+                                 "work_mem", "maintenance_work_mem"]),
+    ("Workers (tuned from CPUs)", ["max_worker_processes", "max_parallel_workers",
+                                   "max_parallel_workers_per_gather",
+                                   "max_parallel_maintenance_workers"]),
+    ("Planner", ["random_page_cost", "effective_io_concurrency", "default_statistics_target",
+                 "jit"]),
+    ("WAL and archiving", ["wal_level", "max_wal_senders", "wal_keep_size", "wal_buffers",
+                           "wal_compression", "archive_mode", "archive_library",
+                           "basic_archive.archive_directory", "archive_timeout"]),
+    ("Checkpoints", ["checkpoint_timeout", "checkpoint_completion_target", "min_wal_size",
+                     "max_wal_size"]),
+    ("Logging", ["logging_collector", "log_directory", "log_filename",
+                 "log_truncate_on_rotation", "log_rotation_age", "log_rotation_size",
+                 "log_file_mode", "log_line_prefix", "log_timezone", "log_connections",
+                 "log_disconnections", "log_lock_waits", "log_temp_files", "log_checkpoints",
+                 "log_autovacuum_min_duration", "log_min_duration_statement"]),
+    ("Statistics", ["shared_preload_libraries", "pg_stat_statements.max",
+                    "pg_stat_statements.track", "track_io_timing",
+                    "auto_explain.log_min_duration", "auto_explain.log_format"]),
+]
+
+
+def tls_paths(settings: Settings) -> dict[str, str]:
+    base = f"/etc/postgresql/{settings.postgres_version}/{settings.postgres_cluster}/tls"
+    return {"cert": f"{base}/server.crt", "key": f"{base}/server.key", "ca": f"{base}/ca.crt"}
+
+
+def _conf_value(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def server_parameters(settings: Settings, memory: int, cpus: int) -> dict[str, str]:
+    """Every parameter pginfra sets on a host with ``memory`` bytes and ``cpus`` CPUs.
+
+    Raises SettingsError when the result contradicts itself or the host.
+    """
+    params = {name: value for name, (value, _) in BASE_PARAMETERS.items()}
+    tls = tls_paths(settings)
+    slow = settings.postgres_slow_statement_ms
+    params.update({
+        "listen_addresses": ",".join(settings.postgres_listen_addresses),
+        "port": str(settings.postgres_port),
+        "ssl_cert_file": tls["cert"],
+        "ssl_key_file": tls["key"],
+        "ssl_ca_file": tls["ca"],
+        "basic_archive.archive_directory": settings.postgres_wal_archive_dir,
+        "log_directory": settings.postgres_log_directory,
+        "log_min_duration_statement": f"{slow}ms" if slow >= 0 else "-1",
+        "auto_explain.log_min_duration": f"{slow * 4}ms" if slow >= 0 else "-1",
+    })
+    params.update(tune(memory, cpus, settings.postgres_profile, settings.postgres_storage,
+                       settings.postgres_max_connections or None))
+    params.update({k: _conf_value(v) for k, v in settings.postgres_parameters.items()})
+    problems = contradictions(params, memory, settings.postgres_replicas)
+    if problems:
+        raise SettingsError("contradictory server settings, nothing was changed:\n"
+                            + "\n".join(f"  {p}" for p in problems))
+    return params
+
+
+def render_sections(params: dict[str, str]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The parameters grouped as the template writes them, leftovers in a last section."""
+    placed: set[str] = set()
+    out = []
+    for title, names in SECTIONS:
+        rows = [(n, params[n]) for n in names if n in params]
+        placed.update(n for n, _ in rows)
+        out.append((title, rows))
+    extra = [(n, v) for n, v in sorted(params.items()) if n not in placed]
+    if extra:
+        out.append(("Other parameters from postgres_parameters", extra))
+    return out
+
+
+def quote(value: str) -> str:
+    """A postgresql.conf value, always single-quoted."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def parameters_reference() -> str:
+    """The parameters pginfra writes, in Markdown, for docs/settings.md."""
+    out = [
+        "",
+        "## Server parameters",
+        "",
+        f"Written to `conf.d/{CONF_NAME}`. Memory, worker and planner values are computed from",
+        "the host's RAM and CPUs (`postgres_profile`, `postgres_storage`); override any parameter,",
+        "these included, with `postgres_parameters`. Contradictions (archiving with `wal_level`",
+        "minimal, `shared_buffers` not below RAM, `max_wal_senders` below `postgres_replicas`)",
+        "stop the run before anything changes.",
+        "",
+        "| parameter | value | why |",
+        "| --- | --- | --- |",
+    ]
+    for name, (value, why) in BASE_PARAMETERS.items():
+        shown = f"`{value}`" if value else "(computed)"
+        out.append(f"| `{name}` | {shown} | {why} |")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,112 @@
+"""Step: the server's configuration, TLS files and access rules, applied safely."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+
+from pyinfra import host, logger
+from pyinfra.api import deploy
+from pyinfra.facts.files import Sha1File
+from pyinfra.facts.hardware import Cpus, Memory
+from pyinfra.operations import files, python
+from pyinfra.operations.util import any_changed
+
+from pginfra import ROOT
+from pginfra.server_config import CONF_NAME, quote, render_sections, server_parameters
+from pginfra.settings import Settings
+from pginfra.templating import render_io
+from pginfra.tuning import MB, format_size
+
+APPLY_CONFIG = "/usr/local/lib/pginfra/pginfra-apply-config"
+
+
+def config_dir(settings: Settings) -> str:
+    return f"/etc/postgresql/{settings.postgres_version}/{settings.postgres_cluster}"
+
+
+def apply_command(settings: Settings, pairs: list[tuple[str, str]]) -> str:
+    cluster = f"{settings.postgres_version}/{settings.postgres_cluster}"
+    return shlex.join([APPLY_CONFIG, f"--cluster={cluster}", f"--port={settings.postgres_port}",
+                       *(f"{staged}={target}" for staged, target in pairs)])
+
+
+@deploy("Configure the PostgreSQL server")
+def configure_server(settings: Settings, tls_changed=None):
+    """
+    Render ``conf.d/postgresql-production.conf`` (tuned from the host's RAM and CPUs) and
+    ``pg_hba.conf`` into a staging directory, then let ``pginfra-apply-config`` check them on the
+    running server, reload, and restart only when a changed parameter needs it. A refused file
+    fails the run and the previous one stays in force.
+
+    .. code:: python
+
+        configure_server(load_settings())
+    """
+    memory = host.get_fact(Memory) * MB  # the fact is in MB
+    cpus = host.get_fact(Cpus)
+    params = server_parameters(settings, memory, cpus)  # refuses contradictions: no op yet
+    conf = config_dir(settings)
+    staged_dir = f"{conf}/pginfra-staged"
+
+    for path in (conf, f"{conf}/conf.d", staged_dir):
+        files.directory(name=f"Directory {path} (postgres, 0700)", path=path,
+                        user="postgres", group="postgres", mode="700")
+    for name in ("postgresql.conf", "pg_ident.conf"):
+        files.file(name=f"{conf}/{name} (postgres, 0640)", path=f"{conf}/{name}",
+                   user="postgres", group="postgres", mode="640")
+    for path in (settings.postgres_log_directory, settings.postgres_wal_archive_dir):
+        files.directory(name=f"Directory {path} (postgres, 0700)", path=path,
+                        user="postgres", group="postgres", mode="700")
+
+    program = files.put(
+        name="Install pginfra-apply-config",
+        src=str(ROOT / "files/pginfra-apply-config"),
+        dest=APPLY_CONFIG, user="root", group="root", mode="755", create_remote_dir=True,
+    )
+
+    targets = {
+        CONF_NAME: f"{conf}/conf.d/{CONF_NAME}",
+        "pg_hba.conf": f"{conf}/pg_hba.conf",
+    }
+    rendered = {
+        CONF_NAME: render_io(
+            "postgresql-production.conf.j2", path=targets[CONF_NAME], host_name=host.name,
+            memory=format_size(memory), cpus=cpus, profile=settings.postgres_profile,
+            storage=settings.postgres_storage,
+            sections=[(title, [(n, quote(v)) for n, v in rows])
+                      for title, rows in render_sections(params)],
+        ),
+        "pg_hba.conf": render_io("pg_hba.conf.j2", path=targets["pg_hba.conf"],
+                                 rules=settings.postgres_hba),
+    }
+    staged_ops = [
+        files.put(name=f"Stage {name}", src=rendered[name], dest=f"{staged_dir}/{name}",
+                  user="postgres", group="postgres", mode="640")
+        for name in targets
+    ]
+    # Apply when a staged file or TLS file changed, or when a live file differs from what is
+    # wanted (edited by hand, or left as it was by a refused run).
+    drifted = any(
+        host.get_fact(Sha1File, path=targets[name]) != _sha1(rendered[name]) for name in targets
+    )
+    return python.call(
+        name="Check, reload, and restart only if needed (pginfra-apply-config)",
+        function=run_reporting,
+        command=apply_command(settings, [(f"{staged_dir}/{n}", t) for n, t in targets.items()]),
+        _if=any_changed(program, *staged_ops, *(tls_changed or [])) if not drifted else None,
+    )
+
+
+def run_reporting(state, host, command: str) -> bool:
+    """Run a host-side program and show its report in the run output; its status is the op's."""
+    ok, output = host.run_shell_command(command=command, print_output=False)
+    for line in output.output_lines:
+        logger.info(f"{host.print_prefix}{line}")
+    return ok
+
+
+def _sha1(io) -> str:
+    value = hashlib.sha1(io.getvalue().encode()).hexdigest()
+    io.seek(0)
+    return value
