@@ -13,6 +13,7 @@ from pginfra.steps import (
     create_cluster,
     install_packages,
     install_tls,
+    manage_roles,
     run_service,
 )
 
@@ -22,5 +23,6 @@ install_packages(settings)  # 1. PostgreSQL from Debian's packages
 create_cluster(settings)  # 2. the cluster, created by pginfra with data checksums
 run_service(settings)  # 3. running under systemd, started at boot
 tls_files = install_tls(settings)  # 4. the host's own key and certificate
-configure_server(settings, tls_files)  # 5. tuned config and pg_hba: checked, reloaded, restarted
-#                                           only when a changed parameter needs it
+configure_server(settings, tls_files)  # 5. tuned config and pg_hba: checked, reloaded, and
+#                                           restarted only when a changed parameter needs it
+manage_roles(settings)  # 6. roles, passwords, databases, pg_stat_statements

@@ -3,6 +3,7 @@ Rehearsal hosts booted on this machine by ``pginfra rehearsal up``, reached over
 lab's own key and known_hosts, exactly as production hosts are reached.
 
     pginfra rehearsal up --hosts 2
+    pginfra secrets init postgres app      # random passwords, git-ignored
     pyinfra -y inventories/rehearsal.py deploys/postgres.py
 
 ``PGINFRA_REHEARSAL_DIR`` chooses another lab (default /var/lib/pginfra/rehearsal).
@@ -15,10 +16,19 @@ lab = rehearsal_lab()
 postgres_servers = (
     rehearsal_hosts(lab),
     {
+        # An application as production would have one: an owner role that cannot log in, an
+        # application role that can, and its database.
+        "postgres_roles": [
+            {"name": "app_owner"},
+            {"name": "app", "login": True, "connection_limit": 50, "member_of": ["app_owner"]},
+        ],
+        "postgres_databases": [
+            {"name": "app", "owner": "app_owner", "connect": ["app"]},
+        ],
         # The lab network plays the application network: clients there may connect with TLS.
         "postgres_hba": [
-            {"database": "all", "user": "all", "address": lab["subnet"],
-             "comment": "the rehearsal lab network"},
+            {"database": "app", "user": "app", "address": lab["subnet"],
+             "comment": "the application, from the rehearsal lab network"},
         ],
     },
 )

@@ -17,9 +17,17 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(reference() + parameters_reference())
         return 0
+    if argv[:2] == ["secrets", "init"] and len(argv) > 2:
+        from pginfra.secrets import generate_missing, secrets_file
+
+        made = generate_missing(argv[2:])
+        for role in made:
+            print(f"secrets: a random password for {role} is in {secrets_file()}")
+        return 0
     print(
         "usage: pginfra rehearsal {up [--hosts N] | down | status | ssh NAME}\n"
-        "       pginfra settings      print the settings reference",
+        "       pginfra settings      print the settings reference\n"
+        "       pginfra secrets init ROLE...   random passwords for roles that have none",
         file=sys.stderr,
     )
     return 0 if argv[:1] in (["-h"], ["--help"]) else 2

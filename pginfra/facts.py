@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+
 from pyinfra.api import FactBase
 
 
@@ -43,3 +46,103 @@ class PostgresClusters(FactBase):
                 "data_directory": data_directory,
             }
         return clusters
+
+
+def psql_command(sql: str, port: int, database: str = "postgres") -> str:
+    """A shell command running ``sql`` as the postgres OS user; prints nothing if the server
+    cannot be reached (a host being provisioned for the first time)."""
+    return (
+        f"runuser -u postgres -- psql -XAtq -p {int(port)} -d {shlex.quote(database)} "
+        f"-c {shlex.quote(sql)} 2>/dev/null || true"
+    )
+
+
+class _JsonQuery(FactBase):
+    abstract = True
+    sql = ""
+
+    def requires_command(self, *args, **kwargs) -> str:
+        return "psql"
+
+    def process(self, output):
+        text = "\n".join(output).strip()
+        return json.loads(text) if text else None
+
+
+class PostgresRoles(_JsonQuery):
+    """
+    Roles other than the pg_* ones, keyed by name, with their attributes, SCRAM verifier and
+    memberships. None when the server does not answer.
+
+    .. code:: python
+
+        {"app": {"login": True, "superuser": False, "createdb": False, "createrole": False,
+                 "inherit": True, "connection_limit": -1, "password": "SCRAM-SHA-256$...",
+                 "member_of": ["app_rw"]}}
+    """
+
+    sql = (
+        "SELECT coalesce(json_object_agg(r.rolname, json_build_object("
+        "'login', r.rolcanlogin, 'superuser', r.rolsuper, 'createdb', r.rolcreatedb, "
+        "'createrole', r.rolcreaterole, 'inherit', r.rolinherit, "
+        "'connection_limit', r.rolconnlimit, 'password', r.rolpassword, "
+        "'member_of', coalesce((SELECT json_agg(g.rolname ORDER BY g.rolname) "
+        "FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid), "
+        "'[]'::json))), '{}'::json) FROM pg_authid r WHERE r.rolname !~ '^pg_'"
+    )
+
+    def command(self, port: int = 5432) -> str:
+        return psql_command(self.sql, port)
+
+
+class PostgresDatabases(_JsonQuery):
+    """
+    Databases (not templates) with their owner and the roles holding CONNECT (``PUBLIC`` for
+    everyone).
+
+    .. code:: python
+
+        {"app": {"owner": "app_owner", "connect": ["app_owner", "app"]}}
+    """
+
+    sql = (
+        "SELECT coalesce(json_object_agg(d.datname, json_build_object("
+        "'owner', pg_get_userbyid(d.datdba), "
+        "'connect', coalesce((SELECT json_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC' "
+        "ELSE pg_get_userbyid(a.grantee) END) "
+        "FROM aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a "
+        "WHERE a.privilege_type = 'CONNECT'), '[]'::json))), '{}'::json) "
+        "FROM pg_database d WHERE NOT d.datistemplate"
+    )
+
+    def command(self, port: int = 5432) -> str:
+        return psql_command(self.sql, port)
+
+
+class PostgresDatabaseState(_JsonQuery):
+    """
+    Inside one database: whether PUBLIC may create in schema public, the extensions, and who
+    may read pg_stat_statements.
+
+    .. code:: python
+
+        {"public_create": False, "extensions": ["plpgsql", "pg_stat_statements"],
+         "stats_public": False, "stats_granted": True}
+    """
+
+    sql = (
+        "SELECT json_build_object("
+        "'public_create', coalesce((SELECT bool_or(a.grantee = 0) FROM pg_namespace n, "
+        "aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a "
+        "WHERE n.nspname = 'public' AND a.privilege_type = 'CREATE'), false), "
+        "'extensions', (SELECT json_agg(extname ORDER BY extname) FROM pg_extension), "
+        "'stats_public', coalesce((SELECT bool_or(a.grantee = 0) FROM pg_class c, "
+        "aclexplode(c.relacl) a WHERE c.relname IN ('pg_stat_statements', "
+        "'pg_stat_statements_info') AND a.privilege_type = 'SELECT'), false), "
+        "'stats_granted', (SELECT count(*) = 2 FROM pg_class c, aclexplode(c.relacl) a "
+        "WHERE c.relname IN ('pg_stat_statements', 'pg_stat_statements_info') "
+        "AND a.grantee = 'pg_read_all_stats'::regrole AND a.privilege_type = 'SELECT'))"
+    )
+
+    def command(self, database: str, port: int = 5432) -> str:
+        return psql_command(self.sql, port, database)

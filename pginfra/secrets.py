@@ -145,3 +145,30 @@ def _parse(path: Path) -> dict[str, str]:
         if not password:
             raise SecretsError(f"secrets file {path}: the password of role {role!r} is empty")
     return dict(passwords)
+
+
+def generate_missing(roles: list[str], path: Path | None = None) -> list[str]:
+    """
+    Give each role without a password a random one in the secrets file (created 0600), for
+    rehearsals; production passwords are the operator's. Returns the roles given one.
+
+    .. code:: python
+
+        generate_missing(["postgres", "app"])  # ["postgres", "app"] the first time, then []
+    """
+    import secrets as random_source
+
+    path = path or secrets_file()
+    current = _read_file(path) if path.exists() else {}
+    missing = [r for r in roles if r not in current and not os.environ.get(env_var(r))]
+    if not missing:
+        return []
+    passwords = dict(current)
+    passwords.update({r: random_source.token_urlsafe(24) for r in missing})
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as stream:
+        yaml.safe_dump({"passwords": passwords}, stream, default_flow_style=False)
+    os.replace(tmp, path)
+    return missing

@@ -65,6 +65,24 @@ def _check_hba_rules(rules: list) -> str | None:
     return None
 
 
+def _roles():
+    from pginfra import roles
+
+    return roles
+
+
+def _cross_problems(values: Mapping[str, Any]) -> list[str]:
+    """Problems that involve more than one setting."""
+    found = []
+    known = {"postgres", *(r["name"] for r in values["postgres_roles"])}
+    for db in values["postgres_databases"]:
+        for role in [db["owner"], *db.get("connect", [])]:
+            if role not in known:
+                found.append(f"postgres_databases: {db['name']}: role {role!r} is not in "
+                             "postgres_roles")
+    return found
+
+
 class SettingsError(PyinfraError):
     """Inventory data failed validation; the message names each host, key and problem."""
 
@@ -194,6 +212,16 @@ SETTINGS: tuple[Setting, ...] = (
         item_type=dict, validator=_check_hba_rules,
     ),
     Setting(
+        "postgres_roles", [], list,
+        "Roles: {name, login, connection_limit, member_of, createdb, createrole}.",
+        item_type=dict, validator=lambda v: _roles().check_roles(v),
+    ),
+    Setting(
+        "postgres_databases", [], list,
+        "Databases: {name, owner, connect: [roles], extensions: [names]}; PUBLIC never connects.",
+        item_type=dict, validator=lambda v: _roles().check_databases(v),
+    ),
+    Setting(
         "postgres_tls_names", [], list,
         "More DNS names or addresses clients use for this host, added to its certificate.",
         item_type=str, pattern=r"[A-Za-z0-9.:-]+",
@@ -296,6 +324,10 @@ def resolve(data: Mapping[str, Any], host_name: str = "host") -> Settings:
         raise SettingsError(f"invalid inventory data, nothing was changed:\n{lines}")
     values = {s.name: _copy(s.default) for s in SETTINGS}
     values.update({k: _copy(v) for k, v in data.items() if k in BY_NAME})
+    found = _cross_problems(values)
+    if found:
+        lines = "\n".join(f"  {host_name}: {p}" for p in found)
+        raise SettingsError(f"invalid inventory data, nothing was changed:\n{lines}")
     return Settings(values)
 
 
