@@ -21,6 +21,7 @@ import pytest
 
 from pginfra import ROOT
 from pginfra.rehearsal import REQUIRED_TOOLS, Lab
+from pginfra.secrets import generate_missing
 
 E2E = {
     "state_dir": Path(os.environ.get("PGINFRA_E2E_DIR", "/var/lib/pginfra/e2e")),
@@ -28,6 +29,9 @@ E2E = {
     "bridge": "pginfra-e2e",
     "prefix": "pgt",
 }
+# The e2e lab's own secrets and CA, so the suite never touches the developer's .pginfra/.
+SECRETS_FILE = E2E["state_dir"].parent / "e2e-control" / "secrets.yaml"
+CA_DIR = E2E["state_dir"].parent / "e2e-control" / "ca"
 BIN = Path(sys.executable).parent
 TIMINGS = ROOT / "bench/results/e2e-timings.json"
 
@@ -68,9 +72,15 @@ class Deploy:
         return [op["name"] for op in self.results["operations"] if op["success"]]
 
 
+def control_env(lab: Lab, **extra: str) -> dict[str, str]:
+    """The environment a deploy from the control machine runs with."""
+    return dict(os.environ, PGINFRA_REHEARSAL_DIR=str(lab.state_dir),
+                PGINFRA_SECRETS_FILE=str(SECRETS_FILE), PGINFRA_CA_DIR=str(CA_DIR), **extra)
+
+
 def run_pyinfra(lab: Lab, *args: str, inventory: str = "inventories/rehearsal.py",
-                deploy: str = "deploys/postgres.py") -> Deploy:
-    env = dict(os.environ, PGINFRA_REHEARSAL_DIR=str(lab.state_dir))
+                deploy: str = "deploys/postgres.py", env: dict | None = None) -> Deploy:
+    env = env or control_env(lab)
     started = time.monotonic()
     proc = subprocess.run(
         [str(BIN / "pyinfra"), "-y", "--json", inventory, deploy, *args],
@@ -92,12 +102,15 @@ def lab():
     if lab.load_state():  # left over from an interrupted run: start clean
         lab.down()
         lab = Lab.default(**E2E)
+    shutil.rmtree(SECRETS_FILE.parent, ignore_errors=True)
+    generate_missing(["postgres", "app"], SECRETS_FILE)
     started = time.monotonic()
     lab.up(1)
     record_timing("lab_up_seconds", time.monotonic() - started)
     record_timing("host_boot_seconds", lab.hosts["pgt1"]["boot_seconds"])
     yield lab
     Lab.default(**E2E).down()
+    shutil.rmtree(SECRETS_FILE.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

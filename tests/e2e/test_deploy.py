@@ -1,11 +1,10 @@
 """The runbook against a real rehearsal host, through the real pyinfra CLI."""
 
 import json
-import os
 import subprocess
 import sys
 
-from conftest import BIN, record_timing, run_pyinfra
+from conftest import BIN, control_env, record_timing, run_pyinfra
 
 from pginfra import ROOT
 
@@ -63,11 +62,10 @@ def test_bad_value_in_an_inventory_file_names_host_and_key(lab, first_deploy, tm
 
 
 def test_dry_run_of_a_converged_host_plans_nothing(lab, first_deploy):
-    env = dict(os.environ, PGINFRA_REHEARSAL_DIR=str(lab.state_dir))
     proc = subprocess.run(
         [str(BIN / "pyinfra"), "--dry", "--json", "inventories/rehearsal.py",
          "deploys/postgres.py"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=control_env(lab), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     payload = json.loads(proc.stdout)

@@ -1,0 +1,189 @@
+"""The production server from the control machine: TLS clients, safe reloads and restarts,
+refused configuration, role changes, password rotation and WAL archiving under faults."""
+
+import hashlib
+import json
+import time
+
+import psycopg
+import pytest
+from conftest import CA_DIR, SECRETS_FILE, control_env, run_pyinfra
+
+from pginfra.secrets import password_for
+
+HOST = "10.77.1.10"
+ARCHIVE = "/var/lib/postgresql/wal-archive"
+
+
+def connect(password, sslmode="verify-full", user="app", dbname="app"):
+    return psycopg.connect(host=HOST, port=5432, dbname=dbname, user=user, password=password,
+                           sslmode=sslmode, sslrootcert=str(CA_DIR / "ca.crt"), connect_timeout=5)
+
+
+def app_password(monkeypatch):
+    monkeypatch.setenv("PGINFRA_SECRETS_FILE", str(SECRETS_FILE))
+    return password_for("app")
+
+
+def sql(lab, query, db="postgres"):
+    return lab.ssh("pgt1", ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-d", db,
+                            "-c", repr(query)]).stdout.strip()
+
+
+def deploy_ok(lab, *args, env=None):
+    result = run_pyinfra(lab, *args, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def test_app_connects_with_verify_full_and_scram(lab, first_deploy, monkeypatch):
+    with connect(app_password(monkeypatch)) as conn:
+        row = conn.execute("SELECT current_user, s.ssl, s.version, pg_backend_pid() "
+                           "FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()").fetchone()
+        assert row[:2] == ("app", True)
+        assert row[2] in ("TLSv1.2", "TLSv1.3")
+    # The server's own log says how it authenticated that session.
+    logged = lab.ssh("pgt1", ["grep", "-h", f"'\\[{row[3]}\\].*connection authenticated'",
+                              "-r", "/var/log/postgresql/pginfra"]).stdout
+    assert 'identity="app" method=scram-sha-256' in logged
+
+
+def test_plain_tcp_and_wrong_password_are_refused(first_deploy, monkeypatch):
+    with pytest.raises(psycopg.OperationalError, match="no encryption"):
+        connect(app_password(monkeypatch), sslmode="disable")
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect("not-the-password")
+    with pytest.raises(psycopg.OperationalError, match="rejects connection"):
+        connect(app_password(monkeypatch), user="postgres", dbname="postgres")
+
+
+def test_reloadable_change_reloads_and_shared_buffers_restarts(lab, first_deploy):
+    started = sql(lab, "SELECT pg_postmaster_start_time()")
+    result = deploy_ok(lab, "--data", "postgres_slow_statement_ms=750")
+    assert sql(lab, "SHOW log_min_duration_statement") == "750ms"
+    assert sql(lab, "SELECT pg_postmaster_start_time()") == started, "a reload must not restart"
+    assert "restarting" not in result.stderr
+
+    result = deploy_ok(lab, "--data", "postgres_slow_statement_ms=750",
+                       "--data", 'postgres_parameters={"shared_buffers": "256MB"}')
+    assert sql(lab, "SHOW shared_buffers") == "256MB"
+    assert sql(lab, "SELECT pg_postmaster_start_time()") != started
+    assert "restarting 15/main for: shared_buffers" in result.stderr
+
+    deploy_ok(lab)  # back to the inventory's values
+    assert sql(lab, "SHOW log_min_duration_statement") == "500ms"
+
+
+def test_broken_setting_fails_and_server_keeps_old_configuration(lab, first_deploy):
+    conf = "/etc/postgresql/15/main/conf.d/postgresql-production.conf"
+    before = lab.ssh("pgt1", ["sha256sum", conf]).stdout
+    started = sql(lab, "SELECT pg_postmaster_start_time()")
+    result = run_pyinfra(lab, "--data", 'postgres_parameters={"work_mem": "lots"}')
+    assert result.returncode != 0
+    assert 'invalid value for parameter "work_mem": "lots"' in result.stderr
+    assert "previous files restored" in result.stderr
+    assert lab.ssh("pgt1", ["sha256sum", conf]).stdout == before
+    assert sql(lab, "SHOW work_mem") != "lots"
+    assert sql(lab, "SELECT pg_postmaster_start_time()") == started
+    assert sql(lab, "SELECT count(*) FROM pg_file_settings WHERE error IS NOT NULL") == "0"
+    # The next good run converges again.
+    deploy_ok(lab)
+    assert run_pyinfra(lab).changed == []
+
+
+def test_connection_limit_change_reaches_the_role(lab, first_deploy):
+    roles = [{"name": "app_owner"},
+             {"name": "app", "login": True, "connection_limit": 7, "member_of": ["app_owner"]}]
+    result = deploy_ok(lab, "--data", f"postgres_roles={json.dumps(roles)}")
+    assert "Create or change roles: app" in " ".join(result.changed)
+    assert sql(lab, "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'app'") == "7"
+    deploy_ok(lab)
+    assert sql(lab, "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'app'") == "50"
+
+
+def test_password_rotation(lab, first_deploy, monkeypatch):
+    old = app_password(monkeypatch)
+    new = "rotated-" + hashlib.sha256(old.encode()).hexdigest()[:20]
+    deploy_ok(lab, env=control_env(lab, PGINFRA_PASSWORD_APP=new))
+    with connect(new) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("app",)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(old)
+    deploy_ok(lab)  # back to the secrets file's password
+    with connect(old):
+        pass
+
+
+def _archiver(lab):
+    archived, failed, last_ok, last_failed = sql(
+        lab, "SELECT archived_count, failed_count, coalesce(last_archived_wal, ''), "
+             "coalesce(last_failed_wal, '') FROM pg_stat_archiver").split("|")
+    return int(archived), int(failed), last_ok, last_failed
+
+
+def _switch(lab):
+    sql(lab, "SELECT txid_current()")
+    return sql(lab, "SELECT pg_walfile_name(pg_switch_wal())")
+
+
+def _wait(lab, predicate, timeout=40):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = _archiver(lab)
+        if predicate(state):
+            return state
+        time.sleep(0.5)
+    raise AssertionError(f"archiver state never matched: {_archiver(lab)}")
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_archive_fault_keeps_the_segment_and_archives_it_once_cleared(lab, first_deploy, fault):
+    _, failed0, _, _ = _archiver(lab)
+    if fault == "full":
+        lab.ssh("pgt1", ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700,uid=postgres,"
+                         "gid=postgres", "tmpfs", ARCHIVE])
+    else:
+        lab.ssh("pgt1", ["chmod", "0500", ARCHIVE])
+    try:
+        segment = _switch(lab)
+        _wait(lab, lambda s: s[1] > failed0 and s[3] == segment)
+        ready = f"/var/lib/postgresql/15/main/pg_wal/archive_status/{segment}.ready"
+        assert lab.ssh("pgt1", ["test", "-e", ready], check=False).returncode == 0
+    finally:
+        if fault == "full":
+            lab.ssh("pgt1", ["umount", ARCHIVE])
+        else:
+            lab.ssh("pgt1", ["chmod", "0700", ARCHIVE])
+    _switch(lab)  # wakes the archiver
+    _wait(lab, lambda s: s[2] > segment)
+    assert lab.ssh("pgt1", ["test", "-s", f"{ARCHIVE}/{segment}"], check=False).returncode == 0
+
+
+def test_archive_refuses_a_different_file_and_accepts_an_identical_one(lab, first_deploy):
+    lab.ssh("pgt1", ["chmod", "0500", ARCHIVE])
+    try:
+        first = _switch(lab)
+        second = _switch(lab)
+        wal = "/var/lib/postgresql/15/main/pg_wal"
+        digest = lab.ssh("pgt1", ["sha256sum", f"{wal}/{first}"]).stdout.split()[0]
+        # An identical copy of `first` is already there; a different file stands for `second`.
+        lab.ssh("pgt1", ["cp", f"{wal}/{first}", f"{ARCHIVE}/{first}"])
+        lab.ssh("pgt1", ["sh", "-c", f"'echo not-wal > {ARCHIVE}/{second}'"])
+        lab.ssh("pgt1", ["chown", "postgres:postgres", f"{ARCHIVE}/{first}", f"{ARCHIVE}/{second}"])
+        _, failed0, _, _ = _archiver(lab)
+    finally:
+        lab.ssh("pgt1", ["chmod", "0700", ARCHIVE])
+    _switch(lab)
+    state = _wait(lab, lambda s: s[2] >= first and s[3] == second and s[1] > failed0)
+    assert state[2] == first, "the identical copy counts as archived"
+    assert lab.ssh("pgt1", ["cat", f"{ARCHIVE}/{second}"]).stdout.strip() == "not-wal", \
+        "a different file of the same name is never overwritten"
+    lab.ssh("pgt1", ["rm", f"{ARCHIVE}/{second}"])
+    _switch(lab)
+    _wait(lab, lambda s: s[2] > second)
+    assert lab.ssh("pgt1", ["sha256sum", f"{ARCHIVE}/{first}"]).stdout.split()[0] == digest
+
+
+def test_converged_after_all_of_the_above(lab, first_deploy):
+    result = deploy_ok(lab)
+    assert result.changed == []
