@@ -20,9 +20,9 @@ from pginfra.steps import (
 settings = load_settings()  # 0. validate this host's inventory data
 
 install_packages(settings)  # 1. PostgreSQL from Debian's packages
-create_cluster(settings)  # 2. the cluster, created by pginfra with data checksums
+new_cluster = create_cluster(settings)  # 2. the cluster, created with data checksums
 run_service(settings)  # 3. running under systemd, started at boot
 tls_files = install_tls(settings)  # 4. the host's own key and certificate
 configure_server(settings, tls_files)  # 5. tuned config and pg_hba: checked, reloaded, and
 #                                           restarted only when a changed parameter needs it
-manage_roles(settings)  # 6. roles, passwords, databases, pg_stat_statements
+manage_roles(settings, new_cluster)  # 6. roles, passwords, databases, pg_stat_statements

@@ -146,3 +146,30 @@ class PostgresDatabaseState(_JsonQuery):
 
     def command(self, database: str, port: int = 5432) -> str:
         return psql_command(self.sql, port, database)
+
+
+class PostgresClusterData(_JsonQuery):
+    """
+    Whether a running cluster has data checksums, and whether it holds any user data: a
+    database besides postgres and the templates, a table outside the system schemas of
+    postgres, or a role of its own. None when the server does not answer.
+
+    .. code:: python
+
+        {"checksums": False, "user_databases": 0, "user_tables": 0, "user_roles": 0}
+    """
+
+    sql = (
+        "SELECT json_build_object('checksums', current_setting('data_checksums') = 'on', "
+        "'user_databases', (SELECT count(*) FROM pg_database WHERE NOT datistemplate "
+        "AND datname <> 'postgres'), "
+        "'user_tables', (SELECT count(*) FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'm') "
+        "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+        "AND n.nspname NOT LIKE 'pg_toast%'), "
+        "'user_roles', (SELECT count(*) FROM pg_roles WHERE rolname !~ '^pg_' "
+        "AND rolname <> 'postgres'))"
+    )
+
+    def command(self, port: int = 5432) -> str:
+        return psql_command(self.sql, port)

@@ -23,12 +23,17 @@ def psql_stdin(settings: Settings, database: str = "postgres", atomic: bool = Tr
     return shlex.join(args)
 
 
+# Statements carrying SCRAM verifiers must not reach the server log, even when slow or failing.
+QUIET = ("SET log_min_duration_statement = -1;\nSET log_min_error_statement = panic;\n"
+         "SET log_statement = 'none';\n")
+
+
 def _sql(statements: list[str]) -> str:
-    return "".join(f"{s};\n" for s in statements)
+    return QUIET + "".join(f"{s};\n" for s in statements)
 
 
 @deploy("Roles and databases")
-def manage_roles(settings: Settings):
+def manage_roles(settings: Settings, new_cluster: bool = False):
     """
     Create and change roles to match ``postgres_roles`` (passwords as SCRAM verifiers computed
     here, sent over stdin, never on a command line), the postgres superuser's password, the
@@ -46,13 +51,17 @@ def manage_roles(settings: Settings):
             passwords[role["name"]] = require_password(role["name"], host.name)
 
     port = settings.postgres_port
-    statements = plan_roles(roles, host.get_fact(PostgresRoles, port=port) or {}, passwords)
+
+    def fact(cls, **kwargs):  # a cluster created in this run has nothing yet
+        return None if new_cluster else host.get_fact(cls, port=port, **kwargs)
+
+    statements = plan_roles(roles, fact(PostgresRoles) or {}, passwords)
     if statements:
         touched = sorted({s.split('"')[1] for s in statements})
         server.shell(name=f"Create or change roles: {', '.join(touched)}",
                      commands=[psql_stdin(settings)], _stdin=_sql(statements))
 
-    existing = host.get_fact(PostgresDatabases, port=port) or {}
+    existing = fact(PostgresDatabases) or {}
     statements = plan_databases(settings.postgres_databases, existing)
     if statements:
         # CREATE DATABASE cannot run inside a transaction block.
@@ -62,7 +71,7 @@ def manage_roles(settings: Settings):
     for db in [{"name": "postgres"}, *settings.postgres_databases]:
         state = {}
         if db["name"] in existing:
-            state = host.get_fact(PostgresDatabaseState, database=db["name"], port=port) or {}
+            state = fact(PostgresDatabaseState, database=db["name"]) or {}
         statements = plan_database_objects(db.get("extensions", []), state)
         if statements:
             server.shell(name=f"Database {db['name']}: public schema, pg_stat_statements",

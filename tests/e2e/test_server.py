@@ -187,3 +187,16 @@ def test_archive_refuses_a_different_file_and_accepts_an_identical_one(lab, firs
 def test_converged_after_all_of_the_above(lab, first_deploy):
     result = deploy_ok(lab)
     assert result.changed == []
+
+
+def test_passwords_never_reach_the_host(lab, first_deploy, monkeypatch):
+    """Only SCRAM verifiers travel: no password in any file, log or process on the host."""
+    for role in ("app", "postgres"):
+        monkeypatch.setenv("PGINFRA_SECRETS_FILE", str(SECRETS_FILE))
+        password = password_for(role)
+        found = lab.ssh("pgt1", ["grep", "-rlF", "--", repr(password), "/etc", "/var/log",
+                                 "/var/lib/postgresql", "/root", "/tmp", "/usr/local"],
+                        check=False)
+        assert found.returncode == 1, f"{role}'s password found in: {found.stdout}"
+        procs = lab.ssh("pgt1", ["ps", "-eo", "args"]).stdout
+        assert password not in procs
