@@ -14,6 +14,7 @@ from pginfra.steps import (
     install_packages,
     install_tls,
     manage_roles,
+    run_pgbouncer,
     run_service,
 )
 
@@ -26,3 +27,4 @@ tls_files = install_tls(settings)  # 4. the host's own key and certificate
 configure_server(settings, tls_files)  # 5. tuned config and pg_hba: checked, reloaded, and
 #                                           restarted only when a changed parameter needs it
 manage_roles(settings, new_cluster)  # 6. roles, passwords, databases, pg_stat_statements
+run_pgbouncer(settings, new_cluster, tls_files)  # 7. PgBouncer, its userlist in step with 6.

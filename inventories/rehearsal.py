@@ -3,7 +3,7 @@ Rehearsal hosts booted on this machine by ``pginfra rehearsal up``, reached over
 lab's own key and known_hosts, exactly as production hosts are reached.
 
     pginfra rehearsal up --hosts 2
-    pginfra secrets init postgres app      # random passwords, git-ignored
+    pginfra secrets init postgres app pgbouncer_admin    # random passwords, git-ignored
     pyinfra -y inventories/rehearsal.py deploys/postgres.py
 
 ``PGINFRA_REHEARSAL_DIR`` chooses another lab (default /var/lib/pginfra/rehearsal).

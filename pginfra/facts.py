@@ -141,7 +141,13 @@ class PostgresDatabaseState(_JsonQuery):
         "'pg_stat_statements_info') AND a.privilege_type = 'SELECT'), false), "
         "'stats_granted', (SELECT count(*) = 2 FROM pg_class c, aclexplode(c.relacl) a "
         "WHERE c.relname IN ('pg_stat_statements', 'pg_stat_statements_info') "
-        "AND a.grantee = 'pg_read_all_stats'::regrole AND a.privilege_type = 'SELECT'))"
+        "AND a.grantee = 'pg_read_all_stats'::regrole AND a.privilege_type = 'SELECT'), "
+        "'auth_function', (SELECT json_build_object('secdef', p.prosecdef, "
+        "'config', p.proconfig, 'public_execute', coalesce((SELECT bool_or(a.grantee = 0) "
+        "FROM aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a "
+        "WHERE a.privilege_type = 'EXECUTE'), false)) "
+        "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = 'pgbouncer' AND p.proname = 'get_auth'))"
     )
 
     def command(self, database: str, port: int = 5432) -> str:

@@ -5,7 +5,7 @@ Planning is pure: it compares what inventory data wants with what the server has
 converged server gets none. Passwords are checked against the stored SCRAM verifier; a new
 verifier is computed on the control machine only when the password changed.
 
-    >>> plan_roles([{"name": "app", "login": True}], {}, {"app": "s3cret"})[0][:31]
+    >>> plan_roles([{"name": "app", "login": True}], {}, {})[0][:31]
     'CREATE ROLE "app" WITH LOGIN NOS'
 
 pginfra never drops a role or a database, and leaves roles it does not manage alone.
@@ -96,21 +96,33 @@ def check_databases(databases: list) -> str | None:
     return None
 
 
-def _password_sql(name: str, password: str | None, current: str | None) -> str | None:
-    if password is None:
+def wanted_verifiers(passwords: dict[str, str], current: dict[str, dict]) -> dict[str, str]:
+    """The SCRAM verifier each role should have: the stored one while it still matches the
+    password, else a new one. The same strings go to pg_authid and PgBouncer's userlist.
+
+    >>> wanted_verifiers({"app": "pw"}, {})["app"][:14]
+    'SCRAM-SHA-256$'
+    """
+    out = {}
+    for name, password in passwords.items():
+        have = (current.get(name) or {}).get("password")
+        out[name] = have if have and verify(password, have) else make_verifier(password, name)
+    return out
+
+
+def _password_sql(name: str, verifier: str | None, current: str | None) -> str | None:
+    if verifier is None or verifier == current:
         return None
-    if current and verify(password, current):
-        return None
-    return f"ALTER ROLE {ident(name)} PASSWORD {literal(make_verifier(password, name))}"
+    return f"ALTER ROLE {ident(name)} PASSWORD {literal(verifier)}"
 
 
 def plan_roles(wanted: list[dict], current: dict[str, dict],
-               passwords: dict[str, str]) -> list[str]:
+               verifiers: dict[str, str]) -> list[str]:
     """Statements that create or change roles (and the postgres superuser's password)."""
     statements = []
     managed = {r["name"] for r in wanted}
     pg = current.get("postgres", {})
-    sql = _password_sql("postgres", passwords.get("postgres"), pg.get("password"))
+    sql = _password_sql("postgres", verifiers.get("postgres"), pg.get("password"))
     if sql:
         statements.append(sql)
     for raw in wanted:
@@ -140,7 +152,7 @@ def plan_roles(wanted: list[dict], current: dict[str, dict],
             changed = [a for a, b in zip(attrs, now, strict=True) if a != b]
             if changed:
                 statements.append(f"ALTER ROLE {ident(name)} WITH {' '.join(changed)}")
-        sql = _password_sql(name, passwords.get(name), have.get("password"))
+        sql = _password_sql(name, verifiers.get(name), have.get("password"))
         if sql:
             statements.append(sql)
         for group in role["member_of"]:

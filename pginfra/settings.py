@@ -75,6 +75,15 @@ def _cross_problems(values: Mapping[str, Any]) -> list[str]:
     """Problems that involve more than one setting."""
     found = []
     known = {"postgres", *(r["name"] for r in values["postgres_roles"])}
+    for key in ("pgbouncer_admin_users", "pgbouncer_stats_users"):
+        for role in values[key]:
+            if role == "postgres" or role in known:
+                found.append(f"{key}: {role!r} must be a console-only user, not a server role "
+                             "(it would be pooled to the server with its password)")
+    databases = {db["name"] for db in values["postgres_databases"]}
+    for db in values["pgbouncer_pool_modes"]:
+        if db not in databases:
+            found.append(f"pgbouncer_pool_modes: {db!r} is not in postgres_databases")
     for db in values["postgres_databases"]:
         for role in [db["owner"], *db.get("connect", [])]:
             if role not in known:
@@ -260,6 +269,75 @@ SETTINGS: tuple[Setting, ...] = (
         "postgres_slow_statement_ms", 500, int,
         "Statements slower than this many milliseconds are logged, with their plan at 4x.",
         minimum=-1,
+    ),
+    Setting(
+        "pgbouncer_enabled", True, bool,
+        "Run PgBouncer in front of the server.",
+    ),
+    Setting(
+        "pgbouncer_listen_addresses", [], list,
+        "Addresses PgBouncer listens on (never '*'); empty: those of postgres_listen_addresses.",
+        item_type=str, pattern=r"[A-Za-z0-9.:-]+",
+        validator=lambda v: "PgBouncer never listens on every address" if set(v) & {
+            "*", "0.0.0.0", "::"} else None,
+    ),
+    Setting(
+        "pgbouncer_port", 6432, int,
+        "TCP port PgBouncer listens on.",
+        minimum=1024, maximum=65535,
+    ),
+    Setting(
+        "pgbouncer_pool_mode", "transaction", str,
+        "Default pool mode: session, transaction or statement.",
+        choices=("session", "transaction", "statement"),
+    ),
+    Setting(
+        "pgbouncer_pool_modes", {}, dict,
+        "Per-database pool mode overrides, e.g. {'reports': 'session'}.",
+        pattern=r"[a-z_][a-z0-9_$]*",
+        validator=lambda v: next((f"{db}: pool mode {m!r} is not session, transaction or "
+                                  "statement" for db, m in v.items()
+                                  if m not in ("session", "transaction", "statement")), None),
+    ),
+    Setting(
+        "pgbouncer_default_pool_size", 20, int,
+        "Server connections per database and user pair.",
+        minimum=1, maximum=10000,
+    ),
+    Setting(
+        "pgbouncer_min_pool_size", 0, int,
+        "Server connections kept open per pool even when idle.",
+        minimum=0, maximum=10000,
+    ),
+    Setting(
+        "pgbouncer_reserve_pool_size", 5, int,
+        "Extra server connections a pool may open when clients wait too long.",
+        minimum=0, maximum=10000,
+    ),
+    Setting(
+        "pgbouncer_max_client_conn", 1000, int,
+        "Client connections PgBouncer accepts at once.",
+        minimum=1, maximum=100000,
+    ),
+    Setting(
+        "pgbouncer_max_db_connections", 0, int,
+        "Server connections per database across its pools; 0 means no limit.",
+        minimum=0, maximum=10000,
+    ),
+    Setting(
+        "pgbouncer_admin_users", ["pgbouncer_admin"], list,
+        "Console-only users allowed every command on the pgbouncer admin console.",
+        item_type=str, pattern=_NAME,
+    ),
+    Setting(
+        "pgbouncer_stats_users", [], list,
+        "Console-only users allowed the read-only SHOW commands (health checks).",
+        item_type=str, pattern=_NAME,
+    ),
+    Setting(
+        "pgbouncer_auth", "userlist", str,
+        "How PgBouncer checks passwords: userlist (verifiers in userlist.txt) or auth_query.",
+        choices=("userlist", "auth_query"),
     ),
     Setting(
         "pginfra_apt_cache_time", 3600, int,

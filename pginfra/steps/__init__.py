@@ -4,11 +4,12 @@
 from pginfra.steps.cluster import create_cluster
 from pginfra.steps.configure import configure_server
 from pginfra.steps.packages import install_packages
+from pginfra.steps.pgbouncer import run_pgbouncer
 from pginfra.steps.roles import manage_roles
 from pginfra.steps.service import run_service
 from pginfra.steps.tls import install_tls
 
 __all__ = [
     "configure_server", "create_cluster", "install_packages", "install_tls", "manage_roles",
-    "run_service",
+    "run_pgbouncer", "run_service",
 ]

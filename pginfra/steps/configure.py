@@ -13,6 +13,7 @@ from pyinfra.operations import files, python
 from pyinfra.operations.util import any_changed
 
 from pginfra import ROOT
+from pginfra.pgbouncer import AUTH_USER
 from pginfra.server_config import CONF_NAME, quote, render_sections, server_parameters
 from pginfra.settings import Settings
 from pginfra.templating import render_io
@@ -52,7 +53,7 @@ def configure_server(settings: Settings, tls_changed=None):
     for path in (conf, f"{conf}/conf.d", staged_dir):
         files.directory(name=f"Directory {path} (postgres, 0700)", path=path,
                         user="postgres", group="postgres", mode="700")
-    for name in ("postgresql.conf", "pg_ident.conf"):
+    for name in ("postgresql.conf",):
         files.file(name=f"{conf}/{name} (postgres, 0640)", path=f"{conf}/{name}",
                    user="postgres", group="postgres", mode="640")
     for path in (settings.postgres_log_directory, settings.postgres_wal_archive_dir):
@@ -68,7 +69,10 @@ def configure_server(settings: Settings, tls_changed=None):
     targets = {
         CONF_NAME: f"{conf}/conf.d/{CONF_NAME}",
         "pg_hba.conf": f"{conf}/pg_hba.conf",
+        "pg_ident.conf": f"{conf}/pg_ident.conf",
     }
+    auth_query_user = AUTH_USER if (settings.pgbouncer_enabled
+                                    and settings.pgbouncer_auth == "auth_query") else ""
     rendered = {
         CONF_NAME: render_io(
             "postgresql-production.conf.j2", path=targets[CONF_NAME], host_name=host.name,
@@ -78,7 +82,9 @@ def configure_server(settings: Settings, tls_changed=None):
                       for title, rows in render_sections(params)],
         ),
         "pg_hba.conf": render_io("pg_hba.conf.j2", path=targets["pg_hba.conf"],
-                                 rules=settings.postgres_hba),
+                                 rules=settings.postgres_hba, auth_query_user=auth_query_user),
+        "pg_ident.conf": render_io("pg_ident.conf.j2", path=targets["pg_ident.conf"],
+                                   auth_query_user=auth_query_user),
     }
     staged_ops = [
         files.put(name=f"Stage {name}", src=rendered[name], dest=f"{staged_dir}/{name}",

@@ -9,9 +9,51 @@ from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from pginfra.facts import PostgresDatabases, PostgresDatabaseState, PostgresRoles
-from pginfra.roles import plan_database_objects, plan_databases, plan_roles, role_spec
+from pginfra.pgbouncer import AUTH_USER, auth_function_sql
+from pginfra.roles import (
+    plan_database_objects,
+    plan_databases,
+    plan_roles,
+    role_spec,
+    wanted_verifiers,
+)
 from pginfra.secrets import require_password
 from pginfra.settings import Settings
+
+_CREDENTIALS: dict[str, dict[str, str]] = {}
+
+
+def server_roles(settings: Settings) -> list[dict]:
+    """The roles of postgres_roles, plus PgBouncer's auth_query user when that mode is on."""
+    roles = [role_spec(r) for r in settings.postgres_roles]
+    if settings.pgbouncer_enabled and settings.pgbouncer_auth == "auth_query":
+        roles.append(role_spec({"name": AUTH_USER, "login": True}))
+    return roles
+
+
+def credentials(settings: Settings, new_cluster: bool = False) -> dict[str, str]:
+    """Role name -> the SCRAM verifier it should have, for the postgres superuser and every
+    login role; computed once per host and run, so the server and PgBouncer's userlist get the
+    same strings."""
+    if host.name not in _CREDENTIALS:
+        passwords = {"postgres": require_password("postgres", host.name)}
+        for role in server_roles(settings):
+            if role["login"]:
+                passwords[role["name"]] = require_password(role["name"], host.name)
+        current = {} if new_cluster else host.get_fact(
+            PostgresRoles, port=settings.postgres_port) or {}
+        _CREDENTIALS[host.name] = wanted_verifiers(passwords, current)
+    return _CREDENTIALS[host.name]
+
+
+def needs_auth_function(settings: Settings, state: dict) -> bool:
+    """Whether auth_query mode is on and the lookup function is missing or not as it must be:
+    SECURITY DEFINER, search_path pinned, no EXECUTE for PUBLIC."""
+    if not (settings.pgbouncer_enabled and settings.pgbouncer_auth == "auth_query"):
+        return False
+    fn = state.get("auth_function")
+    return not (fn and fn["secdef"] and not fn["public_execute"]
+                and fn["config"] == ["search_path=pg_catalog, pg_temp"])
 
 
 def psql_stdin(settings: Settings, database: str = "postgres", atomic: bool = True) -> str:
@@ -44,25 +86,23 @@ def manage_roles(settings: Settings, new_cluster: bool = False):
 
         manage_roles(load_settings())
     """
-    roles = [role_spec(r) for r in settings.postgres_roles]
-    passwords = {"postgres": require_password("postgres", host.name)}
-    for role in roles:
-        if role["login"]:
-            passwords[role["name"]] = require_password(role["name"], host.name)
-
+    roles = server_roles(settings)
     port = settings.postgres_port
 
     def fact(cls, **kwargs):  # a cluster created in this run has nothing yet
         return None if new_cluster else host.get_fact(cls, port=port, **kwargs)
 
-    statements = plan_roles(roles, fact(PostgresRoles) or {}, passwords)
+    statements = plan_roles(roles, fact(PostgresRoles) or {}, credentials(settings, new_cluster))
     if statements:
         touched = sorted({s.split('"')[1] for s in statements})
         server.shell(name=f"Create or change roles: {', '.join(touched)}",
                      commands=[psql_stdin(settings)], _stdin=_sql(statements))
 
     existing = fact(PostgresDatabases) or {}
-    statements = plan_databases(settings.postgres_databases, existing)
+    databases = settings.postgres_databases
+    if any(r["name"] == AUTH_USER for r in roles):  # auth_query looks up in each database
+        databases = [dict(db, connect=[*db.get("connect", []), AUTH_USER]) for db in databases]
+    statements = plan_databases(databases, existing)
     if statements:
         # CREATE DATABASE cannot run inside a transaction block.
         server.shell(name="Create databases, set owners and CONNECT grants",
@@ -73,6 +113,8 @@ def manage_roles(settings: Settings, new_cluster: bool = False):
         if db["name"] in existing:
             state = fact(PostgresDatabaseState, database=db["name"]) or {}
         statements = plan_database_objects(db.get("extensions", []), state)
+        if db["name"] != "postgres" and needs_auth_function(settings, state):
+            statements += auth_function_sql()
         if statements:
             server.shell(name=f"Database {db['name']}: public schema, pg_stat_statements",
                          commands=[psql_stdin(settings, db["name"])], _stdin=_sql(statements))

@@ -103,7 +103,7 @@ def lab():
         lab.down()
         lab = Lab.default(**E2E)
     shutil.rmtree(SECRETS_FILE.parent, ignore_errors=True)
-    generate_missing(["postgres", "app"], SECRETS_FILE)
+    generate_missing(["postgres", "app", "pgbouncer_admin", "pgbouncer_auth"], SECRETS_FILE)
     started = time.monotonic()
     lab.up(1)
     record_timing("lab_up_seconds", time.monotonic() - started)

@@ -27,7 +27,7 @@ class FakeServer:
             return [["150010"]]
         if "FROM pg_file_settings f" in sql:
             return self.errors
-        if "pg_hba_file_rules" in sql:
+        if "pg_hba_file_rules" in sql or "pg_ident_file_mappings" in sql:
             return []
         if "FROM pg_file_settings WHERE name" in sql:
             return []

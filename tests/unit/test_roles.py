@@ -4,6 +4,7 @@ from pginfra.roles import (
     plan_database_objects,
     plan_databases,
     plan_roles,
+    wanted_verifiers,
 )
 from pginfra.scram import make_verifier
 
@@ -16,7 +17,8 @@ def current_role(**kw):
 
 
 def test_new_role_is_created_with_a_verifier_never_the_password():
-    sql = plan_roles([{"name": "app", "login": True}], {}, {"app": "s3cret-pass"})
+    verifiers = wanted_verifiers({"app": "s3cret-pass"}, {})
+    sql = plan_roles([{"name": "app", "login": True}], {}, verifiers)
     assert sql[0] == ('CREATE ROLE "app" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE '
                       "INHERIT CONNECTION LIMIT -1")
     assert sql[1].startswith("ALTER ROLE \"app\" PASSWORD 'SCRAM-SHA-256$")
@@ -30,7 +32,9 @@ def test_converged_role_needs_nothing():
                "postgres": current_role(superuser=True, password=make_verifier("root"))}
     wanted = [{"name": "grp"},
               {"name": "app", "login": True, "connection_limit": 5, "member_of": ["grp"]}]
-    assert plan_roles(wanted, current, {"app": "pw", "postgres": "root"}) == []
+    verifiers = wanted_verifiers({"app": "pw", "postgres": "root"}, current)
+    assert verifiers["app"] == verifier  # still matches: kept, not recomputed
+    assert plan_roles(wanted, current, verifiers) == []
 
 
 def test_attribute_password_and_membership_changes():
@@ -38,7 +42,7 @@ def test_attribute_password_and_membership_changes():
                                    inherit=False),
                "grp": current_role(login=False)}
     wanted = [{"name": "grp"}, {"name": "app", "login": True, "connection_limit": 7}]
-    sql = plan_roles(wanted, current, {"app": "new"})
+    sql = plan_roles(wanted, current, wanted_verifiers({"app": "new"}, current))
     assert 'ALTER ROLE "app" WITH INHERIT CONNECTION LIMIT 7' in sql
     assert any(s.startswith('ALTER ROLE "app" PASSWORD') for s in sql)
     assert 'REVOKE "grp" FROM "app"' in sql

@@ -52,7 +52,7 @@ def test_conf_template_mirrors_sections_and_quotes_values():
 
 def test_hba_has_no_weak_methods_and_rejects_the_rest():
     rules = [{"database": "app", "user": "app", "address": "10.20.0.0/16", "comment": "apps"}]
-    text = render("pg_hba.conf.j2", path="/etc/x/pg_hba.conf", rules=rules)
+    text = render("pg_hba.conf.j2", path="/etc/x/pg_hba.conf", rules=rules, auth_query_user="")
     lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     assert lines[0].split() == ["local", "all", "postgres", "peer"]
     assert ["hostssl", "app", "app", "10.20.0.0/16", "scram-sha-256"] in [

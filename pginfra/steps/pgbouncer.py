@@ -1,0 +1,112 @@
+"""Step: PgBouncer in front of the server, its userlist in step with pg_authid."""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import FileContents
+from pyinfra.facts.hardware import Cpus, Memory
+from pyinfra.operations import apt, files, systemd
+from pyinfra.operations.util import any_changed
+
+from pginfra.pgbouncer import (
+    INI,
+    USERLIST,
+    check_capacity,
+    ini_sections,
+    needs_restart,
+    userlist_roles,
+)
+from pginfra.scram import make_verifier, verify
+from pginfra.secrets import require_password
+from pginfra.server_config import server_parameters, tls_paths
+from pginfra.settings import Settings
+from pginfra.steps.roles import credentials
+from pginfra.templating import render_io
+from pginfra.tuning import MB
+
+LIMITS_DROPIN = "/etc/systemd/system/pgbouncer.service.d/pginfra.conf"
+
+
+def userlist_verifiers(settings: Settings, new_cluster: bool) -> list[tuple[str, str]]:
+    """(role, verifier) lines: the server's verifiers for server roles, and for console-only
+    users the verifier already in the userlist while it matches, else a new one."""
+    server = credentials(settings, new_cluster)
+    old = _userlist_names()
+    lines = []
+    for role in userlist_roles(settings):
+        if role in server:
+            lines.append((role, server[role]))
+            continue
+        password = require_password(role, host.name)
+        have = old.get(role)
+        lines.append((role, have if have and verify(password, have) else make_verifier(password)))
+    return lines
+
+
+def _userlist_names() -> dict[str, str]:
+    """Role -> verifier in the host's current userlist.txt."""
+    old = {}
+    for line in host.get_fact(FileContents, path=USERLIST) or []:
+        parts = line.split('"')
+        if len(parts) >= 4:
+            old[parts[1]] = parts[3]
+    return old
+
+
+@deploy("PgBouncer")
+def run_pgbouncer(settings: Settings, new_cluster: bool = False, tls_changed=None):
+    """
+    Install PgBouncer, write pgbouncer.ini and a userlist.txt whose SCRAM verifiers are the
+    ones in pg_authid (computed in the same run as the roles), and reload it on a change;
+    restart only when a listen or socket setting changed. Pools that could exhaust the server's
+    connection slots stop the run before anything changes.
+
+    .. code:: python
+
+        run_pgbouncer(load_settings(), new_cluster)
+    """
+    if not settings.pgbouncer_enabled:
+        return
+    params = server_parameters(settings, host.get_fact(Memory) * MB, host.get_fact(Cpus))
+    check_capacity(settings, params)  # before any operation
+    sections = ini_sections(settings, tls_paths(settings))
+    old_ini = host.get_fact(FileContents, path=INI)
+    restart_for = needs_restart("\n".join(old_ini) if old_ini else None, sections)
+    users = userlist_verifiers(settings, new_cluster)
+    if set(_userlist_names()) - {role for role, _ in users}:
+        restart_for = [*restart_for, "users removed from userlist.txt"]
+
+    apt.packages(name="Install PgBouncer", packages=["pgbouncer"],
+                 _env={"DEBIAN_FRONTEND": "noninteractive"})
+    limits = files.put(
+        name="PgBouncer may hold many client connections (LimitNOFILE)",
+        src=render_io("pgbouncer.service.d-pginfra.conf.j2"),
+        dest=LIMITS_DROPIN, user="root", group="root", mode="644", create_remote_dir=True,
+    )
+    files.directory(name="/etc/pgbouncer (postgres, 0750)", path="/etc/pgbouncer",
+                    user="postgres", group="postgres", mode="750")
+    ini = files.put(
+        name="pgbouncer.ini",
+        src=render_io("pgbouncer.ini.j2", path=INI, sections=sections),
+        dest=INI, user="postgres", group="postgres", mode="640",
+    )
+    userlist = files.put(
+        name=f"userlist.txt: {', '.join(role for role, _ in users)}",
+        src=render_io("userlist.txt.j2", users=users),
+        dest=USERLIST, user="postgres", group="postgres", mode="600",
+    )
+    systemd.daemon_reload(name="systemd picks up the PgBouncer drop-in", _if=limits.did_change)
+    # A restart drops client connections: only for the settings PgBouncer cannot reload.
+    restart_if = any_changed(ini, limits) if restart_for else any_changed(limits)
+    systemd.service(
+        name="Restart PgBouncer for: " + ", ".join(restart_for or ["LimitNOFILE"]),
+        service="pgbouncer.service", restarted=True, _if=restart_if,
+    )
+    systemd.service(
+        name="Reload PgBouncer (re-reads pgbouncer.ini and userlist.txt)",
+        service="pgbouncer.service", reloaded=True,
+        _if=any_changed(ini, userlist, *(tls_changed or [])),
+    )
+    systemd.service(name="PgBouncer enabled and running", service="pgbouncer.service",
+                    running=True, enabled=True)
