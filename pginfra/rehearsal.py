@@ -415,10 +415,11 @@ class Lab:
             time.sleep(0.5)
         raise RehearsalError(f"{name} did not answer over SSH within {timeout:.0f}s: {last}")
 
-    def ssh(self, name: str, command: list[str], check: bool = True,
-            timeout: float = 120) -> subprocess.CompletedProcess:
+    def ssh(self, name: str, command: list[str], check: bool = True, timeout: float = 120,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        """Run ``command`` on a host (the remote shell joins the words); ``input`` is its stdin."""
         return run(["ssh", "-F", str(self.ssh_config), name, "--", *command], check=check,
-                   timeout=timeout)
+                   timeout=timeout, input=input)
 
     def write_access_files(self) -> None:
         SSH_CONTROL_DIR.mkdir(mode=0o700, exist_ok=True)

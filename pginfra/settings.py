@@ -277,7 +277,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "pgbouncer_listen_addresses", [], list,
         "Addresses PgBouncer listens on (never '*'); empty: those of postgres_listen_addresses.",
-        item_type=str, pattern=r"[A-Za-z0-9.:-]+",
+        item_type=str, pattern=r"[A-Za-z0-9.:*-]+",
         validator=lambda v: "PgBouncer never listens on every address" if set(v) & {
             "*", "0.0.0.0", "::"} else None,
     ),
