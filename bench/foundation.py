@@ -6,7 +6,8 @@ In one process, on rehearsal hosts of a lab of its own (pgb1, pgb2 on 10.77.2.0/
   1. builds the debootstrap root filesystem from scratch into a temporary cache;
   2. boots two hosts;
   3. baseline: a bare ``apt-get update && apt-get install -y postgresql pgbouncer`` on pgb2;
-  4. the first ``pyinfra deploys/postgres.py`` run on pgb1, then a second (no-op) run.
+  4. the first ``pyinfra deploys/postgres.py`` run on pgb1 (the whole runbook: server,
+     TLS, configuration, roles, PgBouncer), then a second (no-op) run.
 It prints wall times and the ratios of each deploy to the baseline, and writes them to
 bench/results/foundation.json. Nothing here is asserted: it is a measurement, not a test.
 """
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pginfra.rehearsal import Lab  # noqa: E402
+from pginfra.secrets import generate_missing  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -38,7 +40,10 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
 
 
 def deploy(lab: Lab) -> dict:
-    env = dict(os.environ, PGINFRA_REHEARSAL_DIR=str(lab.state_dir))
+    control = lab.state_dir.parent / "control"
+    env = dict(os.environ, PGINFRA_REHEARSAL_DIR=str(lab.state_dir),
+               PGINFRA_SECRETS_FILE=str(control / "secrets.yaml"),
+               PGINFRA_CA_DIR=str(control / "ca"))
     proc = subprocess.run(
         [str(BIN / "pyinfra"), "-y", "--json", "--limit", "pgb1", "inventories/rehearsal.py",
          "deploys/postgres.py"],
@@ -58,6 +63,8 @@ def main() -> int:
         cache = Path("/var/cache/pginfra") if args.keep_rootfs_cache else Path(tmp) / "cache"
         lab = Lab(state_dir=Path(tmp) / "lab", cache_dir=cache, subnet="10.77.2.0/24",
                   bridge="pginfra-bench", prefix="pgb")
+        generate_missing(["postgres", "app", "pgbouncer_admin"],
+                         Path(tmp) / "control" / "secrets.yaml")
         try:
             if not args.keep_rootfs_cache:
                 figures["rootfs_build_s"], _ = timed(lab.build_rootfs)

@@ -168,6 +168,9 @@ class Lab:
     prefix: str = "pg"
     mirror: str = MIRROR
     hosts: dict[str, dict] = field(default_factory=dict)  # name -> {address, pid}
+    # nspawn processes this object started: name -> Popen (between fork and exec a child's
+    # /proc cmdline is still ours, so only the Popen knows it is alive).
+    _procs: dict[str, subprocess.Popen] = field(default_factory=dict, repr=False)
 
     @classmethod
     def default(cls, **overrides) -> Lab:
@@ -372,6 +375,7 @@ class Lab:
             start_new_session=True,
         )
         log.close()
+        self._procs[name] = proc
         return proc.pid
 
     def _nspawn_pids(self, name: str) -> list[int]:
@@ -393,6 +397,9 @@ class Lab:
         return pids
 
     def is_running(self, name: str) -> bool:
+        proc = self._procs.get(name)
+        if proc is not None:
+            return proc.poll() is None
         pid = self.hosts.get(name, {}).get("pid")
         return bool(pid) and pid in self._nspawn_pids(name)
 
@@ -462,6 +469,7 @@ class Lab:
         return self.hosts
 
     def stop_host(self, name: str, timeout: float = 30) -> None:
+        self._procs.pop(name, None)
         pids = self._nspawn_pids(name)
         for pid in pids:
             os.kill(pid, signal.SIGTERM)  # nspawn asks the container's systemd to power off

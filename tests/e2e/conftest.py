@@ -17,11 +17,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from pginfra import ROOT
 from pginfra.rehearsal import REQUIRED_TOOLS, Lab
-from pginfra.secrets import generate_missing
+from pginfra.secrets import generate_missing, password_for
 
 E2E = {
     "state_dir": Path(os.environ.get("PGINFRA_E2E_DIR", "/var/lib/pginfra/e2e")),
@@ -33,6 +34,7 @@ E2E = {
 SECRETS_FILE = E2E["state_dir"].parent / "e2e-control" / "secrets.yaml"
 CA_DIR = E2E["state_dir"].parent / "e2e-control" / "ca"
 BIN = Path(sys.executable).parent
+HOST = "10.77.1.10"  # pgt1, the lab's first host
 TIMINGS = ROOT / "bench/results/e2e-timings.json"
 
 
@@ -119,3 +121,31 @@ def first_deploy(lab) -> Deploy:
     assert result.returncode == 0, result.stderr[-4000:]
     record_timing("first_deploy_seconds", result.seconds)
     return result
+
+
+def deploy_ok(lab: Lab, *args: str, env: dict | None = None) -> Deploy:
+    """A deploy that must succeed."""
+    result = run_pyinfra(lab, *args, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def sql(lab: Lab, query: str, db: str = "postgres", port: int = 5432) -> str:
+    """Run SQL on pgt1 as the postgres superuser, over its Unix socket."""
+    return lab.ssh("pgt1", ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-p", str(port),
+                            "-d", db, "-c", repr(query)]).stdout.strip()
+
+
+def client(password: str, port: int = 5432, user: str = "app", dbname: str = "app",
+           sslmode: str = "verify-full", **kwargs) -> psycopg.Connection:
+    """A client on the control machine, verifying the server against the lab's CA."""
+    return psycopg.connect(host=HOST, port=port, dbname=dbname, user=user, password=password,
+                           sslmode=sslmode, sslrootcert=str(CA_DIR / "ca.crt"),
+                           connect_timeout=5, autocommit=True, **kwargs)
+
+
+@pytest.fixture
+def secret(monkeypatch):
+    """``secret(role)``: a password from the e2e lab's own secrets file."""
+    monkeypatch.setenv("PGINFRA_SECRETS_FILE", str(SECRETS_FILE))
+    return password_for

@@ -1,7 +1,7 @@
 """A cluster without data checksums (as Debian creates one) is re-created only when empty."""
 
 import pytest
-from conftest import run_pyinfra
+from conftest import run_pyinfra, sql
 
 CLUSTER = ["--data", "postgres_cluster=chk", "--data", "postgres_port=5434",
            "--data", "postgres_wal_archive_dir=/var/lib/postgresql/wal-archive-chk",
@@ -11,8 +11,7 @@ CLUSTER = ["--data", "postgres_cluster=chk", "--data", "postgres_port=5434",
 
 
 def on_chk(lab, query):
-    return lab.ssh("pgt1", ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-p", "5434",
-                            "-c", repr(query)]).stdout.strip()
+    return sql(lab, query, port=5434)
 
 
 @pytest.fixture

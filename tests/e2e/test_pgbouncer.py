@@ -3,35 +3,13 @@ console, reloads that keep clients, password rotation, capacity checks and auth_
 
 import psycopg
 import pytest
-from conftest import CA_DIR, SECRETS_FILE, control_env, run_pyinfra
+from conftest import client, control_env, deploy_ok, run_pyinfra, sql
 
-from pginfra.secrets import password_for
-
-HOST = "10.77.1.10"
 AUTH_FAILED = "(password|SASL) authentication failed"
 
 
-@pytest.fixture
-def secret(monkeypatch):
-    monkeypatch.setenv("PGINFRA_SECRETS_FILE", str(SECRETS_FILE))
-    return password_for
-
-
-def bouncer(password, user="app", dbname="app", sslmode="verify-full", port=6432, **kw):
-    return psycopg.connect(host=HOST, port=port, dbname=dbname, user=user, password=password,
-                           sslmode=sslmode, sslrootcert=str(CA_DIR / "ca.crt"),
-                           connect_timeout=5, autocommit=True, **kw)
-
-
-def sql(lab, query, db="postgres"):
-    return lab.ssh("pgt1", ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-d", db,
-                            "-c", repr(query)]).stdout.strip()
-
-
-def deploy_ok(lab, *args, env=None):
-    result = run_pyinfra(lab, *args, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
+def bouncer(password, user="app", dbname="app", sslmode="verify-full", port=6432, **kwargs):
+    return client(password, port, user=user, dbname=dbname, sslmode=sslmode, **kwargs)
 
 
 def test_app_queries_through_pgbouncer_with_tls_and_scram(first_deploy, secret):

@@ -7,37 +7,17 @@ import time
 
 import psycopg
 import pytest
-from conftest import CA_DIR, SECRETS_FILE, control_env, run_pyinfra
+from conftest import client, control_env, deploy_ok, run_pyinfra, sql
 
-from pginfra.secrets import password_for
-
-HOST = "10.77.1.10"
 ARCHIVE = "/var/lib/postgresql/wal-archive"
 
 
 def connect(password, sslmode="verify-full", user="app", dbname="app"):
-    return psycopg.connect(host=HOST, port=5432, dbname=dbname, user=user, password=password,
-                           sslmode=sslmode, sslrootcert=str(CA_DIR / "ca.crt"), connect_timeout=5)
+    return client(password, 5432, user=user, dbname=dbname, sslmode=sslmode)
 
 
-def app_password(monkeypatch):
-    monkeypatch.setenv("PGINFRA_SECRETS_FILE", str(SECRETS_FILE))
-    return password_for("app")
-
-
-def sql(lab, query, db="postgres"):
-    return lab.ssh("pgt1", ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-d", db,
-                            "-c", repr(query)]).stdout.strip()
-
-
-def deploy_ok(lab, *args, env=None):
-    result = run_pyinfra(lab, *args, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
-def test_app_connects_with_verify_full_and_scram(lab, first_deploy, monkeypatch):
-    with connect(app_password(monkeypatch)) as conn:
+def test_app_connects_with_verify_full_and_scram(lab, first_deploy, secret):
+    with connect(secret("app")) as conn:
         row = conn.execute("SELECT current_user, s.ssl, s.version, pg_backend_pid() "
                            "FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()").fetchone()
         assert row[:2] == ("app", True)
@@ -48,13 +28,13 @@ def test_app_connects_with_verify_full_and_scram(lab, first_deploy, monkeypatch)
     assert 'identity="app" method=scram-sha-256' in logged
 
 
-def test_plain_tcp_and_wrong_password_are_refused(first_deploy, monkeypatch):
+def test_plain_tcp_and_wrong_password_are_refused(first_deploy, secret):
     with pytest.raises(psycopg.OperationalError, match="no encryption"):
-        connect(app_password(monkeypatch), sslmode="disable")
+        connect(secret("app"), sslmode="disable")
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         connect("not-the-password")
     with pytest.raises(psycopg.OperationalError, match="rejects connection"):
-        connect(app_password(monkeypatch), user="postgres", dbname="postgres")
+        connect(secret("app"), user="postgres", dbname="postgres")
 
 
 def test_reloadable_change_reloads_and_shared_buffers_restarts(lab, first_deploy):
@@ -101,8 +81,8 @@ def test_connection_limit_change_reaches_the_role(lab, first_deploy):
     assert sql(lab, "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'app'") == "50"
 
 
-def test_password_rotation(lab, first_deploy, monkeypatch):
-    old = app_password(monkeypatch)
+def test_password_rotation(lab, first_deploy, secret):
+    old = secret("app")
     new = "rotated-" + hashlib.sha256(old.encode()).hexdigest()[:20]
     deploy_ok(lab, env=control_env(lab, PGINFRA_PASSWORD_APP=new))
     with connect(new) as conn:
@@ -189,11 +169,10 @@ def test_converged_after_all_of_the_above(lab, first_deploy):
     assert result.changed == []
 
 
-def test_passwords_never_reach_the_host(lab, first_deploy, monkeypatch):
+def test_passwords_never_reach_the_host(lab, first_deploy, secret):
     """Only SCRAM verifiers travel: no password in any file, log or process on the host."""
     for role in ("app", "postgres"):
-        monkeypatch.setenv("PGINFRA_SECRETS_FILE", str(SECRETS_FILE))
-        password = password_for(role)
+        password = secret(role)
         found = lab.ssh("pgt1", ["grep", "-rlF", "--", repr(password), "/etc", "/var/log",
                                  "/var/lib/postgresql", "/root", "/tmp", "/usr/local"],
                         check=False)

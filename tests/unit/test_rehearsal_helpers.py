@@ -101,3 +101,15 @@ def test_an_exited_child_is_not_alive_even_before_it_is_reaped():
     time.sleep(0.3)  # exited, and a zombie until someone waits for it
     assert rehearsal._alive(child.pid) is False
     assert rehearsal._alive(1) is True
+
+
+def test_a_host_this_lab_just_started_counts_as_running(tmp_path):
+    """Between fork and exec /proc still shows the parent's command line: trust the Popen."""
+    import subprocess
+
+    lab = Lab(state_dir=tmp_path)
+    lab._procs["pgz1"] = subprocess.Popen(["sleep", "2"])
+    assert lab.is_running("pgz1")
+    lab._procs["pgz1"].kill()
+    lab._procs["pgz1"].wait()
+    assert not lab.is_running("pgz1")
