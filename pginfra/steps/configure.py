@@ -35,8 +35,9 @@ def apply_command(settings: Settings, pairs: list[tuple[str, str]]) -> str:
 @deploy("Configure the PostgreSQL server")
 def configure_server(settings: Settings, tls_changed=None):
     """
-    Render ``conf.d/postgresql-production.conf`` (tuned from the host's RAM and CPUs) and
-    ``pg_hba.conf`` into a staging directory, then let ``pginfra-apply-config`` check them on the
+    Render ``conf.d/postgresql-production.conf`` (tuned from the host's RAM and CPUs),
+    ``pg_hba.conf`` and ``pg_ident.conf`` into a staging directory, then let
+    ``pginfra-apply-config`` check them on the
     running server, reload, and restart only when a changed parameter needs it. A refused file
     fails the run and the previous one stays in force.
 
@@ -53,9 +54,9 @@ def configure_server(settings: Settings, tls_changed=None):
     for path in (conf, f"{conf}/conf.d", staged_dir):
         files.directory(name=f"Directory {path} (postgres, 0700)", path=path,
                         user="postgres", group="postgres", mode="700")
-    for name in ("postgresql.conf",):
-        files.file(name=f"{conf}/{name} (postgres, 0640)", path=f"{conf}/{name}",
-                   user="postgres", group="postgres", mode="640")
+    # Debian's postgresql.conf keeps its content (pginfra writes conf.d/), not its 0644 mode.
+    files.file(name=f"{conf}/postgresql.conf (postgres, 0640)", path=f"{conf}/postgresql.conf",
+               user="postgres", group="postgres", mode="640")
     for path in (settings.postgres_log_directory, settings.postgres_wal_archive_dir):
         files.directory(name=f"Directory {path} (postgres, 0700)", path=path,
                         user="postgres", group="postgres", mode="700")
