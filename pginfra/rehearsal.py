@@ -145,6 +145,14 @@ def rootfs_key(packages: tuple[str, ...] = ROOTFS_PACKAGES, suite: str = SUITE,
     return f"{suite}-{digest[:12]}"
 
 
+def require_root_on_linux() -> None:
+    """Every rehearsal command needs both; say so before touching anything."""
+    if platform.system() != "Linux":
+        raise RehearsalError(f"rehearsal hosts need Linux, this is {platform.system()}")
+    if os.geteuid() != 0:
+        raise RehearsalError("rehearsal hosts need root (debootstrap, nspawn, veth, iptables)")
+
+
 def _alive(pid: int) -> bool:
     """Whether ``pid`` still runs. Reaps it when it is our own child (a zombie is not alive)."""
     with contextlib.suppress(ChildProcessError):
@@ -235,10 +243,7 @@ class Lab:
 
     # checks made before anything changes
     def preflight(self, names: list[str]) -> None:
-        if platform.system() != "Linux":
-            raise RehearsalError(f"rehearsal hosts need Linux, this is {platform.system()}")
-        if os.geteuid() != 0:
-            raise RehearsalError("rehearsal hosts need root (debootstrap, nspawn, veth, iptables)")
+        require_root_on_linux()
         missing = [tool for tool in REQUIRED_TOOLS if not shutil.which(tool)]
         if missing:
             raise RehearsalError(
@@ -485,8 +490,7 @@ class Lab:
             os.kill(pid, signal.SIGKILL)
 
     def down(self) -> None:
-        if platform.system() != "Linux" or os.geteuid() != 0:
-            raise RehearsalError("rehearsal hosts need root on Linux")
+        require_root_on_linux()
         recorded = self.load_state()
         if recorded is None:
             say(f"no lab recorded in {self.state_dir}; nothing to do")
@@ -548,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
+        require_root_on_linux()  # the state directory itself is root's
         lab = Lab.default(state_dir=args.state_dir, subnet=args.subnet, bridge=args.bridge,
                           prefix=args.prefix)
         if args.command == "up":

@@ -76,8 +76,10 @@ class Deploy:
 
 def control_env(lab: Lab, **extra: str) -> dict[str, str]:
     """The environment a deploy from the control machine runs with."""
-    return dict(os.environ, PGINFRA_REHEARSAL_DIR=str(lab.state_dir),
-                PGINFRA_SECRETS_FILE=str(SECRETS_FILE), PGINFRA_CA_DIR=str(CA_DIR), **extra)
+    env = dict(os.environ, PGINFRA_REHEARSAL_DIR=str(lab.state_dir),
+               PGINFRA_SECRETS_FILE=str(SECRETS_FILE), PGINFRA_CA_DIR=str(CA_DIR))
+    env.update(extra)
+    return env
 
 
 def run_pyinfra(lab: Lab, *args: str, inventory: str = "inventories/rehearsal.py",

@@ -72,3 +72,27 @@ def test_dry_run_of_a_converged_host_plans_nothing(lab, first_deploy):
     assert payload["results"] is None
     assert payload["plan"], "the dry run planned the runbook's operations"
     assert [op["name"] for op in payload["plan"] if op["hosts_with_change"]] == []
+
+
+def test_missing_password_stops_before_any_operation(lab, first_deploy, tmp_path):
+    empty = tmp_path / "secrets.yaml"
+    empty.write_text("passwords: {}\n")
+    empty.chmod(0o600)
+    result = run_pyinfra(lab, env=control_env(lab, PGINFRA_SECRETS_FILE=str(empty)))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "pgt1: no password for role 'postgres'" in output
+    assert "PGINFRA_PASSWORD_POSTGRES" in output
+    assert "Starting operation" not in output
+
+
+def test_secrets_file_readable_by_others_is_refused(lab, first_deploy, tmp_path):
+    loose = tmp_path / "secrets.yaml"
+    loose.write_text("passwords: {postgres: not-shown-anywhere}\n")
+    loose.chmod(0o644)
+    result = run_pyinfra(lab, env=control_env(lab, PGINFRA_SECRETS_FILE=str(loose)))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"chmod 600 {loose}" in output
+    assert "not-shown-anywhere" not in output
+    assert "Starting operation" not in output

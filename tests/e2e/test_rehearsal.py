@@ -105,3 +105,16 @@ def test_a_second_lab_comes_up_and_down_leaves_the_machine_as_found(lab, tmp_pat
     assert not state_dir.exists()
     # The root filesystem cache stays for the next lab.
     assert Lab(state_dir=state_dir).rootfs_dir().exists()
+
+
+def test_non_root_is_refused_before_anything_changes(tmp_path):
+    state_dir = tmp_path / "lab"
+    before = machine_snapshot()
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(BIN / "pginfra"),
+         "rehearsal", f"--state-dir={state_dir}", "up"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "rehearsal hosts need root" in proc.stderr
+    assert machine_snapshot() == before
+    assert not state_dir.exists()
