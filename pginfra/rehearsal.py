@@ -43,6 +43,8 @@ REQUIRED_TOOLS = (
 )
 NAME_RE = re.compile(r"[a-z][a-z0-9]{0,10}")  # nspawn names the veth vb-NAME (15 chars max)
 IPT_COMMENT = "pginfra-rehearsal"
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+IP_FORWARD_RECORD = Path("/run/pginfra-rehearsal.ip_forward")  # the value before any lab
 # Shared SSH connections; a socket path must stay under 108 bytes, so not in the state directory.
 SSH_CONTROL_DIR = Path("/run/pginfra-ssh")
 
@@ -318,11 +320,11 @@ class Lab:
             run(["ip", "addr", "add", f"{gateway}/{prefixlen}", "dev", self.bridge])
         run(["ip", "link", "set", self.bridge, "up"])
 
-        recorded = self.load_state() or {}
-        if "ip_forward_before" not in recorded:
-            before = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
-            self.save_state({"ip_forward_before": before})
-        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+        # The first lab up records the machine's value for the last lab down to restore; a
+        # per-lab record would restore another lab's "1" when labs overlap.
+        if not IP_FORWARD_RECORD.exists():
+            IP_FORWARD_RECORD.write_text(IP_FORWARD.read_text())
+        IP_FORWARD.write_text("1\n")
         for rule in self._iptables_rules():
             if run(["iptables", *rule[:2], "-C", *rule[2:]], check=False).returncode != 0:
                 run(["iptables", *rule[:2], "-A", *rule[2:]])
@@ -508,10 +510,13 @@ class Lab:
                 run(["iptables", *rule[:2], "-D", *rule[2:]])
         if run(["ip", "link", "show", self.bridge], check=False).returncode == 0:
             run(["ip", "link", "del", self.bridge])
-        before = recorded.get("ip_forward_before")
         other_labs = IPT_COMMENT in run(["iptables-save", "-t", "nat"]).stdout
-        if before is not None and not other_labs:  # another lab still needs forwarding
-            Path("/proc/sys/net/ipv4/ip_forward").write_text(f"{before}\n")
+        if IP_FORWARD_RECORD.exists() and not other_labs:  # the last lab down restores it
+            IP_FORWARD.write_text(IP_FORWARD_RECORD.read_text())
+            IP_FORWARD_RECORD.unlink()
+        if not other_labs:
+            with contextlib.suppress(OSError):  # left in place while a connection lingers
+                SSH_CONTROL_DIR.rmdir()
         shutil.rmtree(self.state_dir)
         self.hosts = {}
         say("lab removed; the root filesystem cache stays in " + str(self.rootfs_dir().parent))

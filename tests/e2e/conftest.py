@@ -108,6 +108,7 @@ def lab():
         lab = Lab.default(**E2E)
     shutil.rmtree(SECRETS_FILE.parent, ignore_errors=True)
     generate_missing(["postgres", "app", "pgbouncer_admin", "pgbouncer_auth"], SECRETS_FILE)
+    forward_before = Path("/proc/sys/net/ipv4/ip_forward").read_text()
     started = time.monotonic()
     lab.up(1)
     record_timing("lab_up_seconds", time.monotonic() - started)
@@ -115,6 +116,8 @@ def lab():
     yield lab
     Lab.default(**E2E).down()
     shutil.rmtree(SECRETS_FILE.parent, ignore_errors=True)
+    # The last lab down puts forwarding back as the first lab up found it.
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == forward_before
 
 
 @pytest.fixture(scope="session")
