@@ -20,6 +20,7 @@ def server_packages(settings: Settings) -> list[str]:
         f"postgresql-client-{version}",
         "postgresql-common",
         "python3",  # host-side programs in files/ run on it
+        "python3-psycopg",
         *settings.postgres_extra_packages,
     ]
 
