@@ -229,15 +229,13 @@ class Lab:
             return None
         return json.loads(self.state_file.read_text())
 
-    def save_state(self, extra: dict | None = None) -> None:
+    def save_state(self) -> None:
         recorded = self.load_state() or {}
         recorded.update(
             subnet=self.subnet, bridge=self.bridge, prefix=self.prefix, hosts=self.hosts,
             user="root", key=str(self.key), known_hosts=str(self.known_hosts),
             ssh_config=str(self.ssh_config),
         )
-        if extra:
-            recorded.update(extra)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
