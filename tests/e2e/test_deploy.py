@@ -74,12 +74,16 @@ def test_dry_run_of_a_converged_host_plans_nothing(lab, first_deploy):
     assert [op["name"] for op in payload["plan"] if op["hosts_with_change"]] == []
 
 
+def deploy_with_secrets_file(lab, tmp_path, text, mode):
+    path = tmp_path / "secrets.yaml"
+    path.write_text(text)
+    path.chmod(mode)
+    result = run_pyinfra(lab, env=control_env(lab, PGINFRA_SECRETS_FILE=str(path)))
+    return path, result, result.stdout + result.stderr
+
+
 def test_missing_password_stops_before_any_operation(lab, first_deploy, tmp_path):
-    empty = tmp_path / "secrets.yaml"
-    empty.write_text("passwords: {}\n")
-    empty.chmod(0o600)
-    result = run_pyinfra(lab, env=control_env(lab, PGINFRA_SECRETS_FILE=str(empty)))
-    output = result.stdout + result.stderr
+    _, result, output = deploy_with_secrets_file(lab, tmp_path, "passwords: {}\n", 0o600)
     assert result.returncode != 0
     assert "pgt1: no password for role 'postgres'" in output
     assert "PGINFRA_PASSWORD_POSTGRES" in output
@@ -87,12 +91,9 @@ def test_missing_password_stops_before_any_operation(lab, first_deploy, tmp_path
 
 
 def test_secrets_file_readable_by_others_is_refused(lab, first_deploy, tmp_path):
-    loose = tmp_path / "secrets.yaml"
-    loose.write_text("passwords: {postgres: not-shown-anywhere}\n")
-    loose.chmod(0o644)
-    result = run_pyinfra(lab, env=control_env(lab, PGINFRA_SECRETS_FILE=str(loose)))
-    output = result.stdout + result.stderr
+    path, result, output = deploy_with_secrets_file(
+        lab, tmp_path, "passwords: {postgres: not-shown-anywhere}\n", 0o644)
     assert result.returncode != 0
-    assert f"chmod 600 {loose}" in output
+    assert f"chmod 600 {path}" in output
     assert "not-shown-anywhere" not in output
     assert "Starting operation" not in output

@@ -49,12 +49,17 @@ def put(lab, db, path, text):
                      f"chown -R postgres /tmp/{db}'"], input=text)
 
 
-def migrate(lab, db, *args, background=False):
+def migrate(lab, db, *args):
     cmd = ["cd", "/tmp", "&&", "runuser", "-u", "postgres", "--", RUNNER, "--dbname", db, *args]
-    if background:
-        return subprocess.Popen(["ssh", "-F", str(lab.ssh_config), "pgt1", "--", *cmd],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return lab.ssh("pgt1", cmd, check=False, timeout=300)
+
+
+def hold(lab, db, query):
+    """Another session on pgt1 running ``query`` (holding a lock) while the test goes on."""
+    return subprocess.Popen(
+        ["ssh", "-F", str(lab.ssh_config), "pgt1", "--", "runuser", "-u", "postgres", "--",
+         "psql", "-XAtq", "-d", db, "-c", repr(query)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def digest(lab, db, table):
@@ -136,11 +141,7 @@ def test_failed_concurrent_index_is_repaired_next_run(lab, db):
 
 def test_two_runners_one_waits_or_exits_cleanly(lab, db):
     put(lab, db, "app/010_users.sql", USERS)
-    holder = subprocess.Popen(
-        ["ssh", "-F", str(lab.ssh_config), "pgt1", "--", "runuser", "-u", "postgres", "--",
-         "psql", "-XAtq", "-d", db, "-c",
-         repr("SELECT pg_advisory_lock(hashtext('pginfra-migrate')), pg_sleep(4)")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    holder = hold(lab, db, "SELECT pg_advisory_lock(hashtext('pginfra-migrate')), pg_sleep(4)")
     try:
         deadline = time.monotonic() + 10
         while sql(lab, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'", db) == "0":
@@ -158,11 +159,8 @@ def test_lock_timeout_is_retried_with_backoff(lab, db):
     put(lab, db, "app/010_users.sql", USERS)
     assert migrate(lab, db, "apply", f"/tmp/{db}/app").returncode == 0
     put(lab, db, "app/020_column.sql", "ALTER TABLE posts ADD COLUMN flagged boolean;\n")
-    holder = subprocess.Popen(
-        ["ssh", "-F", str(lab.ssh_config), "pgt1", "--", "runuser", "-u", "postgres", "--",
-         "psql", "-XAtq", "-d", db, "-c",
-         repr("BEGIN; LOCK TABLE posts IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(2); COMMIT")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    holder = hold(lab, db,
+                  "BEGIN; LOCK TABLE posts IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(2); COMMIT")
     try:
         time.sleep(0.8)
         result = migrate(lab, db, "--lock-timeout", "300ms", "apply", f"/tmp/{db}/app")

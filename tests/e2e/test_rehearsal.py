@@ -54,16 +54,22 @@ def test_host_has_its_own_network_namespace_and_reaches_the_mirror(lab):
     assert "via 10.77.1.1 dev host0" in route
 
 
+def assert_up_refused_without_change(tmp_path, subnet, message):
+    """`up` of a new lab exits 2 with ``message`` and the machine is exactly as before."""
+    before = machine_snapshot()
+    proc = rehearsal("up", state_dir=tmp_path / "lab", subnet=subnet, bridge="pginfra-x",
+                     prefix="pgx")
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert machine_snapshot() == before
+    assert not (tmp_path / "lab").exists()
+
+
 def test_name_taken_is_refused_before_anything_changes(tmp_path):
     subprocess.run(["ip", "link", "add", "vb-pgx1", "type", "bridge"], check=True)
     try:
-        before = machine_snapshot()
-        proc = rehearsal("up", state_dir=tmp_path / "lab", subnet="10.77.7.0/24",
-                         bridge="pginfra-x", prefix="pgx")
-        assert proc.returncode == 2
-        assert "host name pgx1 is taken: interface vb-pgx1 exists" in proc.stderr
-        assert machine_snapshot() == before
-        assert not (tmp_path / "lab").exists()
+        assert_up_refused_without_change(
+            tmp_path, "10.77.7.0/24", "host name pgx1 is taken: interface vb-pgx1 exists")
     finally:
         subprocess.run(["ip", "link", "del", "vb-pgx1"], check=True)
 
@@ -73,13 +79,8 @@ def test_subnet_taken_is_refused_before_anything_changes(tmp_path):
     subprocess.run(["ip", "addr", "add", "10.77.8.1/24", "dev", "pgx-dummy"], check=True)
     subprocess.run(["ip", "link", "set", "pgx-dummy", "up"], check=True)
     try:
-        before = machine_snapshot()
-        proc = rehearsal("up", state_dir=tmp_path / "lab", subnet="10.77.8.0/24",
-                         bridge="pginfra-x", prefix="pgx")
-        assert proc.returncode == 2
-        assert "subnet 10.77.8.0/24 is taken: 10.77.8.0/24 dev pgx-dummy" in proc.stderr
-        assert machine_snapshot() == before
-        assert not (tmp_path / "lab").exists()
+        assert_up_refused_without_change(
+            tmp_path, "10.77.8.0/24", "subnet 10.77.8.0/24 is taken: 10.77.8.0/24 dev pgx-dummy")
     finally:
         subprocess.run(["ip", "link", "del", "pgx-dummy"], check=True)
 
