@@ -1,18 +1,10 @@
 """files/pginfra-migrate's parsing; its database behaviour is proven in tests/e2e."""
 
-import importlib.machinery
-import importlib.util
-import sys
 from pathlib import Path
 
-from pginfra import ROOT
+from pginfra.sql_bundles import runner
 
-loader = importlib.machinery.SourceFileLoader("pginfra_migrate",
-                                              str(ROOT / "files/pginfra-migrate"))
-spec = importlib.util.spec_from_loader("pginfra_migrate", loader)
-migrate = importlib.util.module_from_spec(spec)
-sys.modules["pginfra_migrate"] = migrate  # dataclasses look their module up there
-loader.exec_module(migrate)
+migrate = runner()
 
 
 def test_split_honours_quotes_dollar_quotes_and_comments():
@@ -20,7 +12,7 @@ def test_split_honours_quotes_dollar_quotes_and_comments():
             "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $body$ SELECT 1; $body$;\n"
             "/* block; */ SELECT \"we;ird\" FROM a;\n\n-- only a comment;\n")
     parts = migrate.split_statements(text)
-    assert [line for line, _ in parts] == [1, 3, 4]
+    assert [line for line, _ in parts] == [2, 3, 4]  # the statement, not its comment
     assert parts[1][1].endswith("$body$ SELECT 1; $body$")
     assert parts[2][1].startswith("/* block; */ SELECT")
 
