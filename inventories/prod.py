@@ -33,5 +33,8 @@ postgres_servers = (
         "postgres_port": 5432,
         "postgres_locale": "C.UTF-8",
         "postgres_extra_packages": [],
+        # SQL bundles (directories under sql/) per database; '*' is every managed database.
+        # A pg_dump goes to pginfra_migrate_dump_dir before pending files are applied.
+        "postgres_sql_bundles": {"*": ["baseline"]},
     },
 )

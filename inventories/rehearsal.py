@@ -21,10 +21,17 @@ postgres_servers = (
         "postgres_roles": [
             {"name": "app_owner"},
             {"name": "app", "login": True, "connection_limit": 50, "member_of": ["app_owner"]},
+            {"name": "community_owner"},
         ],
         "postgres_databases": [
             {"name": "app", "owner": "app_owner", "connect": ["app"]},
+            {"name": "community", "owner": "community_owner", "connect": ["app"]},
         ],
+        # The worked example: the community system of the hardening guide, loaded with
+        # generated data, then hardened as tracked migrations next to the baseline bundle that
+        # every database gets.
+        "pginfra_example_community": True,
+        "postgres_sql_bundles": {"*": ["baseline"], "community": ["examples/community"]},
         # The lab network plays the application network: clients there may connect with TLS.
         "postgres_hba": [
             {"database": "app", "user": "app", "address": lab["subnet"],

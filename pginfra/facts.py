@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 from pyinfra.api import FactBase
@@ -179,3 +180,52 @@ class PostgresClusterData(_JsonQuery):
 
     def command(self, port: int = 5432) -> str:
         return psql_command(self.sql, port)
+
+
+class MigrationHistory(FactBase):
+    """
+    The files ``pginfra-migrate`` has applied to one database, from ``pginfra.migrations``;
+    None when the database or the history table does not exist yet.
+
+    .. code:: python
+
+        [{"bundle": "baseline", "name": "001_schema.sql", "checksum": "9f2c..."}]
+    """
+
+    def requires_command(self, *args, **kwargs) -> str:
+        return "psql"
+
+    def command(self, database: str, port: int = 5432) -> str:
+        exists = psql_command("SELECT to_regclass('pginfra.migrations') IS NOT NULL", port,
+                              database)
+        rows = psql_command(
+            "SELECT coalesce(json_agg(json_build_object('bundle', bundle, 'name', name, "
+            "'checksum', checksum) ORDER BY bundle, name), '[]'::json) FROM pginfra.migrations",
+            port, database)
+        return f'if [ "$({exists})" = t ]; then {rows}; fi'
+
+    def process(self, output):
+        text = "\n".join(output).strip()
+        return json.loads(text) if text else None
+
+
+class DatabaseHasTable(FactBase):
+    """
+    Whether ``table`` (a name search_path finds, or schema.name) exists in a database; False
+    when the database does not answer.
+
+    .. code:: python
+
+        True
+    """
+
+    def requires_command(self, *args, **kwargs) -> str:
+        return "psql"
+
+    def command(self, database: str, table: str, port: int = 5432) -> str:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?", table):
+            raise ValueError(f"not a table name: {table!r}")
+        return psql_command(f"SELECT to_regclass('{table}') IS NOT NULL", port, database)
+
+    def process(self, output):
+        return "\n".join(output).strip() == "t"

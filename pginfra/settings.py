@@ -39,6 +39,7 @@ _DEB_PACKAGE = r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$"
 
 
 _NAME = r"[a-z_][a-z0-9_$]{0,62}"
+_DURATION = r"0|[1-9][0-9]*(ms|s|min|h)"
 _HBA_KEYS = {"database", "user", "address", "comment"}
 
 
@@ -71,6 +72,11 @@ def _roles():
     return roles
 
 
+def _sql_bundles():
+    from pginfra import sql_bundles
+    return sql_bundles
+
+
 def _cross_problems(values: Mapping[str, Any]) -> list[str]:
     """Problems that involve more than one setting."""
     found = []
@@ -84,6 +90,12 @@ def _cross_problems(values: Mapping[str, Any]) -> list[str]:
     for db in values["pgbouncer_pool_modes"]:
         if db not in databases:
             found.append(f"pgbouncer_pool_modes: {db!r} is not in postgres_databases")
+    for db in values["postgres_sql_bundles"]:
+        if db != "*" and db not in databases:
+            found.append(f"postgres_sql_bundles: {db!r} is not in postgres_databases")
+    if values["pginfra_example_community"] and "community" not in databases:
+        found.append("pginfra_example_community: the example loads database 'community'; "
+                     "add it to postgres_databases")
     for db in values["postgres_databases"]:
         for role in [db["owner"], *db.get("connect", [])]:
             if role not in known:
@@ -134,7 +146,11 @@ class Setting:
             for key, item in value.items():
                 if not isinstance(key, str) or not re.fullmatch(self.pattern or ".+", key):
                     return f"key {key!r} does not match {self.pattern}"
-                if not isinstance(item, str | int | float | bool):
+                if self.item_type is list:
+                    if not isinstance(item, list | tuple) or not all(
+                            isinstance(i, str) for i in item):
+                        return f"value of {key!r} must be a list of strings, got {item!r}"
+                elif not isinstance(item, str | int | float | bool):
                     return f"value of {key!r} must be a string, number or boolean, got {item!r}"
         elif self.type is list:
             if not isinstance(value, list | tuple):
@@ -338,6 +354,50 @@ SETTINGS: tuple[Setting, ...] = (
         "pgbouncer_auth", "userlist", str,
         "How PgBouncer checks passwords: userlist (verifiers in userlist.txt) or auth_query.",
         choices=("userlist", "auth_query"),
+    ),
+    Setting(
+        "postgres_sql_bundles", {"*": ["baseline"]}, dict,
+        "SQL bundles (directories under sql/) per database, in order; '*' is every database.",
+        pattern=r"\*|[a-z_][a-z0-9_$]*", item_type=list,
+        validator=lambda v: _sql_bundles().check_bundles(v),
+    ),
+    Setting(
+        "pginfra_migrate_lock_timeout", "1s", str,
+        "Migrations' lock_timeout unless a file SETs its own; timed-out statements retry.",
+        pattern=_DURATION,
+    ),
+    Setting(
+        "pginfra_migrate_statement_timeout", "30min", str,
+        "Migrations' statement_timeout, unless a file SETs its own (0: none).",
+        pattern=_DURATION,
+    ),
+    Setting(
+        "pginfra_migrate_retries", 5, int,
+        "Retries of a migration statement that hit lock_timeout, waits doubling from 0.5 s.",
+        minimum=0, maximum=20,
+    ),
+    Setting(
+        "pginfra_migrate_dump", True, bool,
+        "Take a pg_dump of a database before applying its pending SQL files.",
+    ),
+    Setting(
+        "pginfra_migrate_dump_dir", "/var/backups/postgresql/pre-migrate", str,
+        "Where those dumps go (owner postgres, mode 0700).",
+        pattern=_ABS_PATH,
+    ),
+    Setting(
+        "pginfra_migrate_dump_keep", 5, int,
+        "Dumps kept per database in pginfra_migrate_dump_dir, newest first (0: all).",
+        minimum=0,
+    ),
+    Setting(
+        "pginfra_example_community", False, bool,
+        "Load the community example's schema and generated data into database 'community'.",
+    ),
+    Setting(
+        "pginfra_example_community_users", 2000, int,
+        "Users the community example generates (each with posts, reactions and stats).",
+        minimum=10, maximum=10_000_000,
     ),
     Setting(
         "pginfra_apt_cache_time", 3600, int,

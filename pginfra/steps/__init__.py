@@ -3,6 +3,7 @@
 
 from pginfra.steps.cluster import create_cluster
 from pginfra.steps.configure import configure_server
+from pginfra.steps.harden import harden_databases
 from pginfra.steps.packages import install_packages
 from pginfra.steps.pgbouncer import run_pgbouncer
 from pginfra.steps.roles import manage_roles
@@ -10,6 +11,6 @@ from pginfra.steps.service import run_service
 from pginfra.steps.tls import install_tls
 
 __all__ = [
-    "configure_server", "create_cluster", "install_packages", "install_tls", "manage_roles",
-    "run_pgbouncer", "run_service",
+    "configure_server", "create_cluster", "harden_databases", "install_packages", "install_tls",
+    "manage_roles", "run_pgbouncer", "run_service",
 ]

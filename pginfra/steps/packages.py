@@ -21,6 +21,7 @@ def server_packages(settings: Settings) -> list[str]:
         "postgresql-common",
         "python3",  # host-side programs in files/ run on it
         "python3-psycopg",
+        "cron",  # scheduled jobs in /etc/cron.d (examples, backups, health checks)
         *settings.postgres_extra_packages,
     ]
 

@@ -1,0 +1,127 @@
+"""Step: SQL hardening. Upload the bundles and the migration runner, then apply to each database
+the bundles ``postgres_sql_bundles`` gives it, as tracked migrations.
+
+What is pending is worked out here, on the control machine, from the database's migration
+history (a fact) and the local ``sql/`` files: ``pyinfra --dry`` names the files that would run,
+a database with nothing pending gets no operation at all, and an applied file edited since it
+ran stops the deploy before any operation, on every host.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import files, server
+
+from pginfra import ROOT
+from pginfra.facts import DatabaseHasTable, MigrationHistory
+from pginfra.settings import Settings, SettingsError
+from pginfra.sql_bundles import SQL_ROOT, bundles_for, databases_with_bundles, plan
+from pginfra.templating import render_io
+
+RUNNER = "/usr/local/lib/pginfra/pginfra-migrate"
+SQL_DIR = "/usr/local/share/pginfra/sql"
+EXAMPLE_DB = "community"
+EXAMPLE_SEED = "examples/community/seed"
+
+
+def migrate_command(settings: Settings, database: str, names: list[str]) -> str:
+    """The runner's command line for applying ``names`` to ``database`` (no secrets in it:
+    the runner connects as the postgres OS user over the Unix socket)."""
+    args = ["runuser", "-u", "postgres", "--", RUNNER, "--dbname", database,
+            "--port", str(settings.postgres_port),
+            "--lock-timeout", settings.pginfra_migrate_lock_timeout,
+            "--statement-timeout", settings.pginfra_migrate_statement_timeout,
+            "--retries", str(settings.pginfra_migrate_retries), "--wait", "300"]
+    if settings.pginfra_migrate_dump:
+        args += ["--dump-dir", settings.pginfra_migrate_dump_dir,
+                 "--keep-dumps", str(settings.pginfra_migrate_dump_keep)]
+    return shlex.join([*args, "apply", *(f"{SQL_DIR}/{n}" for n in names)])
+
+
+def seed_command(settings: Settings, owner: str) -> str:
+    """Load the community example's schema and generated data, as the database owner, in one
+    transaction."""
+    seed = f"{SQL_DIR}/{EXAMPLE_SEED}"
+    return shlex.join([
+        "runuser", "-u", "postgres", "--", "env",
+        f"PGOPTIONS=-c role={owner} "
+        f"-c pginfra.example_users={settings.pginfra_example_community_users}",
+        "psql", "-X", "-q", "-o", "/dev/null", "-v", "ON_ERROR_STOP=1",
+        "--single-transaction", "-p", str(settings.postgres_port), "-d", EXAMPLE_DB,
+        "-f", f"{seed}/schema.sql", "-f", f"{seed}/generate.sql"])
+
+
+def pending_by_database(settings: Settings, new_cluster: bool = False) -> dict[str, list[str]]:
+    """Database -> its pending files (``bundle/NNN_name.sql``); raises before any operation
+    when an applied file has changed."""
+    pending, changed = {}, []
+    for database in databases_with_bundles(settings):
+        names = bundles_for(settings, database)
+        history = None if new_cluster else host.get_fact(
+            MigrationHistory, database=database, port=settings.postgres_port)
+        result = plan(history, names)
+        changed += [f"{database}: {key}" for key in result["changed"]]
+        if result["pending"]:
+            pending[database] = result["pending"]
+    if changed:
+        raise SettingsError(
+            f"{host.name}: applied SQL files have changed since they ran; nothing was changed "
+            "(add a new file instead of editing an applied one, or roll it back first):\n"
+            + "\n".join(f"  {c}" for c in changed))
+    return pending
+
+
+@deploy("SQL hardening")
+def harden_databases(settings: Settings, new_cluster: bool = False):
+    """
+    Apply the SQL bundles of ``postgres_sql_bundles`` to each managed database with
+    ``pginfra-migrate``: one runner per database at a time, lock_timeout and retries, preflight
+    checks, a pg_dump first (``pginfra_migrate_dump``). With ``pginfra_example_community`` the
+    example database is loaded with generated data first, so its hardening has work to do.
+
+    .. code:: python
+
+        harden_databases(load_settings())
+    """
+    pending = pending_by_database(settings, new_cluster)
+    if not databases_with_bundles(settings):
+        return
+
+    files.directory(name="Directory of pginfra's host programs", path="/usr/local/lib/pginfra",
+                    user="root", group="root", mode="0755")
+    files.put(name="Upload the migration runner", src=str(ROOT / "files/pginfra-migrate"),
+              dest=RUNNER, user="root", group="root", mode="0755")
+    files.sync(name="Upload the SQL bundles", src=f"{SQL_ROOT}/", dest=SQL_DIR, user="root",
+               group="root", mode="0644", dir_mode="0755", delete=True, exclude="*.md")
+    if settings.pginfra_migrate_dump:
+        files.directory(name="Directory of the dumps taken before migrations",
+                        path=settings.pginfra_migrate_dump_dir, user="postgres",
+                        group="postgres", mode="0700")
+
+    if settings.pginfra_example_community and (new_cluster or not host.get_fact(
+            DatabaseHasTable, database=EXAMPLE_DB, table="public.users",
+            port=settings.postgres_port)):
+        owner = next(db["owner"] for db in settings.postgres_databases
+                     if db["name"] == EXAMPLE_DB)
+        server.shell(name=f"Load the community example into {EXAMPLE_DB} "
+                     f"({settings.pginfra_example_community_users} users)",
+                     commands=[seed_command(settings, owner)])
+
+    if settings.pginfra_example_community:
+        files.put(name="Cron jobs of the community example",
+                  src=render_io("cron.d-pginfra-example-community.j2",
+                                port=settings.postgres_port, database=EXAMPLE_DB),
+                  dest="/etc/cron.d/pginfra-example-community", user="root", group="root",
+                  mode="0644")
+    else:
+        files.file(name="No cron jobs of the community example",
+                   path="/etc/cron.d/pginfra-example-community", present=False)
+
+    for database, keys in pending.items():
+        shown = ", ".join(keys[:6]) + (f", and {len(keys) - 6} more" if len(keys) > 6 else "")
+        server.shell(name=f"Apply {len(keys)} SQL file(s) to {database}: {shown}",
+                     commands=[migrate_command(settings, database,
+                                               bundles_for(settings, database))])
