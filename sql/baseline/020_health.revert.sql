@@ -1,0 +1,7 @@
+-- Reverts 020_health.sql: drops monitoring.health().
+SET lock_timeout = '1s';
+SET statement_timeout = '1min';
+-- reason: a revert file removes what its migration added
+-- squawk-ignore ban-drop-function
+DROP FUNCTION IF EXISTS monitoring.health(numeric, numeric, numeric, numeric, numeric, numeric,
+    numeric, numeric, numeric, numeric, numeric, numeric, numeric, numeric, numeric, numeric);
