@@ -1,0 +1,1 @@
+SELECT ctid, * FROM user_community_stats WHERE user_id IS NULL;

@@ -1,0 +1,2 @@
+-- Validation changes no data and no definition; reverting 020 drops the foreign keys.
+SELECT 1;
