@@ -15,26 +15,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import re
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg
+from common import BIN, ROOT, bench_lab, deploy_data_args, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from pginfra.rehearsal import Lab
 
-from pginfra.rehearsal import Lab  # noqa: E402
-from pginfra.secrets import generate_missing  # noqa: E402
-
-BIN = Path(sys.executable).parent
 HOST = "10.77.4.10"
 ROLES = [{"name": "app_owner"}, {"name": "app", "login": True, "member_of": ["app_owner"]},
          {"name": "bench", "login": True}]
@@ -47,12 +39,9 @@ def deploy(lab: Lab, env: dict, clients: int) -> None:
         "postgres_roles": ROLES, "postgres_databases": DATABASES,
         "pgbouncer_max_client_conn": clients + 100,
     }
-    args = []
-    for key, value in data.items():
-        args += ["--data", f"{key}={json.dumps(value)}"]
     subprocess.run([str(BIN / "pyinfra"), "-y", "inventories/rehearsal.py",
-                    "deploys/postgres.py", *args], cwd=ROOT, env=env, check=True,
-                   capture_output=True, text=True)
+                    "deploys/postgres.py", *deploy_data_args(data)], cwd=ROOT, env=env,
+                   check=True, capture_output=True, text=True)
 
 
 async def hold_clients(n: int, password: str, ca: Path, admin_password: str) -> dict:
@@ -128,44 +117,29 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.clients + 1024)), hard))
 
     figures: dict = {}
-    with tempfile.TemporaryDirectory(prefix="pginfra-bench-") as tmp:
-        secrets = Path(tmp) / "control" / "secrets.yaml"
-        generate_missing(["postgres", "app", "bench", "pgbouncer_admin"], secrets)
-        os.environ["PGINFRA_SECRETS_FILE"] = str(secrets)
+    with bench_lab("10.77.4.0/24", "pginfra-bb", "pgc",
+                   ["postgres", "app", "bench", "pgbouncer_admin"]) as (lab, env, tmp):
         from pginfra.secrets import password_for
 
-        env = dict(os.environ, PGINFRA_REHEARSAL_DIR=f"{tmp}/lab",
-                   PGINFRA_CA_DIR=f"{tmp}/control/ca")
-        lab = Lab(state_dir=Path(tmp) / "lab", subnet="10.77.4.0/24", bridge="pginfra-bb",
-                  prefix="pgc")
-        try:
-            lab.up(1)
-            deploy(lab, env, args.clients)
-            passfile = "\n".join(f"*:{port}:bench:bench:{password_for('bench')}"
-                                 for port in (5432, 6432))
-            lab.ssh("pgc1", ["sh", "-c", "'umask 077; cat > /root/.pgpass-bench'"],
-                    input=passfile + "\n")
-            lab.ssh("pgc1", ["env", "PGPASSFILE=/root/.pgpass-bench", "pgbench", "-i", "-q",
-                             "-s", "10", "-h", "/var/run/postgresql", "-U", "bench", "bench"],
-                    timeout=600)
+        deploy(lab, env, args.clients)
+        passfile = "\n".join(f"*:{port}:bench:bench:{password_for('bench')}"
+                             for port in (5432, 6432))
+        lab.ssh("pgc1", ["sh", "-c", "'umask 077; cat > /root/.pgpass-bench'"],
+                input=passfile + "\n")
+        lab.ssh("pgc1", ["env", "PGPASSFILE=/root/.pgpass-bench", "pgbench", "-i", "-q",
+                         "-s", "10", "-h", "/var/run/postgresql", "-U", "bench", "bench"],
+                timeout=600)
 
-            figures["capacity"] = asyncio.run(hold_clients(
-                args.clients, password_for("app"), Path(tmp) / "control/ca/ca.crt",
-                password_for("pgbouncer_admin")))
-            for label, new_conn in (("new_connection_per_transaction", True),
-                                    ("persistent_connections", False)):
-                direct = pgbench(lab, 5432, args.seconds, new_conn)  # the baseline
-                pooled = pgbench(lab, 6432, args.seconds, new_conn)
-                figures[label] = {"direct_tps": direct, "pgbouncer_tps": pooled,
-                                  "ratio_pgbouncer_to_direct": round(pooled / direct, 3)}
-        finally:
-            lab.down()
-            shutil.rmtree(Path(tmp) / "control", ignore_errors=True)
-
-    out = ROOT / "bench/results/pgbouncer.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
+        figures["capacity"] = asyncio.run(hold_clients(
+            args.clients, password_for("app"), tmp / "control/ca/ca.crt",
+            password_for("pgbouncer_admin")))
+        for label, new_conn in (("new_connection_per_transaction", True),
+                                ("persistent_connections", False)):
+            direct = pgbench(lab, 5432, args.seconds, new_conn)  # the baseline
+            pooled = pgbench(lab, 6432, args.seconds, new_conn)
+            figures[label] = {"direct_tps": direct, "pgbouncer_tps": pooled,
+                              "ratio_pgbouncer_to_direct": round(pooled / direct, 3)}
+    write_results("pgbouncer", figures)
     return 0
 
 

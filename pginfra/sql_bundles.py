@@ -12,10 +12,13 @@ plan, so the control machine and the host never disagree about what is pending::
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.machinery
 import importlib.util
+import io
 import re
 import sys
+import tarfile
 from pathlib import Path
 from types import ModuleType
 
@@ -74,6 +77,30 @@ def check_bundles(mapping: dict) -> str | None:
                         f"{base!r}, which the migration history keys on")
             basenames[base] = name
     return None
+
+
+def archive(root: Path = SQL_ROOT) -> tuple[bytes, str]:
+    """The bundles as one reproducible tar (root-owned, files 0644, directories 0755, no
+    Markdown) and its SHA-256: the deploy uploads it only when the digest on the host differs,
+    instead of checking every file over SSH."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(root.rglob("*")):
+            if path.suffix == ".md" or "__pycache__" in path.parts:
+                continue
+            info = tarfile.TarInfo(str(path.relative_to(root)))
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mtime = 0
+            if path.is_dir():
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                data = path.read_bytes()
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    data = buffer.getvalue()
+    return data, hashlib.sha256(data).hexdigest()
 
 
 def bundles_for(settings, database: str) -> list[str]:

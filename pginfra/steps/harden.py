@@ -9,20 +9,23 @@ ran stops the deploy before any operation, on every host.
 
 from __future__ import annotations
 
+import io
 import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.server import Command
 from pyinfra.operations import files, server
 
 from pginfra import ROOT
 from pginfra.facts import DatabaseHasTable, MigrationHistory
 from pginfra.settings import Settings, SettingsError
-from pginfra.sql_bundles import SQL_ROOT, bundles_for, databases_with_bundles, plan
+from pginfra.sql_bundles import archive, bundles_for, databases_with_bundles, plan
 from pginfra.templating import render_io
 
 RUNNER = "/usr/local/lib/pginfra/pginfra-migrate"
 SQL_DIR = "/usr/local/share/pginfra/sql"
+STAMP = ".bundles.sha256"  # the digest of the uploaded archive
 EXAMPLE_DB = "community"
 EXAMPLE_SEED = "examples/community/seed"
 
@@ -94,8 +97,17 @@ def harden_databases(settings: Settings, new_cluster: bool = False):
                     user="root", group="root", mode="0755")
     files.put(name="Upload the migration runner", src=str(ROOT / "files/pginfra-migrate"),
               dest=RUNNER, user="root", group="root", mode="0755")
-    files.sync(name="Upload the SQL bundles", src=f"{SQL_ROOT}/", dest=SQL_DIR, user="root",
-               group="root", mode="0644", dir_mode="0755", delete=True, exclude="*.md")
+    tar, digest = archive()
+    on_host = host.get_fact(Command, f"cat {SQL_DIR}/{STAMP} 2>/dev/null || true")
+    if (on_host or "").strip() != digest:
+        files.put(name="Upload the SQL bundles", src=io.BytesIO(tar), dest=f"{SQL_DIR}.tar",
+                  user="root", group="root", mode="0600")
+        staged = shlex.quote(f"{SQL_DIR}.new")
+        server.shell(name="Replace the SQL bundles on the host", commands=[
+            f"rm -rf {staged} && mkdir -m 0755 {staged} && tar -xf {SQL_DIR}.tar -C {staged} "
+            f"--no-same-owner && echo {digest} > {staged}/{STAMP} && chmod 0644 "
+            f"{staged}/{STAMP} && rm -rf {SQL_DIR} && mv {staged} {SQL_DIR} && "
+            f"rm -f {SQL_DIR}.tar"])
     if settings.pginfra_migrate_dump:
         files.directory(name="Directory of the dumps taken before migrations",
                         path=settings.pginfra_migrate_dump_dir, user="postgres",

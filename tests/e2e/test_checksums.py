@@ -7,7 +7,8 @@ CLUSTER = ["--data", "postgres_cluster=chk", "--data", "postgres_port=5434",
            "--data", "postgres_wal_archive_dir=/var/lib/postgresql/wal-archive-chk",
            "--data", "postgres_log_directory=/var/log/postgresql/pginfra-chk",
            "--data", "postgres_databases=[]", "--data", "postgres_roles=[]",
-           "--data", "postgres_hba=[]",
+           "--data", "postgres_hba=[]", "--data", "postgres_sql_bundles={}",
+           "--data", "pginfra_example_community=false",
            "--data", "pgbouncer_enabled=false"]  # PgBouncer belongs to the host's main cluster
 
 

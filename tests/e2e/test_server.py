@@ -72,7 +72,7 @@ def test_broken_setting_fails_and_server_keeps_old_configuration(lab, first_depl
 
 
 def test_connection_limit_change_reaches_the_role(lab, first_deploy):
-    roles = [{"name": "app_owner"},
+    roles = [{"name": "app_owner"}, {"name": "community_owner"},
              {"name": "app", "login": True, "connection_limit": 7, "member_of": ["app_owner"]}]
     result = deploy_ok(lab, "--data", f"postgres_roles={json.dumps(roles)}")
     assert "Create or change roles: app" in " ".join(result.changed)

@@ -1,0 +1,57 @@
+"""What the benchmarks share: a rehearsal lab of their own with its own secrets and CA in a
+temporary directory, torn down whatever happens, and where the figures go."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pginfra.rehearsal import Lab  # noqa: E402
+from pginfra.secrets import generate_missing  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+@contextlib.contextmanager
+def bench_lab(subnet: str, bridge: str, prefix: str, roles: list[str],
+              hosts: int = 1, **lab_options) -> Iterator[tuple[Lab, dict, Path]]:
+    """Boot ``hosts`` hosts; yield the lab, the environment a deploy to it runs with, and the
+    temporary directory (``control/`` in it holds the secrets file and the CA)."""
+    with tempfile.TemporaryDirectory(prefix="pginfra-bench-") as tmp:
+        control = Path(tmp) / "control"
+        generate_missing(roles, control / "secrets.yaml")
+        os.environ["PGINFRA_SECRETS_FILE"] = str(control / "secrets.yaml")
+        env = dict(os.environ, PGINFRA_REHEARSAL_DIR=f"{tmp}/lab",
+                   PGINFRA_CA_DIR=str(control / "ca"))
+        lab = Lab(state_dir=Path(tmp) / "lab", subnet=subnet, bridge=bridge, prefix=prefix,
+                  **lab_options)
+        try:
+            lab.up(hosts)
+            yield lab, env, Path(tmp)
+        finally:
+            lab.down()
+            shutil.rmtree(control, ignore_errors=True)
+
+
+def deploy_data_args(data: dict) -> list[str]:
+    """``--data key=json`` arguments for pyinfra."""
+    args = []
+    for key, value in data.items():
+        args += ["--data", f"{key}={json.dumps(value)}"]
+    return args
+
+
+def write_results(name: str, figures: dict) -> None:
+    out = ROOT / f"bench/results/{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
