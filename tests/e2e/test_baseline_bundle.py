@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import subprocess
 import time
 
@@ -19,7 +18,6 @@ DB = "baseline_e2e"
 WORK = f"/tmp/{DB}"
 RUNNER = f"{WORK}/pginfra-migrate"
 MONITOR, PLAIN, APP = "baseline_e2e_monitor", "baseline_e2e_plain", "baseline_e2e_app"
-PASSWORD = secrets.token_hex(16)
 FILES = sorted(p.name for p in BUNDLE.glob("[0-9][0-9][0-9]_*.sql")
                if not p.name.endswith((".preflight.sql", ".revert.sql")))
 VIEWS = ["v_slow_queries", "v_table_sizes", "v_cache_hit_ratio", "v_database_summary",
@@ -44,12 +42,13 @@ ROWS = {  # a valid row for each of the baseline's tables
 # -- helpers ----------------------------------------------------------------------------------
 
 def psql(lab, query: str, user: str = "postgres", db: str = DB, check: bool = True):
-    """``query`` (one statement or several, fed through stdin, each in autocommit) on pgt1:
-    as postgres over peer authentication, as any other role with its SCRAM password."""
+    """``query`` (one statement or several, fed through stdin, each in autocommit) on pgt1,
+    as postgres over peer authentication, with ``user`` as the current role for every
+    privilege check (no password on a command line, where a process list would show it)."""
     words = ["runuser", "-u", "postgres", "--"]
     if user != "postgres":
-        words += ["env", f"PGPASSWORD={PASSWORD}"]
-    words += ["psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", db]
+        words += ["env", f"PGOPTIONS='-c role={user}'"]
+    words += ["psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", db]
     return lab.ssh("pgt1", words, input=query, check=check)
 
 
@@ -126,9 +125,9 @@ def applied(lab, first_deploy):
         upload(lab, f"{WORK}/baseline/{path.name}", path.read_text())
     lab.ssh("pgt1", ["chown", "-R", "postgres", WORK])
     psql(lab, f"CREATE DATABASE {DB};\n"
-              f"CREATE ROLE {MONITOR} LOGIN PASSWORD '{PASSWORD}' IN ROLE pg_monitor;\n"
-              f"CREATE ROLE {PLAIN} LOGIN PASSWORD '{PASSWORD}';\n"
-              f"CREATE ROLE {APP} LOGIN PASSWORD '{PASSWORD}';\n"
+              f"CREATE ROLE {MONITOR} LOGIN IN ROLE pg_monitor;\n"
+              f"CREATE ROLE {PLAIN} LOGIN;\n"
+              f"CREATE ROLE {APP} LOGIN;\n"
               f"GRANT CONNECT ON DATABASE {DB} TO {MONITOR}, {PLAIN}, {APP};\n", db="postgres")
     yield migrate(lab, "apply", f"{WORK}/baseline")
     cleanup(lab)
