@@ -1,0 +1,1400 @@
+"""Code shared by pginfra-backup and pginfra-restore, installed beside them in
+/usr/local/lib/pginfra/.
+
+It holds the configuration (/etc/pginfra/backup.json) and its validation, the JSON log lines,
+the job locks and last-success files, the local layout of base backups and dumps, their
+verification (backup_manifest checked against the tar.gz members, pg_restore full reads), the
+retention choices (pure functions, unit-tested), and the S3 side: temporary keys, server-side
+copies, manifests as the mark of publication, WAL objects and batched deletes.
+
+It runs on Debian 12's own Python 3.11 with python3-psycopg (3.1) and python3-boto3 (1.26).
+Both are imported only where they are needed, so ``pginfra-restore fetch-wal`` serving WAL from
+the local archive needs the standard library alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gzip
+import hashlib
+import json
+import os
+import pwd
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import traceback
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+DEFAULT_CONFIG = "/etc/pginfra/backup.json"
+DEFAULT_SOCKET_DIR = "/var/run/postgresql"
+OS_USER = "postgres"
+EXIT_CODES_HELP = ("Exit codes: 0 success; 1 a stage failed (what could safely be finished was); "
+                   "2 bad usage or configuration; 75 another run of the same job holds its lock "
+                   "(skipped, not a failure).")
+
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+MIN_PART = 5 * MiB          # S3's smallest multipart part (but the last)
+DEFAULT_PART = 8 * MiB      # boto3's default chunk
+MAX_PART = 5 * GiB          # S3's largest part
+MAX_PARTS = 10_000          # S3's most parts in one upload
+PLAN_FOR = 1 * TiB          # every upload is sized to fit an object at least this large
+DELETE_BATCH = 1000         # DeleteObjects takes at most 1000 keys
+
+LABEL_RE = re.compile(r"^\d{8}T\d{6}Z$")
+WAL_SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
+WAL_HISTORY_RE = re.compile(r"^[0-9A-F]{8}\.history$")
+WAL_BACKUP_RE = re.compile(r"^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$")
+WAL_PARTIAL_RE = re.compile(r"^[0-9A-F]{24}\.partial$")
+GLOBALS = "_globals"  # the directory and S3 "database" of pg_dumpall --globals-only
+GLOBALS_END = "PostgreSQL database cluster dump complete"
+# Paths pg_verifybackup does not expect in backup_manifest.
+NOT_IN_MANIFEST = {"backup_manifest", "postgresql.auto.conf", "recovery.signal",
+                   "standby.signal"}
+
+
+class Failed(Exception):
+    """A stage failed; the message names what and why. ``logged``: already in the log."""
+
+    def __init__(self, message: str, logged: bool = False):
+        super().__init__(message)
+        self.logged = logged
+
+
+class ConfigError(Exception):
+    """Bad configuration or usage: exit 2."""
+
+
+class NotFound(Exception):
+    """fetch-wal: the file is neither in the archive nor in S3 (normal at the end of
+    recovery): exit 1 quietly."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+@dataclass(frozen=True)
+class S3Settings:
+    bucket: str
+    prefix: str
+    region: str
+    endpoint_url: str
+    sse: str
+    kms_key_id: str
+    storage_class: str
+    request_checksum_calculation: str
+    keep_days: int
+    credentials_file: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    host: str
+    version: int
+    cluster: str
+    port: int
+    data_directory: str
+    stop_command: list[str]
+    start_command: list[str]
+    wal_archive_dir: str
+    backup_dir: str
+    state_dir: str
+    log_dir: str
+    databases: list[str]
+    keep_local_base: int
+    keep_local_dumps: int
+    s3: S3Settings | None
+    socket_dir: str = DEFAULT_SOCKET_DIR
+
+    @property
+    def bin_dir(self) -> str:
+        return f"/usr/lib/postgresql/{self.version}/bin"
+
+    def bin(self, name: str) -> str:
+        return os.path.join(self.bin_dir, name)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_PREFIX = re.compile(r"^[A-Za-z0-9!_.*'()/-]{0,200}$")
+_URL = re.compile(r"^https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+TOP_KEYS = ("host", "version", "cluster", "port", "data_directory", "stop_command",
+            "start_command", "wal_archive_dir", "backup_dir", "state_dir", "log_dir",
+            "databases", "keep_local_base", "keep_local_dumps", "s3")
+OPTIONAL_KEYS = ("socket_dir",)
+S3_KEYS = ("bucket", "prefix", "region", "endpoint_url", "sse", "kms_key_id", "storage_class",
+           "request_checksum_calculation", "keep_days", "credentials_file")
+
+
+def _want(ok: bool, key: str, what: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"key '{key}': {what} (got {json.dumps(value)})")
+
+
+def _int(key, value, low, high=None) -> int:
+    _want(isinstance(value, int) and not isinstance(value, bool) and value >= low
+          and (high is None or value <= high), key,
+          f"must be an integer >= {low}" + (f" and <= {high}" if high is not None else ""),
+          value)
+    return value
+
+
+def _str(key, value, pattern: re.Pattern | None = None, what: str = "a non-empty string",
+         empty: bool = False) -> str:
+    _want(isinstance(value, str) and (empty or value != ""), key, f"must be {what}", value)
+    if value and pattern is not None:
+        _want(bool(pattern.match(value)), key, f"must be {what}", value)
+    return value
+
+
+def _abs(key, value, empty: bool = False) -> str:
+    _want(isinstance(value, str) and (value.startswith("/") or (empty and value == ""))
+          and "\0" not in value, key,
+          "must be an absolute path" + (" or empty" if empty else ""), value)
+    return value.rstrip("/") or "/" if value else value
+
+
+def _command(key, value) -> list[str]:
+    _want(isinstance(value, list) and value != [] and all(isinstance(v, str) and v
+                                                          for v in value),
+          key, "must be a non-empty list of non-empty strings (argv, no shell)", value)
+    return list(value)
+
+
+def validate_config(raw, path: str = DEFAULT_CONFIG) -> Config:
+    """The configuration, checked; ConfigError names the first bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError("the configuration must be a JSON object")
+    unknown = sorted(set(raw) - set(TOP_KEYS) - set(OPTIONAL_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(repr(k) for k in unknown)}; "
+                          f"known: {', '.join(TOP_KEYS + OPTIONAL_KEYS)}")
+    for key in TOP_KEYS:
+        if key not in raw:
+            raise ConfigError(f"key '{key}' is missing")
+    databases = raw["databases"]
+    _want(isinstance(databases, list) and len(set(map(str, databases))) == len(databases),
+          "databases", "must be a list of distinct database names", databases)
+    for i, db in enumerate(databases):
+        _want(isinstance(db, str) and 0 < len(db.encode()) <= 49 and "/" not in db
+              and "\0" not in db and db not in (".", "..") and not db.startswith("_"),
+              f"databases[{i}]", "must be a database name of 1..49 bytes, without '/' and "
+              "not starting with '_'", db)
+    s3 = raw["s3"]
+    settings = None
+    if s3 is not None:
+        _want(isinstance(s3, dict), "s3", "must be an object or null", s3)
+        unknown = sorted(set(s3) - set(S3_KEYS))
+        if unknown:
+            raise ConfigError(f"unknown key(s) {', '.join('s3.' + k for k in unknown)}; "
+                              f"known: {', '.join(S3_KEYS)}")
+        for key in S3_KEYS:
+            if key not in s3:
+                raise ConfigError(f"key 's3.{key}' is missing")
+        sse = s3["sse"]
+        _want(sse in ("AES256", "aws:kms"), "s3.sse", "must be 'AES256' or 'aws:kms'", sse)
+        _str("s3.kms_key_id", s3["kms_key_id"], empty=True, what="a string")
+        _want(not s3["kms_key_id"] or sse == "aws:kms", "s3.kms_key_id",
+              "may only be set with s3.sse 'aws:kms'", s3["kms_key_id"])
+        check = s3["request_checksum_calculation"]
+        _want(check in ("when_required", "when_supported"), "s3.request_checksum_calculation",
+              "must be 'when_required' or 'when_supported'", check)
+        settings = S3Settings(
+            bucket=_str("s3.bucket", s3["bucket"], _BUCKET, "an S3 bucket name"),
+            prefix=_str("s3.prefix", s3["prefix"], _PREFIX, "a key prefix", empty=True)
+            .strip("/"),
+            region=_str("s3.region", s3["region"], re.compile(r"^[a-z0-9-]{2,40}$"),
+                        "a region name"),
+            endpoint_url=_str("s3.endpoint_url", s3["endpoint_url"], _URL,
+                              "an http(s) URL or empty (AWS)", empty=True),
+            sse=sse, kms_key_id=s3["kms_key_id"],
+            storage_class=_str("s3.storage_class", s3["storage_class"],
+                               re.compile(r"^[A-Z_]{2,40}$"), "a storage class"),
+            request_checksum_calculation=check,
+            keep_days=_int("s3.keep_days", s3["keep_days"], 1, 36500),
+            credentials_file=_abs("s3.credentials_file", s3["credentials_file"], empty=True),
+        )
+    return Config(
+        path=path,
+        host=_str("host", raw["host"], _NAME, "a host name ([A-Za-z0-9._-], 1..63)"),
+        version=_int("version", raw["version"], 10, 99),
+        cluster=_str("cluster", raw["cluster"], _NAME, "a cluster name"),
+        port=_int("port", raw["port"], 1, 65535),
+        data_directory=_abs("data_directory", raw["data_directory"]),
+        stop_command=_command("stop_command", raw["stop_command"]),
+        start_command=_command("start_command", raw["start_command"]),
+        wal_archive_dir=_abs("wal_archive_dir", raw["wal_archive_dir"]),
+        backup_dir=_abs("backup_dir", raw["backup_dir"]),
+        state_dir=_abs("state_dir", raw["state_dir"]),
+        log_dir=_abs("log_dir", raw["log_dir"]),
+        databases=list(databases),
+        keep_local_base=_int("keep_local_base", raw["keep_local_base"], 1, 1000),
+        keep_local_dumps=_int("keep_local_dumps", raw["keep_local_dumps"], 1, 100000),
+        s3=settings,
+        socket_dir=_abs("socket_dir", raw.get("socket_dir", DEFAULT_SOCKET_DIR)),
+    )
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (pass --config PATH)") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied (run as {OS_USER})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    try:
+        return validate_config(raw, path)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Time, labels, files
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace(
+        "+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def new_label(moment: datetime | None = None) -> str:
+    return (moment or utcnow()).strftime("%Y%m%dT%H%M%SZ")
+
+
+def label_time(label: str) -> datetime:
+    return datetime.strptime(label, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def fresh_label(taken) -> str:
+    """A label for now that ``taken(label)`` does not know yet (waits for the next second)."""
+    while True:
+        label = new_label()
+        if not taken(label):
+            return label
+        time.sleep(0.2)
+
+
+def postgres_ids() -> tuple[int, int]:
+    entry = pwd.getpwnam(OS_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+def ensure_dir(path, mode: int = 0o700, owner: tuple[int, int] | None = None) -> Path:
+    """Create ``path`` (and missing parents) with ``mode``, owned by the running user, or by
+    ``owner`` when root creates it for postgres."""
+    path = Path(path)
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=mode)
+            os.chmod(directory, mode)
+            if owner:
+                os.chown(directory, *owner)
+    return path
+
+
+def write_json(path, data, mode: int = 0o600) -> None:
+    """Atomically: a temporary file in the same directory, fsync, rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+class HashingReader:
+    """A file wrapper that hashes and counts what is read through it."""
+
+    def __init__(self, f):
+        self.f, self.hash, self.count = f, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.hash.update(data)
+        self.count += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(MiB):
+            pass
+
+
+def sha256_file(path) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def describe_files(directory: Path, names) -> dict:
+    out = {}
+    for name in names:
+        digest, size = sha256_file(directory / name)
+        out[name] = {"size": size, "sha256": digest}
+    return out
+
+
+def check_files(directory: Path, files: dict) -> list[str]:
+    """Each file of a manifest's ``files`` against its size and sha256: problems, each
+    naming the file."""
+    problems = []
+    for name, want in sorted(files.items()):
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+            continue
+        digest, size = sha256_file(path)
+        if size != want.get("size"):
+            problems.append(f"{name}: size {size}, the manifest says {want.get('size')} "
+                            "(truncated or replaced)")
+        elif digest != want.get("sha256"):
+            problems.append(f"{name}: sha256 {digest}, the manifest says {want.get('sha256')}")
+    return problems
+
+
+def tail(text: str, lines: int = 8) -> str:
+    return " | ".join(line for line in (text or "").strip().splitlines()[-lines:])
+
+
+def run(cmd: list[str], timeout: float | None = None, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LC_ALL": "C"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                          stdin=subprocess.DEVNULL, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging, locks, last success
+
+class JobLog:
+    """JSON log lines: to ``stream`` (stdout; None: the file only) and appended to
+    ``log_dir/<job>.log``."""
+
+    def __init__(self, job: str, log_dir: str | None, stream="stdout",
+                 owner: tuple[int, int] | None = None):
+        stream = sys.stdout if stream == "stdout" else stream  # the one in force now
+        self.job, self.stream, self.file, self.failures = job, stream, None, 0
+        if log_dir:
+            try:
+                ensure_dir(log_dir, owner=owner)
+                self.file = open(Path(log_dir) / f"{job}.log", "a", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                print(f"pginfra: cannot append to {log_dir}/{job}.log: {exc}", file=sys.stderr)
+
+    def emit(self, stage: str, status: str, seconds: float | None = None,
+             nbytes: int | None = None, detail=None, quiet: bool = False) -> None:
+        if status == "failed":
+            self.failures += 1
+        record = {"time": iso(utcnow()), "job": self.job, "stage": stage, "status": status,
+                  "seconds": None if seconds is None else round(seconds, 3),
+                  "bytes": nbytes, "detail": detail}
+        line = json.dumps(record, default=str, sort_keys=False)
+        if self.stream is not None and not quiet:
+            print(line, file=self.stream, flush=True)
+        elif self.stream is None and status == "failed":
+            print(line, file=sys.stderr, flush=True)
+        if self.file is not None:
+            self.file.write(line + "\n")
+            self.file.flush()
+
+    @contextlib.contextmanager
+    def stage(self, stage: str, detail=None):
+        """Times a stage; ``info.bytes``/``info.detail`` may be set inside. Any exception is
+        logged as the stage's failure and raised again as a logged Failed."""
+        info = StageInfo(detail=detail)
+        started = time.monotonic()
+        try:
+            yield info
+        except Failed as exc:
+            if not exc.logged:
+                self.emit(stage, "failed", time.monotonic() - started, info.bytes,
+                          _join(info.detail, str(exc)))
+            raise Failed(str(exc), logged=True) from exc
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            self.emit(stage, "failed", time.monotonic() - started, info.bytes,
+                      _join(info.detail, message))
+            raise Failed(message, logged=True) from exc
+        self.emit(stage, info.status, time.monotonic() - started, info.bytes, info.detail)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+@dataclass
+class StageInfo:
+    detail: object = None
+    bytes: int | None = None
+    status: str = "ok"
+
+
+def _join(detail, message: str):
+    if detail is None:
+        return message
+    if isinstance(detail, dict):
+        return {**detail, "error": message}
+    return f"{detail}: {message}"
+
+
+def acquire_lock(state_dir: str, job: str, owner=None) -> tuple[int | None, Path]:
+    """(fd, path): fd is None when another process holds the lock."""
+    path = ensure_dir(Path(state_dir) / "locks", owner=owner) / f"{job}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None, path
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd, path
+
+
+def write_last_success(state_dir: str, job: str, extra: dict | None = None,
+                       owner=None) -> Path:
+    path = ensure_dir(Path(state_dir) / "last-success", owner=owner) / f"{job}.json"
+    write_json(path, {"job": job, "time": iso(utcnow()), **(extra or {})}, mode=0o644)
+    return path
+
+
+def reexec_as_postgres(program: str, argv: list[str]) -> None:
+    """Root runs this job as postgres (peer authentication, files owned by postgres)."""
+    runuser = shutil.which("runuser") or "/usr/sbin/runuser"
+    try:
+        pwd.getpwnam(OS_USER)
+    except KeyError:
+        raise ConfigError(f"there is no {OS_USER} user to run as") from None
+    os.execv(runuser, ["runuser", "-u", OS_USER, "--", sys.executable, program, *argv])
+
+
+def run_job(program: str, job: str, config_path: str, body, args, *, stream="stdout",
+            lock: bool = True, last_success: bool = True, as_root: bool = False,
+            argv: list[str] | None = None, print_result: bool = False) -> int:
+    """Load the configuration, take the job's lock, run ``body(cfg, args, log)`` and turn the
+    outcome into an exit code. ``body`` returns a dict for last-success (None: do not write
+    it); a logged failure anywhere makes the exit code 1. ``print_result``: on success the
+    dict is also printed to stdout as the last line (pitr's report)."""
+    name = os.path.basename(program)
+    if os.geteuid() == 0 and not as_root:
+        try:
+            reexec_as_postgres(program, sys.argv[1:] if argv is None else argv)
+        except ConfigError as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    owner = postgres_ids() if os.geteuid() == 0 else None
+    log = JobLog(job, cfg.log_dir, stream, owner)
+    started = time.monotonic()
+    fd = None
+    try:
+        if lock:
+            try:
+                fd, path = acquire_lock(cfg.state_dir, job, owner)
+            except OSError as exc:
+                log.emit("lock", "failed", detail=f"cannot open the lock file: {exc}")
+                return EXIT_FAILED
+            if fd is None:
+                log.emit("lock", "skipped",
+                         detail=f"another {job} run holds {path}; not starting")
+                return EXIT_LOCKED
+        rc = EXIT_OK
+        try:
+            result = body(cfg, args, log)
+        except NotFound as exc:
+            log.emit(job, "missing", time.monotonic() - started, detail=str(exc), quiet=True)
+            return EXIT_FAILED
+        except ConfigError as exc:
+            log.emit("usage", "failed", detail=str(exc))
+            print(f"{name}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except Failed as exc:
+            if not exc.logged:
+                log.emit(job, "failed", detail=str(exc))
+            result, rc = None, EXIT_FAILED
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            log.emit(job, "failed", detail=f"{type(exc).__name__}: {exc}")
+            result, rc = None, EXIT_FAILED
+        if log.failures:
+            rc = EXIT_FAILED
+        if rc == EXIT_OK and last_success and result is not None:
+            try:
+                write_last_success(cfg.state_dir, job, result, owner)
+            except OSError as exc:
+                log.emit("last-success", "failed", detail=str(exc))
+                rc = EXIT_FAILED
+        log.emit("end", "ok" if rc == EXIT_OK else "failed", time.monotonic() - started,
+                 detail="finished" if rc == EXIT_OK else "finished with failures")
+        if print_result and rc == EXIT_OK and result is not None:
+            print(json.dumps(result, default=str), flush=True)
+        return rc
+    finally:
+        if fd is not None:
+            os.close(fd)
+        log.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# WAL names, chunk sizes, retention (pure functions)
+
+def is_wal_name(name: str) -> bool:
+    """A segment, timeline history or backup history file: what ship-wal and fetch-wal
+    handle. Temporary names (basic_archive's archtemp.*) and .partial files are not."""
+    return bool(WAL_SEGMENT_RE.match(name) or WAL_HISTORY_RE.match(name)
+                or WAL_BACKUP_RE.match(name))
+
+
+def wal_position(name: str) -> str | None:
+    """The 16 hex digits of log and segment number, without the timeline (the part
+    pg_archivecleanup compares); None for history files and other names."""
+    if WAL_SEGMENT_RE.match(name) or WAL_BACKUP_RE.match(name) or WAL_PARTIAL_RE.match(name):
+        return name[8:24]
+    return None
+
+
+def lsn_to_segment(timeline: int, lsn: str, segment_size: int = 16 * MiB) -> str:
+    high, low = (int(x, 16) for x in lsn.split("/"))
+    number = ((high << 32) | low) // segment_size
+    per_id = 0x100000000 // segment_size
+    return f"{timeline:08X}{number // per_id:08X}{number % per_id:08X}"
+
+
+def select_wal_to_delete(names, cutoff: str | None, shipped: set | None = None) -> list[str]:
+    """WAL files older than ``cutoff`` (a segment name: the oldest retained base backup's
+    start segment), as pg_archivecleanup chooses them (timeline ignored). History files are
+    kept. ``shipped``: when S3 is configured, only names in it may go (.partial files are never
+    shipped and go anyway)."""
+    if not cutoff:
+        return []
+    limit = cutoff[8:24]
+    out = []
+    for name in names:
+        position = wal_position(name)
+        if position is None or position >= limit:
+            continue
+        if shipped is not None and name not in shipped and not WAL_PARTIAL_RE.match(name):
+            continue
+        out.append(name)
+    return sorted(out)
+
+
+def wal_cutoff(start_segments) -> str | None:
+    """The oldest start segment among retained base backups (None: keep all WAL)."""
+    segments = [s for s in start_segments if s and WAL_SEGMENT_RE.match(s)]
+    return min(segments, key=lambda s: (s[8:24], s[:8])) if segments else None
+
+
+def chunk_size(size: int, override: int | None = None) -> int:
+    """Multipart chunk: big enough that an object of max(size, 1 TiB) fits in 10,000 parts,
+    rounded up to a MiB, at least 8 MiB (boto3's default). ``override`` (tests) is honoured
+    down to S3's 5 MiB floor."""
+    if override:
+        return min(MAX_PART, max(MIN_PART, int(override)))
+    need = -(-max(int(size), PLAN_FOR) // MAX_PARTS)
+    chunk = max(DEFAULT_PART, -(-need // MiB) * MiB)
+    if chunk > MAX_PART:
+        raise Failed(f"{size} bytes do not fit in {MAX_PARTS} parts of at most 5 GiB")
+    return chunk
+
+
+@dataclass
+class Item:
+    """A backup as retention sees it; ``ref`` carries the caller's object."""
+    label: str
+    verified: bool
+    ref: object = field(default=None, compare=False)
+
+
+def select_local_retention(items: list[Item], keep: int) -> tuple[list[Item], list[Item]]:
+    """(kept, deleted). The newest ``keep`` verified stay; older verified ones go, and so do
+    failed or partial ones older than the newest verified. With no verified backup nothing
+    goes; the newest verified never goes; a failed or partial one newer than the newest
+    verified (the last run failed, or one is running) stays."""
+    keep = max(1, keep)
+    verified = sorted((i for i in items if i.verified), key=lambda i: i.label, reverse=True)
+    if not verified:
+        return list(items), []
+    newest = verified[0].label
+    kept_verified = {id(i) for i in verified[:keep]}
+    deleted = [i for i in items
+               if (i.verified and id(i) not in kept_verified)
+               or (not i.verified and i.label < newest)]
+    gone = {id(i) for i in deleted}
+    return [i for i in items if id(i) not in gone], deleted
+
+
+def select_s3_expiry(items: list[Item], keep_days: int, now: datetime) -> list[Item]:
+    """S3 backups to delete: label older than ``keep_days`` days and older than the newest
+    verified, published one (which never goes). Unpublished leftovers (files without a
+    manifest) follow the same rule. Nothing goes when nothing is published."""
+    published = [i.label for i in items if i.verified]
+    if not published:
+        return []
+    newest = max(published)
+    cutoff = now - timedelta(days=keep_days)
+    return [i for i in items if i.label < newest and label_time(i.label) < cutoff]
+
+
+def batches(seq: list, size: int = DELETE_BATCH):
+    for start in range(0, len(seq), size):
+        yield seq[start:start + size]
+
+
+def compare_counts(expected: dict, actual: dict) -> list[str]:
+    """Row-count differences between the source (as dumped) and a restore."""
+    out = []
+    for table in sorted(set(expected) | set(actual)):
+        if table not in actual:
+            out.append(f"{table}: missing from the restore ({expected[table]} rows expected)")
+        elif table not in expected:
+            out.append(f"{table}: in the restore only ({actual[table]} rows)")
+        elif expected[table] != actual[table]:
+            out.append(f"{table}: {actual[table]} rows restored, {expected[table]} expected")
+    return out
+
+
+def choose_base(entries: list[dict], target: datetime, label: str | None = None) -> dict:
+    """The newest verified (or published) base backup that ended before ``target``, or the one
+    named ``label`` after checking that it qualifies."""
+    usable = [e for e in entries if e["kind"] == "base" and e["state"] in ("verified",
+                                                                           "published")]
+    if label:
+        named = [e for e in usable if e["label"] == label]
+        if not named:
+            raise Failed(f"no verified base backup labelled {label}")
+        entry = named[0]
+        if not entry.get("end_time") or parse_time(entry["end_time"]) >= target:
+            raise Failed(f"base backup {label} ended at {entry.get('end_time')}, not before "
+                         f"the target {iso(target)}")
+        return entry
+    before = [e for e in usable if e.get("end_time") and parse_time(e["end_time"]) < target]
+    if not before:
+        raise Failed(f"no verified base backup ended before {iso(target)} "
+                     f"({len(usable)} verified in all)")
+    return max(before, key=lambda e: e["label"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Base backup verification
+
+def member_name(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name.rstrip("/")
+
+
+def _manifest_checksum_ok(raw: bytes) -> bool | None:
+    data = json.loads(raw)
+    want = data.get("Manifest-Checksum")
+    if not want:
+        return None
+    end = raw.rstrip(b"\n").rfind(b"\n")
+    return hashlib.sha256(raw[:end + 1]).hexdigest() == want
+
+
+def verify_base_backup(directory: Path, bin_dir: str | None = None) -> dict:
+    """Check a pg_basebackup -Ft -z directory without pg_verifybackup (which reads only plain
+    format on 15): backup_manifest's own checksum; every file it lists, read from the tar.gz
+    members, against its size and SHA256; nothing unlisted; both archives' gzip integrity (each
+    read to its end, CRC included); the WAL range in pg_wal.tar.gz readable by pg_waldump.
+
+    Returns {"errors", "files" (size and sha256 of every file), "start_wal_segment",
+    "timeline", "start_lsn", "end_lsn"}; the errors name the file."""
+    directory = Path(directory)
+    errors: list[str] = []
+    result = {"errors": errors, "files": {}, "start_wal_segment": None, "timeline": None,
+              "start_lsn": None, "end_lsn": None}
+    manifest_path = directory / "backup_manifest"
+    try:
+        raw = manifest_path.read_bytes()
+        manifest = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        errors.append(f"backup_manifest: unreadable: {exc}")
+        return result
+    result["files"]["backup_manifest"] = {"size": len(raw),
+                                          "sha256": hashlib.sha256(raw).hexdigest()}
+    if _manifest_checksum_ok(raw) is False:
+        errors.append("backup_manifest: its Manifest-Checksum does not match its contents")
+    expected = {}
+    for entry in manifest.get("Files", []):
+        path = entry.get("Path")
+        if path is None and "Encoded-Path" in entry:
+            path = bytes.fromhex(entry["Encoded-Path"]).decode("utf-8", "surrogateescape")
+        expected[path] = entry
+    tars = sorted(p.name for p in directory.iterdir() if p.name.endswith(".tar.gz"))
+    for needed in ("base.tar.gz", "pg_wal.tar.gz"):
+        if needed not in tars:
+            errors.append(f"{needed}: missing")
+    seen: set[str] = set()
+    backup_label = None
+    for tar_name in tars:
+        if tar_name == "pg_wal.tar.gz":
+            continue
+        prefix = "" if tar_name == "base.tar.gz" else f"pg_tblspc/{tar_name[:-7]}/"
+        with open(directory / tar_name, "rb") as raw_file:
+            reader = HashingReader(raw_file)
+            try:
+                with gzip.GzipFile(fileobj=reader, mode="rb") as gz:
+                    with tarfile.open(fileobj=gz, mode="r|") as tar:
+                        for member in tar:
+                            if not member.isfile():
+                                continue
+                            name = prefix + member_name(member.name)
+                            digest, size = hashlib.sha256(), 0
+                            data = tar.extractfile(member)
+                            keep = name == "backup_label"
+                            kept = b""
+                            while chunk := data.read(MiB):
+                                digest.update(chunk)
+                                size += len(chunk)
+                                if keep:
+                                    kept += chunk
+                            if keep:
+                                backup_label = kept.decode("utf-8", "replace")
+                            want = expected.get(name)
+                            if want is None:
+                                if name not in NOT_IN_MANIFEST:
+                                    errors.append(f"{tar_name}: {name} is not in "
+                                                  "backup_manifest")
+                                continue
+                            seen.add(name)
+                            if size != want.get("Size"):
+                                errors.append(f"{tar_name}: {name}: {size} bytes, "
+                                              f"backup_manifest says {want.get('Size')}")
+                            elif (want.get("Checksum-Algorithm") == "SHA256"
+                                  and digest.hexdigest() != want.get("Checksum")):
+                                errors.append(f"{tar_name}: {name}: SHA256 mismatch with "
+                                              "backup_manifest")
+                    while gz.read(MiB):  # to the end: gzip checks its CRC and length there
+                        pass
+                reader.drain()
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                errors.append(f"{tar_name}: corrupt or truncated: {type(exc).__name__}: {exc}")
+                reader.drain()
+        result["files"][tar_name] = {"size": reader.count, "sha256": reader.hash.hexdigest()}
+    missing = sorted(set(expected) - seen)
+    if missing and "base.tar.gz" in tars:
+        errors.append(f"base.tar.gz: {len(missing)} file(s) of backup_manifest missing, e.g. "
+                      + ", ".join(missing[:5]))
+    if backup_label:
+        found = re.search(r"START WAL LOCATION: (\S+) \(file ([0-9A-F]{24})\)", backup_label)
+        tli = re.search(r"START TIMELINE: (\d+)", backup_label)
+        if found:
+            result["start_lsn"], result["start_wal_segment"] = found.group(1), found.group(2)
+        if tli:
+            result["timeline"] = int(tli.group(1))
+    elif "base.tar.gz" in tars:
+        errors.append("base.tar.gz: no backup_label")
+    ranges = manifest.get("WAL-Ranges") or []
+    if ranges:
+        result["end_lsn"] = ranges[-1].get("End-LSN")
+        if result["start_wal_segment"] is None:
+            result["timeline"] = ranges[0]["Timeline"]
+            result["start_lsn"] = ranges[0]["Start-LSN"]
+            result["start_wal_segment"] = lsn_to_segment(ranges[0]["Timeline"],
+                                                         ranges[0]["Start-LSN"])
+    if "pg_wal.tar.gz" in tars:
+        _verify_wal_tar(directory, ranges, bin_dir, errors, result)
+    return result
+
+
+def _verify_wal_tar(directory: Path, ranges: list, bin_dir: str | None, errors: list,
+                    result: dict) -> None:
+    work = Path(tempfile.mkdtemp(prefix=".verify-wal-", dir=directory.parent))
+    try:
+        with open(directory / "pg_wal.tar.gz", "rb") as raw_file:
+            reader = HashingReader(raw_file)
+            try:
+                with gzip.GzipFile(fileobj=reader, mode="rb") as gz:
+                    with tarfile.open(fileobj=gz, mode="r|") as tar:
+                        for member in tar:
+                            base = os.path.basename(member_name(member.name))
+                            if member.isfile() and (WAL_SEGMENT_RE.match(base)
+                                                    or WAL_HISTORY_RE.match(base)):
+                                with open(work / base, "wb") as out:
+                                    shutil.copyfileobj(tar.extractfile(member), out, MiB)
+                    while gz.read(MiB):
+                        pass
+                reader.drain()
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                errors.append(f"pg_wal.tar.gz: corrupt or truncated: "
+                              f"{type(exc).__name__}: {exc}")
+                reader.drain()
+                return
+            finally:
+                result["files"]["pg_wal.tar.gz"] = {"size": reader.count,
+                                                    "sha256": reader.hash.hexdigest()}
+        waldump = os.path.join(bin_dir, "pg_waldump") if bin_dir else None
+        if not waldump or not os.access(waldump, os.X_OK):
+            return
+        for wal_range in ranges:
+            proc = run([waldump, "--quiet", "-p", str(work), "-t", str(wal_range["Timeline"]),
+                        "-s", wal_range["Start-LSN"], "-e", wal_range["End-LSN"]], timeout=600)
+            if proc.returncode != 0:
+                errors.append(f"pg_wal.tar.gz: WAL {wal_range['Start-LSN']}.."
+                              f"{wal_range['End-LSN']} on timeline {wal_range['Timeline']} "
+                              f"does not read back: {tail(proc.stderr, 3)}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def verify_dump_file(path: Path, cfg: Config) -> str | None:
+    """A full read of a custom-format dump (``--list`` alone passes a truncated file)."""
+    proc = run([cfg.bin("pg_restore"), "-f", "/dev/null", str(path)])
+    if proc.returncode != 0:
+        return f"{path.name}: pg_restore cannot read it: {tail(proc.stderr, 4)}"
+    return None
+
+
+def verify_globals_file(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 512))
+            ending = f.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return f"{path.name}: unreadable: {exc}"
+    if GLOBALS_END not in ending:
+        return f"{path.name}: does not end with pg_dumpall's '{GLOBALS_END}' (truncated)"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Local backups
+
+def local_entries(cfg: Config) -> list[dict]:
+    """Every local base backup and dump, failed and partial ones included, oldest first.
+    state: verified | failed | partial (a run that did not finish, or no manifest)."""
+    entries: list[dict] = []
+    base_dir = Path(cfg.backup_dir) / "base"
+    if base_dir.is_dir():
+        for path in sorted(base_dir.iterdir()):
+            if not path.is_dir():
+                continue
+            partial = path.name.endswith(".partial")
+            label = path.name[:-8] if partial else path.name
+            if not LABEL_RE.match(label):
+                continue
+            manifest = read_json(path / "pginfra.json") or {}
+            state = ("verified" if manifest.get("verified") and not partial
+                     else "failed" if manifest else "partial")
+            entries.append(_entry("local", "base", None, label, manifest, state,
+                                  paths=[path], location=str(path)))
+    dumps_dir = Path(cfg.backup_dir) / "dumps"
+    if dumps_dir.is_dir():
+        for db_dir in sorted(p for p in dumps_dir.iterdir() if p.is_dir()):
+            by_label: dict[str, list[Path]] = {}
+            for path in db_dir.iterdir():
+                match = re.match(r"^(\d{8}T\d{6}Z)\.(dump|sql|json)(\.partial)?$", path.name)
+                if match:
+                    by_label.setdefault(match.group(1), []).append(path)
+            for label, paths in sorted(by_label.items()):
+                manifest = read_json(db_dir / f"{label}.json") or {}
+                kind = "globals" if db_dir.name == GLOBALS else "dump"
+                data = db_dir / f"{label}.{'sql' if kind == 'globals' else 'dump'}"
+                state = ("verified" if manifest.get("verified") and data.is_file()
+                         else "failed" if manifest else "partial")
+                entries.append(_entry("local", kind, db_dir.name, label, manifest, state,
+                                      paths=sorted(paths), location=str(data)))
+    return entries
+
+
+def _entry(where, kind, database, label, manifest, state, paths=None, location=None) -> dict:
+    files = manifest.get("files") or {}
+    size = sum(f.get("size", 0) for f in files.values()) if files else None
+    if size is None and paths:
+        size = sum(tree_size(p) for p in paths)
+    return {"where": where, "kind": kind, "database": database, "label": label,
+            "end_time": manifest.get("end_time"), "size": size, "state": state,
+            "published": bool(manifest.get("published")) if where == "local" else
+            state == "published", "error": manifest.get("error"),
+            "start_wal_segment": manifest.get("start_wal_segment"),
+            "timeline": manifest.get("timeline"), "location": location,
+            "manifest": manifest, "paths": [str(p) for p in (paths or [])]}
+
+
+def tree_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(root, name))
+    return total
+
+
+def remove_paths(paths) -> None:
+    for p in paths:
+        path = Path(p)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL
+
+def connect(cfg: Config, dbname: str = "postgres", app: str = "pginfra-backup"):
+    try:
+        import psycopg
+    except ImportError:
+        raise Failed("psycopg is not installed (apt-get install python3-psycopg)") from None
+
+    try:
+        return psycopg.connect(host=cfg.socket_dir, port=cfg.port, dbname=dbname,
+                               autocommit=True, application_name=app, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise Failed(f"cannot connect to database {dbname} on port {cfg.port} "
+                     f"({cfg.socket_dir}): {str(exc).strip()}") from None
+
+
+def conninfo(cfg: Config, dbname: str) -> str:
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(host=cfg.socket_dir, port=str(cfg.port), dbname=dbname)
+
+
+def standby_skip(conn, log: JobLog, job: str) -> bool:
+    if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+        log.emit(job, "skipped", detail="this server is a standby (pg_is_in_recovery()): "
+                 "nothing to do here; the primary runs this job")
+        return True
+    return False
+
+
+def sql_system_identifier(conn) -> str:
+    return str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+
+
+def controldata_system_identifier(cfg: Config) -> str | None:
+    try:
+        proc = run([cfg.bin("pg_controldata"), "-D", cfg.data_directory], timeout=30)
+    except OSError:
+        return None
+    found = re.search(r"Database system identifier:\s+(\d+)", proc.stdout)
+    return found.group(1) if proc.returncode == 0 and found else None
+
+
+COUNT_TABLES = """
+SELECT format('%I.%I', n.nspname, c.relname)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname !~ '^pg_(toast|temp_)'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                  AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1
+"""
+
+
+def row_counts(conn) -> dict[str, int]:
+    """Exact count(*) of every user table (not extension members), by qualified name."""
+    tables = [r[0] for r in conn.execute(COUNT_TABLES).fetchall()]
+    return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+
+
+class Psql:
+    """SQL through psql as the postgres OS user: root's way in (pg_hba lets only the postgres
+    OS user in as postgres, by peer)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def __call__(self, sql: str, dbname: str = "postgres", timeout: float = 120) -> str:
+        cmd = [self.cfg.bin("psql"), "-XAtq", "-v", "ON_ERROR_STOP=1", "-h",
+               self.cfg.socket_dir, "-p", str(self.cfg.port), "-d", dbname, "-c", sql]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", OS_USER, "--", *cmd]
+        proc = run(cmd, timeout=timeout, cwd="/")
+        if proc.returncode != 0:
+            raise Failed(f"psql: {sql}: {tail(proc.stderr, 3)}")
+        return proc.stdout.strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# S3
+
+def make_s3_client(s3: S3Settings, log: JobLog | None = None):
+    """boto3's client for the bucket. Credentials: boto3's chain (environment, instance
+    profile), with ``credentials_file`` as the shared credentials file when it exists."""
+    try:
+        import boto3
+        import botocore
+        from botocore.config import Config as BotoConfig
+    except ImportError:
+        raise Failed("boto3 is not installed (apt-get install python3-boto3)") from None
+
+    if s3.credentials_file and os.path.exists(s3.credentials_file):
+        os.environ["AWS_SHARED_CREDENTIALS_FILE"] = s3.credentials_file
+    options = {"signature_version": "s3v4", "connect_timeout": 10, "read_timeout": 120,
+               "s3": {"addressing_style": "path" if s3.endpoint_url else "auto"}}
+    note = None
+    try:
+        config = BotoConfig(**options,
+                            request_checksum_calculation=s3.request_checksum_calculation)
+    except TypeError:
+        config = BotoConfig(**options)
+        note = (f"request_checksum_calculation={s3.request_checksum_calculation} ignored: "
+                f"botocore {botocore.__version__} does not have it (it sends no CRC "
+                "checksums by default)")
+    if note and log is not None:
+        log.emit("s3-client", "info", detail=note)
+    session = boto3.session.Session(region_name=s3.region)
+    return session.client("s3", endpoint_url=s3.endpoint_url or None, config=config)
+
+
+def _not_found(exc) -> bool:
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("404", "NoSuchKey", "NotFound") or status == 404
+
+
+class S3Store:
+    """One host's backups in the bucket, under ``{prefix}/{host}/{system_identifier}/``."""
+
+    def __init__(self, s3: S3Settings, host: str, system_identifier: str, log: JobLog,
+                 client=None, chunk_override: int | None = None):
+        self.s3, self.bucket, self.log = s3, s3.bucket, log
+        self.system_identifier = str(system_identifier)
+        self.root = "/".join(p for p in (s3.prefix, host, self.system_identifier) if p) + "/"
+        self.client = client or make_s3_client(s3, log)
+        self.chunk_override = chunk_override
+
+    def key(self, *parts: str) -> str:
+        return self.root + "/".join(parts)
+
+    def extra_args(self, sha256: str) -> dict:
+        extra = {"ServerSideEncryption": self.s3.sse, "StorageClass": self.s3.storage_class,
+                 "Metadata": {"sha256": sha256}}
+        if self.s3.sse == "aws:kms" and self.s3.kms_key_id:
+            extra["SSEKMSKeyId"] = self.s3.kms_key_id
+        return extra
+
+    def transfer_config(self, size: int):
+        from boto3.s3.transfer import TransferConfig
+
+        chunk = chunk_size(size, self.chunk_override)
+        return TransferConfig(multipart_threshold=chunk, multipart_chunksize=chunk,
+                              max_concurrency=4, use_threads=True)
+
+    def head(self, key: str) -> dict | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _not_found(exc):
+                return None
+            raise
+
+    def check_object(self, key: str, size: int, sha256: str) -> None:
+        head = self.head(key)
+        if head is None:
+            raise Failed(f"s3://{self.bucket}/{key}: not there after the upload")
+        have_size = head.get("ContentLength")
+        have_sha = (head.get("Metadata") or {}).get("sha256")
+        if have_size != size or have_sha != sha256:
+            raise Failed(f"s3://{self.bucket}/{key}: {have_size} bytes with sha256 {have_sha}, "
+                         f"expected {size} bytes with sha256 {sha256}")
+
+    def upload(self, path: Path, key: str, sha256: str, size: int) -> None:
+        self.client.upload_file(str(path), self.bucket, key, ExtraArgs=self.extra_args(sha256),
+                                Config=self.transfer_config(size))
+
+    def put_via_temporary(self, path: Path, key: str, sha256: str, size: int) -> None:
+        """Upload to tmp/<uuid>, check it, copy it server-side to ``key``, check that, delete
+        the temporary key. On failure the temporary key and any multipart upload left under
+        it are removed, and the error is raised again."""
+        tmp = self.key("tmp", uuid.uuid4().hex)
+        try:
+            self.upload(path, tmp, sha256, size)
+            self.check_object(tmp, size, sha256)
+            self.client.copy({"Bucket": self.bucket, "Key": tmp}, self.bucket, key,
+                             ExtraArgs={**self.extra_args(sha256),
+                                        "MetadataDirective": "REPLACE"},
+                             Config=self.transfer_config(size))
+            self.check_object(key, size, sha256)
+        except BaseException:
+            self.cleanup_temporary(tmp)
+            raise
+        self.client.delete_object(Bucket=self.bucket, Key=tmp)
+
+    def abort_multipart(self, prefix: str, older_than: datetime | None = None) -> int:
+        """Abort unfinished multipart uploads under ``prefix`` (initiated before
+        ``older_than``, when given)."""
+        aborted = 0
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for upload in page.get("Uploads", []) or []:
+                if older_than is not None and upload.get("Initiated") and \
+                        upload["Initiated"] >= older_than:
+                    continue
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                   UploadId=upload["UploadId"])
+                aborted += 1
+        return aborted
+
+    def cleanup_temporary(self, tmp: str) -> None:
+        try:
+            aborted = self.abort_multipart(tmp)
+            self.client.delete_object(Bucket=self.bucket, Key=tmp)
+            self.log.emit("cleanup", "ok", detail=f"{tmp}: temporary key removed"
+                          + (f", {aborted} multipart upload(s) aborted" if aborted else ""))
+        except Exception as exc:
+            self.log.emit("cleanup", "failed",
+                          detail=f"{tmp}: could not remove the temporary key or abort its "
+                          f"multipart upload now (retention sweeps tmp/ later): "
+                          f"{type(exc).__name__}: {exc}")
+
+    def put_json(self, key: str, data: dict) -> None:
+        body = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+        digest = hashlib.sha256(body).hexdigest()
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
+                               ContentType="application/json", **self.extra_args(digest))
+        self.check_object(key, len(body), digest)
+
+    def get_json(self, key: str) -> dict | None:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            data = json.loads(body)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def list(self, prefix: str, delimiter: str | None = None):
+        paginator = self.client.get_paginator("list_objects_v2")
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        for page in paginator.paginate(**kwargs):
+            yield from page.get("Contents", []) or []
+
+    def delete_keys(self, keys: list[str]) -> int:
+        """Batched DeleteObjects, at most 1000 keys a call; Failed on any per-key error."""
+        deleted = 0
+        for batch in batches(sorted(keys)):
+            response = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch],
+                                            "Quiet": True})
+            errors = response.get("Errors") or []
+            if errors:
+                raise Failed(f"delete_objects: {len(errors)} key(s) not deleted, e.g. "
+                             f"{errors[0].get('Key')}: {errors[0].get('Message')}")
+            deleted += len(batch)
+        return deleted
+
+    def download(self, key: str, dest: Path, size: int) -> None:
+        self.client.download_file(self.bucket, key, str(dest),
+                                  Config=self.transfer_config(size))
+
+    def entries(self) -> list[dict]:
+        """Base backups and dumps in S3: published (a verified manifest) or unpublished
+        (files without a manifest: an upload that did not finish)."""
+        out: list[dict] = []
+        groups: dict[tuple, list[dict]] = {}
+        for obj in self.list(self.key("base") + "/"):
+            rest = obj["Key"][len(self.key("base")) + 1:]
+            label, _, name = rest.partition("/")
+            if LABEL_RE.match(label) and name:
+                groups.setdefault(("base", None, label), []).append({**obj, "name": name})
+        for obj in self.list(self.key("dumps") + "/"):
+            rest = obj["Key"][len(self.key("dumps")) + 1:]
+            match = re.match(r"^([^/]+)/(\d{8}T\d{6}Z)\.(dump|sql|json)$", rest)
+            if match:
+                kind = "globals" if match.group(1) == GLOBALS else "dump"
+                groups.setdefault((kind, match.group(1), match.group(2)), []).append(
+                    {**obj, "name": f"{match.group(2)}.{match.group(3)}"})
+        for (kind, database, label), objects in sorted(groups.items(),
+                                                       key=lambda kv: kv[0][2]):
+            if kind == "base":
+                manifest_key = self.key("base", label, "pginfra.json")
+            else:
+                manifest_key = self.key("dumps", database, f"{label}.json")
+            has_manifest = any(o["Key"] == manifest_key for o in objects)
+            manifest = (self.get_json(manifest_key) if has_manifest else None) or {}
+            state = "published" if manifest.get("verified") else "unpublished"
+            entry = _entry("s3", kind, database, label, manifest, state)
+            if not manifest:
+                entry["size"] = sum(o.get("Size", 0) for o in objects)
+            entry["keys"] = sorted(o["Key"] for o in objects)
+            entry["manifest_key"] = manifest_key
+            entry["location"] = f"s3://{self.bucket}/{manifest_key}"
+            out.append(entry)
+        return out
+
+    def system_identifiers(self, host_prefix: str) -> list[str]:
+        response = self.client.list_objects_v2(Bucket=self.bucket, Prefix=host_prefix,
+                                               Delimiter="/")
+        return [p["Prefix"][len(host_prefix):].strip("/")
+                for p in response.get("CommonPrefixes", []) or []]
+
+
+def open_store(cfg: Config, log: JobLog, conn=None, explicit: str | None = None,
+               client=None) -> S3Store:
+    """The S3 store of this cluster. Its system identifier: ``explicit``, else from SQL when
+    connected, else pg_controldata on the data directory, else the only one in the bucket
+    for this host."""
+    if cfg.s3 is None:
+        raise ConfigError("no s3 section in the configuration")
+    client = client or make_s3_client(cfg.s3, log)
+    sysid = explicit or (sql_system_identifier(conn) if conn is not None else None) \
+        or controldata_system_identifier(cfg)
+    if not sysid:
+        host_prefix = "/".join(p for p in (cfg.s3.prefix, cfg.host) if p) + "/"
+        found = S3Store(cfg.s3, cfg.host, "", log, client=client).system_identifiers(
+            host_prefix)
+        if len(found) != 1:
+            raise ConfigError(
+                f"cannot tell the cluster's system identifier (no server, no readable "
+                f"{cfg.data_directory}) and s3://{cfg.s3.bucket}/{host_prefix} holds "
+                f"{len(found)} ({', '.join(found) or 'none'}): pass --system-identifier")
+        sysid = found[0]
+    return S3Store(cfg.s3, cfg.host, sysid, log, client=client)
+
+
+def publish(store: S3Store, log: JobLog, files: list[tuple[Path, str, dict]],
+            manifest_key: str, manifest: dict) -> None:
+    """Each file to a temporary key, checked, copied to its key; then, only when every file
+    is there, the manifest: what makes the backup published. Raises a logged Failed."""
+    for path, key, meta in files:
+        with log.stage("upload", detail=key) as info:
+            store.put_via_temporary(path, key, meta["sha256"], meta["size"])
+            info.bytes = meta["size"]
+    with log.stage("publish", detail=manifest_key):
+        for _path, key, meta in files:
+            store.check_object(key, meta["size"], meta["sha256"])
+        store.put_json(manifest_key, manifest)
+
+
+def publish_entry(cfg: Config, store: S3Store, log: JobLog, entry: dict) -> None:
+    """Publish a verified local backup (base or dump) and note it in its local manifest."""
+    manifest = dict(entry["manifest"])
+    manifest.pop("published", None)
+    if entry["kind"] == "base":
+        directory = Path(entry["location"])
+        files = [(directory / name, store.key("base", entry["label"], name), meta)
+                 for name, meta in sorted(manifest["files"].items())]
+        manifest_key = store.key("base", entry["label"], "pginfra.json")
+        local_manifest = directory / "pginfra.json"
+    else:
+        directory = Path(entry["location"]).parent
+        files = [(directory / name, store.key("dumps", entry["database"], name), meta)
+                 for name, meta in sorted(manifest["files"].items())]
+        manifest_key = store.key("dumps", entry["database"], f"{entry['label']}.json")
+        local_manifest = directory / f"{entry['label']}.json"
+    publish(store, log, files, manifest_key, manifest)
+    manifest["published"] = {"time": iso(utcnow()),
+                             "url": f"s3://{store.bucket}/{manifest_key}"}
+    write_json(local_manifest, manifest)
+    entry["manifest"], entry["published"] = manifest, True
+
+
+# ---------------------------------------------------------------------------------------------
+# list (both programs)
+
+def human(size) -> str:
+    if size is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)
+
+
+def job_list(cfg: Config, args, log: JobLog) -> dict:
+    entries = local_entries(cfg)
+    s3_error = None
+    if cfg.s3 is not None and not args.local:
+        try:
+            with log.stage("s3-list") as info:
+                store = open_store(cfg, log, explicit=getattr(args, "system_identifier", None))
+                found = store.entries()
+                info.detail = f"s3://{store.bucket}/{store.root}: {len(found)} backup(s)"
+                entries += found
+        except Failed as exc:
+            s3_error = str(exc)
+    entries.sort(key=lambda e: (e["label"], e["where"], e["kind"], e["database"] or ""))
+    public = [{k: v for k, v in e.items() if k not in ("manifest", "paths", "keys")}
+              for e in entries]
+    if args.json:
+        print(json.dumps({"backups": public, "s3_error": s3_error}, indent=2, default=str))
+    else:
+        rows = [("WHERE", "KIND", "DATABASE", "LABEL", "ENDED", "SIZE", "STATE")]
+        for e in public:
+            state = e["state"] + (", published" if e["where"] == "local" and e["published"]
+                                  else "")
+            if e.get("error"):
+                state += f" ({e['error'][:60]})"
+            rows.append((e["where"], e["kind"], e["database"] or "-", e["label"],
+                         (e["end_time"] or "-")[:19], human(e["size"]), state))
+        widths = [max(len(r[i]) for r in rows) for i in range(6)]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[6])
+        if s3_error:
+            print(f"(S3 not listed: {s3_error})")
+    return {"count": len(entries)}
+
+
+def restore_command(program: str, config_path: str) -> str:
+    """restore_command for postgresql.auto.conf: this program's fetch-wal (with --config when
+    it is not the default), through the interpreter when the file is not executable."""
+    argv = [program] if os.access(program, os.X_OK) else [sys.executable, program]
+    if os.path.abspath(config_path) != DEFAULT_CONFIG:
+        argv += ["--config", os.path.abspath(config_path)]
+    return shlex.join(argv) + " fetch-wal %f %p"
