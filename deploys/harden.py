@@ -11,4 +11,4 @@ from pginfra.steps import harden_databases
 
 settings = load_settings()  # 0. validate this host's inventory data
 
-harden_databases(settings)  # 8. SQL bundles as tracked migrations
+harden_databases(settings)  # 9. SQL bundles as tracked migrations

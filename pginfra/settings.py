@@ -66,6 +66,29 @@ def _check_hba_rules(rules: list) -> str | None:
     return None
 
 
+_CRON_FIELD = r"(\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?(,(\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?)*"
+_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+
+
+def _check_cron(value: str) -> str | None:
+    """A five-field cron schedule with numbers, ranges, lists and steps (or @daily and so on)."""
+    if not isinstance(value, str):
+        return f"expected a cron schedule, got {value!r}"
+    if value in ("@hourly", "@daily", "@weekly", "@monthly"):
+        return None
+    fields = value.split()
+    if len(fields) != 5:
+        return f"{value!r} is not a cron schedule of five fields (minute hour day month weekday)"
+    for field, (lo, hi), name in zip(fields, _CRON_RANGES,
+                                     ("minute", "hour", "day", "month", "weekday"), strict=True):
+        if not re.fullmatch(_CRON_FIELD, field):
+            return f"{value!r}: {name} field {field!r} is not a number, range, list or step"
+        for number in re.findall(r"(?<![/0-9])[0-9]+", field):
+            if not lo <= int(number) <= hi:
+                return f"{value!r}: {name} {number} is outside {lo}-{hi}"
+    return None
+
+
 def _roles():
     from pginfra import roles
 
@@ -398,6 +421,96 @@ SETTINGS: tuple[Setting, ...] = (
         "pginfra_example_community_users", 2000, int,
         "Users the community example generates (each with posts, reactions and stats).",
         minimum=10, maximum=10_000_000,
+    ),
+    Setting(
+        "backup_enabled", True, bool,
+        "Install the backup programs, their configuration and /etc/cron.d/pginfra.",
+    ),
+    Setting(
+        "backup_dir", "/var/backups/postgresql/pginfra", str,
+        "Local base backups and dumps (owner postgres, mode 0700).",
+        pattern=_ABS_PATH,
+    ),
+    Setting(
+        "backup_keep_local_base", 2, int,
+        "Verified base backups kept locally; WAL is kept back to the oldest of them.",
+        minimum=1, maximum=100,
+    ),
+    Setting(
+        "backup_keep_local_dumps", 7, int,
+        "Verified dumps kept locally per database.",
+        minimum=1, maximum=1000,
+    ),
+    Setting(
+        "backup_s3_bucket", "", str,
+        "S3 bucket for off-site copies; empty keeps backups on the host only.",
+        pattern=r"([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?",
+    ),
+    Setting(
+        "backup_s3_prefix", "pginfra", str,
+        "Key prefix in the bucket; the host name and system identifier are appended.",
+        pattern=r"[A-Za-z0-9!_.*'()/-]{1,200}",
+    ),
+    Setting(
+        "backup_s3_region", "us-east-1", str,
+        "Region of the bucket.",
+        pattern=r"[a-z0-9-]{2,40}",
+    ),
+    Setting(
+        "backup_s3_endpoint_url", "", str,
+        "Endpoint of an S3-compatible store (e.g. http://10.0.0.5:9000); empty for AWS.",
+        pattern=r"(https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?)?",
+    ),
+    Setting(
+        "backup_s3_sse", "AES256", str,
+        "Server-side encryption: AES256, or aws:kms with backup_s3_kms_key_id.",
+        choices=("AES256", "aws:kms"),
+    ),
+    Setting(
+        "backup_s3_kms_key_id", "", str,
+        "KMS key id or ARN for aws:kms encryption; empty: the bucket's default key.",
+        pattern=r"[A-Za-z0-9:/_-]{0,2048}",
+    ),
+    Setting(
+        "backup_s3_storage_class", "STANDARD", str,
+        "Storage class of uploaded objects.",
+        choices=("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+                 "GLACIER_IR", "REDUCED_REDUNDANCY"),
+    ),
+    Setting(
+        "backup_s3_request_checksum_calculation", "when_required", str,
+        "boto3's request checksums; when_required suits stores that reject CRC checksums.",
+        choices=("when_required", "when_supported"),
+    ),
+    Setting(
+        "backup_s3_keep_days", 30, int,
+        "Days of base backups and dumps kept in S3 (the newest verified is always kept).",
+        minimum=1, maximum=3650,
+    ),
+    Setting(
+        "backup_schedule_base", "0 3 * * 0", str,
+        "Cron schedule of base backups (default: weekly, Sunday 03:00).",
+        validator=lambda v: _check_cron(v),
+    ),
+    Setting(
+        "backup_schedule_dump", "0 2 * * *", str,
+        "Cron schedule of the logical dumps of every database (default: daily 02:00).",
+        validator=lambda v: _check_cron(v),
+    ),
+    Setting(
+        "backup_schedule_wal_ship", "*/5 * * * *", str,
+        "Cron schedule of copying archived WAL to S3 (default: every 5 minutes).",
+        validator=lambda v: _check_cron(v),
+    ),
+    Setting(
+        "backup_schedule_retention", "0 4 * * *", str,
+        "Cron schedule of expiring old backups and WAL (default: daily 04:00).",
+        validator=lambda v: _check_cron(v),
+    ),
+    Setting(
+        "backup_schedule_drill", "0 5 * * 6", str,
+        "Cron schedule of the restore drill of the newest dumps (default: Saturday 05:00).",
+        validator=lambda v: _check_cron(v),
     ),
     Setting(
         "pginfra_apt_cache_time", 3600, int,

@@ -1,6 +1,7 @@
 """The runbook's steps: each is a pyinfra ``@deploy`` in its own module, called in order by
 ``deploys/postgres.py`` with the host's validated settings."""
 
+from pginfra.steps.backups import install_backups
 from pginfra.steps.cluster import create_cluster
 from pginfra.steps.configure import configure_server
 from pginfra.steps.harden import harden_databases
@@ -11,6 +12,7 @@ from pginfra.steps.service import run_service
 from pginfra.steps.tls import install_tls
 
 __all__ = [
-    "configure_server", "create_cluster", "harden_databases", "install_packages", "install_tls",
+    "configure_server", "create_cluster", "harden_databases", "install_backups",
+    "install_packages", "install_tls",
     "manage_roles", "run_pgbouncer", "run_service",
 ]

@@ -21,7 +21,9 @@ def server_packages(settings: Settings) -> list[str]:
         "postgresql-common",
         "python3",  # host-side programs in files/ run on it
         "python3-psycopg",
-        "cron",  # scheduled jobs in /etc/cron.d (examples, backups, health checks)
+        "python3-boto3",  # off-site copies to S3
+        "cron",
+        "logrotate",  # scheduled jobs in /etc/cron.d (examples, backups, health checks)
         *settings.postgres_extra_packages,
     ]
 

@@ -1,7 +1,7 @@
 """A cluster without data checksums (as Debian creates one) is re-created only when empty."""
 
 import pytest
-from conftest import run_pyinfra, sql
+from conftest import deploy_ok, run_pyinfra, sql
 
 CLUSTER = ["--data", "postgres_cluster=chk", "--data", "postgres_port=5434",
            "--data", "postgres_wal_archive_dir=/var/lib/postgresql/wal-archive-chk",
@@ -14,6 +14,14 @@ CLUSTER = ["--data", "postgres_cluster=chk", "--data", "postgres_port=5434",
 
 def on_chk(lab, query):
     return sql(lab, query, port=5434)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def converge_afterwards(lab, first_deploy):
+    """Host-wide files (the backup configuration and cron jobs) follow the last deploy: put the
+    host back as the rehearsal job leaves it once these deploys to cluster chk are done."""
+    yield
+    deploy_ok(lab)
 
 
 @pytest.fixture

@@ -1,0 +1,120 @@
+"""The backup step's planning on the control machine: the host programs' configuration, the S3
+credentials and the reachability check (against a real local S3 endpoint), the cron file."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from pginfra.settings import SettingsError, resolve
+from pginfra.steps.backups import backup_config, s3_credentials
+from pginfra.templating import render
+
+MOTO = Path(sys.executable).parent / "moto_server"
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
+                          aws_access_key_id="k", aws_secret_access_key="s")
+    for _ in range(100):
+        try:
+            client.create_bucket(Bucket="backups")
+            break
+        except Exception:  # not listening yet
+            time.sleep(0.1)
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def settings(**data):
+    base = {"postgres_roles": [{"name": "o"}],
+            "postgres_databases": [{"name": "app", "owner": "o"}, {"name": "web", "owner": "o"}]}
+    return resolve({**base, **data})
+
+
+def test_config_without_s3():
+    config = backup_config(settings(), "db1")
+    assert config["s3"] is None
+    assert config["databases"] == ["app", "web"]
+    assert config["stop_command"] == ["systemctl", "stop", "postgresql@15-main"]
+    assert config["data_directory"] == "/var/lib/postgresql/15/main"
+    assert config["wal_archive_dir"] == "/var/lib/postgresql/wal-archive"
+
+
+def test_config_with_s3_carries_no_secret(monkeypatch):
+    monkeypatch.setenv("PGINFRA_PASSWORD_S3_SECRET_ACCESS_KEY", "very-secret")
+    config = backup_config(settings(backup_s3_bucket="backups", backup_s3_sse="aws:kms",
+                                    backup_s3_kms_key_id="alias/pg"), "db1")
+    assert config["s3"]["sse"] == "aws:kms" and config["s3"]["kms_key_id"] == "alias/pg"
+    assert config["s3"]["credentials_file"] == "/etc/pginfra/s3-credentials"
+    assert "very-secret" not in str(config)
+
+
+def test_credentials_from_the_secrets_source_are_checked_against_the_bucket(monkeypatch,
+                                                                           endpoint):
+    monkeypatch.setenv("PGINFRA_PASSWORD_S3_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("PGINFRA_PASSWORD_S3_SECRET_ACCESS_KEY", "secret")
+    text = s3_credentials(settings(backup_s3_bucket="backups", backup_s3_endpoint_url=endpoint),
+                          "db1")
+    assert text == "[default]\naws_access_key_id = key\naws_secret_access_key = secret\n"
+    with pytest.raises(SettingsError, match=r"db1: backup_s3_bucket 'nope' .* HeadBucket failed"):
+        s3_credentials(settings(backup_s3_bucket="nope", backup_s3_endpoint_url=endpoint), "db1")
+
+
+def test_an_unreachable_endpoint_stops_the_deploy(monkeypatch):
+    monkeypatch.setenv("PGINFRA_PASSWORD_S3_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("PGINFRA_PASSWORD_S3_SECRET_ACCESS_KEY", "secret")
+    with pytest.raises(SettingsError) as err:
+        s3_credentials(settings(backup_s3_bucket="backups",
+                                backup_s3_endpoint_url="http://127.0.0.1:9"), "db1")
+    assert "db1: backup_s3_endpoint_url http://127.0.0.1:9 cannot be reached" in str(err.value)
+    assert "nothing was changed" in str(err.value) and "secret" not in str(err.value)
+
+
+def test_half_a_key_pair_is_refused_and_none_means_the_host_environment(monkeypatch,
+                                                                       tmp_path):
+    monkeypatch.delenv("PGINFRA_PASSWORD_S3_SECRET_ACCESS_KEY", raising=False)
+    empty = tmp_path / "secrets.yaml"
+    empty.write_text("passwords: {}\n")
+    empty.chmod(0o600)
+    monkeypatch.setenv("PGINFRA_SECRETS_FILE", str(empty))
+    monkeypatch.delenv("PGINFRA_PASSWORD_S3_ACCESS_KEY_ID", raising=False)
+    assert s3_credentials(settings(backup_s3_bucket="backups"), "db1") is None
+    monkeypatch.setenv("PGINFRA_PASSWORD_S3_ACCESS_KEY_ID", "key")
+    with pytest.raises(SettingsError, match="only one of s3_access_key_id"):
+        s3_credentials(settings(backup_s3_bucket="backups"), "db1")
+
+
+def test_cron_file_runs_every_job_as_postgres_on_its_schedule():
+    s = settings(backup_schedule_dump="30 1 * * *")
+    schedules = {k: getattr(s, f"backup_schedule_{k}")
+                 for k in ("base", "dump", "wal_ship", "retention", "drill")}
+    text = render("cron.d-pginfra.j2", cluster="15/main", bin="/usr/local/lib/pginfra",
+                  schedules=schedules, s3=True)
+    jobs = [line for line in text.splitlines() if line and line[0] in "0123456789*@"]
+    assert "30 1 * * * postgres /usr/local/lib/pginfra/pginfra-backup dump" in text
+    assert len(jobs) == 5 and all(" postgres /usr/local/lib/pginfra/pginfra-backup " in j
+                                  for j in jobs)
+    local = render("cron.d-pginfra.j2", cluster="15/main", bin="/usr/local/lib/pginfra",
+                   schedules=schedules, s3=False)
+    assert "ship-wal" not in local
+
+
+@pytest.mark.parametrize("bad", ["0 3 * *", "61 * * * *", "0 25 * * *", "0 3 * * 8", "daily"])
+def test_bad_schedules_are_refused(bad):
+    with pytest.raises(SettingsError, match="backup_schedule_base"):
+        resolve({"backup_schedule_base": bad})
