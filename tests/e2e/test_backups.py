@@ -12,7 +12,7 @@ import time
 
 import boto3
 import pytest
-from conftest import BIN, E2E, control_env, deploy_ok, sql
+from conftest import BIN, E2E, control_env, deploy_ok, run_pyinfra, sql
 
 BACKUP = "/usr/local/lib/pginfra/pginfra-backup"
 RESTORE = "/usr/local/lib/pginfra/pginfra-restore"
@@ -217,3 +217,14 @@ def test_retention_keeps_the_last_good_backup_when_the_newest_failed(lab, s3):
     assert [k for k in kept if k not in (good, failed)] == [], "older ones expired"
     lab.ssh("pgt1", ["rm", "-rf", f"{BACKUP_DIR}/base/{failed}"])
 
+
+
+def test_an_unreachable_endpoint_stops_the_deploy_before_anything(lab, s3):
+    result = run_pyinfra(lab, "--data", f"backup_s3_bucket={BUCKET}", "--data",
+                         f"backup_s3_endpoint_url=http://{GATEWAY}:9",
+                         env=control_env(lab, **KEYS))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"pgt1: backup_s3_endpoint_url http://{GATEWAY}:9 cannot be reached" in output
+    assert "nothing was changed" in output and "Starting operation" not in output
+    assert KEYS["PGINFRA_PASSWORD_S3_SECRET_ACCESS_KEY"] not in output
