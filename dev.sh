@@ -21,8 +21,10 @@ VENV=.venv
 # Tools the rehearsal hosts need on this machine, and Debian's Python for the virtualenv.
 HOST_PACKAGES=(debootstrap systemd-container iptables iproute2 openssh-client ca-certificates
                python3 python3-venv)
-# Only the test suite needs these: `vagrant validate` checks the Vagrantfile.
-TEST_PACKAGES=(vagrant)
+# Only the test suite needs these: `vagrant validate` checks the Vagrantfile; the backup
+# programs' unit tests run throwaway PostgreSQL 15 clusters here (Debian's postgresql-15 must
+# not create and start a cluster of its own: see no_debian_cluster).
+TEST_PACKAGES=(vagrant postgresql-15)
 
 preflight() {
     [ "$(uname -s)" = Linux ] || die "pginfra's rehearsal hosts need Linux"
@@ -87,7 +89,18 @@ rehearse() {
 EOF
 }
 
+no_debian_cluster() {
+    if [ ! -e /etc/postgresql-common/createcluster.d/50-pginfra-control.conf ] &&
+       ! dpkg-query -W -f='${Status}' postgresql-15 2>/dev/null | grep -q "install ok installed"
+    then
+        mkdir -p /etc/postgresql-common/createcluster.d
+        echo "create_main_cluster = false" \
+            > /etc/postgresql-common/createcluster.d/50-pginfra-control.conf
+    fi
+}
+
 run_tests() {
+    no_debian_cluster
     setup "${TEST_PACKAGES[@]}"
     export PATH="$PWD/$VENV/bin:$PATH"
     say "ruff check"

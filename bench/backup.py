@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import subprocess
 import time
 
-import boto3
-from common import BIN, ROOT, bench_lab, deploy_data_args, write_results
+from common import bench_lab, deploy, write_results
 
 from pginfra.rehearsal import Lab
+from pginfra.s3_local import local_s3
 
 NODE = "pgk1"
 GATEWAY = "10.77.6.1"
@@ -72,61 +70,43 @@ def main() -> int:
     args = parser.parse_args()
 
     figures: dict = {"scale": args.scale}
-    with bench_lab("10.77.6.0/24", "pginfra-bk", "pgk",
-                   ["postgres", "pgbouncer_admin", "s3_access_key_id",
-                    "s3_secret_access_key"]) as (lab, env, _):
-        with socket.socket() as s:
-            s.bind((GATEWAY, 0))
-            port = s.getsockname()[1]
-        moto = subprocess.Popen([str(BIN / "moto_server"), "-H", GATEWAY, "-p", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            endpoint = f"http://{GATEWAY}:{port}"
-            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                                  aws_access_key_id="x", aws_secret_access_key="x")
-            for _ in range(100):
-                try:
-                    client.create_bucket(Bucket=BUCKET)
-                    break
-                except Exception:  # not listening yet
-                    time.sleep(0.2)
-            data = {"postgres_roles": [{"name": "bench_owner"}],
-                    "postgres_databases": [{"name": "bench", "owner": "bench_owner"}],
-                    "postgres_sql_bundles": {"*": []},
-                    "backup_s3_bucket": BUCKET, "backup_s3_endpoint_url": endpoint}
-            subprocess.run([str(BIN / "pyinfra"), "-y", "inventories/rehearsal.py",
-                            "deploys/postgres.py", *deploy_data_args(data)], cwd=ROOT, env=env,
-                           check=True, capture_output=True, text=True)
-            started = time.monotonic()
-            lab.ssh(NODE, ["cd", "/tmp", "&&", "runuser", "-u", "postgres", "--", "pgbench",
-                           "-i", "-q", "-s", str(args.scale), "bench"], timeout=7200)
-            figures["load_seconds"] = round(time.monotonic() - started, 1)
-            size = int(sql(lab, "SELECT sum(pg_database_size(oid)) FROM pg_database"))
-            figures["cluster_bytes"] = size
-            sql(lab, "CHECKPOINT")
+    lab_options = ("10.77.6.0/24", "pginfra-bk", "pgk",
+                   ["postgres", "pgbouncer_admin", "s3_access_key_id", "s3_secret_access_key"])
+    with (bench_lab(*lab_options) as (lab, env, _),
+          local_s3(GATEWAY, buckets=[BUCKET]) as endpoint):
+        data = {"postgres_roles": [{"name": "bench_owner"}],
+                "postgres_databases": [{"name": "bench", "owner": "bench_owner"}],
+                "postgres_sql_bundles": {"*": []},
+                "pginfra_example_community": False,
+                "backup_s3_bucket": BUCKET, "backup_s3_endpoint_url": endpoint}
+        deploy(env, data)
+        started = time.monotonic()
+        lab.ssh(NODE, ["cd", "/tmp", "&&", "runuser", "-u", "postgres", "--", "pgbench",
+                       "-i", "-q", "-s", str(args.scale), "bench"], timeout=7200)
+        figures["load_seconds"] = round(time.monotonic() - started, 1)
+        size = int(sql(lab, "SELECT sum(pg_database_size(oid)) FROM pg_database"))
+        figures["cluster_bytes"] = size
+        sql(lab, "CHECKPOINT")
 
-            lab.ssh(NODE, ["rm", "-rf", "/var/tmp/plain", "&&", "install", "-d", "-o",
-                           "postgres", "/var/tmp/plain"])
-            plain, _ = timed(lab, "runuser", "-u", "postgres", "--", "pg_basebackup", "-D",
-                             "/var/tmp/plain/b", "-Ft", "-z", "-X", "stream",
-                             "--checkpoint=fast")
-            plain_bytes = int(lab.ssh(NODE, ["du", "-sb", "/var/tmp/plain/b"]).stdout.split()[0])
-            lab.ssh(NODE, ["rm", "-rf", "/var/tmp/plain"])
-            ours, _ = timed(lab, "runuser", "-u", "postgres", "--", BACKUP, "base")
-            mb = size / 2**20
-            figures["baseline_plain_pg_basebackup"] = {
-                "seconds": round(plain, 1), "mb_per_s": round(mb / plain, 1),
-                "compressed_bytes": plain_bytes}
-            figures["pginfra_backup_base"] = {
-                "seconds": round(ours, 1), "mb_per_s": round(mb / ours, 1),
-                "what": "pg_basebackup + manifest/gzip/WAL checks + upload + publish"}
-            figures["throughput_ratio_pginfra_to_plain"] = round(plain / ours, 3)
-            figures["pitr_from_local"] = pitr(lab)
-            lab.ssh(NODE, ["runuser", "-u", "postgres", "--", BACKUP, "base"], timeout=7200)
-            figures["pitr_from_s3_alone"] = pitr(lab, "--from-s3")
-        finally:
-            moto.terminate()
-            moto.wait(timeout=30)
+        lab.ssh(NODE, ["rm", "-rf", "/var/tmp/plain", "&&", "install", "-d", "-o",
+                       "postgres", "/var/tmp/plain"])
+        plain, _ = timed(lab, "runuser", "-u", "postgres", "--", "pg_basebackup", "-D",
+                         "/var/tmp/plain/b", "-Ft", "-z", "-X", "stream",
+                         "--checkpoint=fast")
+        plain_bytes = int(lab.ssh(NODE, ["du", "-sb", "/var/tmp/plain/b"]).stdout.split()[0])
+        lab.ssh(NODE, ["rm", "-rf", "/var/tmp/plain"])
+        ours, _ = timed(lab, "runuser", "-u", "postgres", "--", BACKUP, "base")
+        mb = size / 2**20
+        figures["baseline_plain_pg_basebackup"] = {
+            "seconds": round(plain, 1), "mb_per_s": round(mb / plain, 1),
+            "compressed_bytes": plain_bytes}
+        figures["pginfra_backup_base"] = {
+            "seconds": round(ours, 1), "mb_per_s": round(mb / ours, 1),
+            "what": "pg_basebackup + manifest/gzip/WAL checks + upload + publish"}
+        figures["throughput_ratio_pginfra_to_plain"] = round(plain / ours, 3)
+        figures["pitr_from_local"] = pitr(lab)
+        lab.ssh(NODE, ["runuser", "-u", "postgres", "--", BACKUP, "base"], timeout=7200)
+        figures["pitr_from_s3_alone"] = pitr(lab, "--from-s3")
     write_results("backup", figures)
     return 0
 

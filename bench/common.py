@@ -50,6 +50,18 @@ def deploy_data_args(data: dict) -> list[str]:
     return args
 
 
+def deploy(env: dict, data: dict) -> None:
+    """The runbook on the bench lab with ``data`` over the rehearsal inventory's; stops the
+    benchmark with pyinfra's output when it fails."""
+    import subprocess
+
+    proc = subprocess.run([str(BIN / "pyinfra"), "-y", "inventories/rehearsal.py",
+                           "deploys/postgres.py", *deploy_data_args(data)], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"the deploy failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+
+
 def write_results(name: str, figures: dict) -> None:
     out = ROOT / f"bench/results/{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

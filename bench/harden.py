@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from common import BIN, ROOT, bench_lab, deploy_data_args, write_results
+from common import ROOT, bench_lab, deploy, write_results
 
 from pginfra.rehearsal import Lab
 
@@ -91,20 +91,15 @@ done
 """
 
 
-def deploy(lab: Lab, env: dict, users: int) -> None:
-    data = {
+def deploy_example(env: dict, users: int) -> None:
+    deploy(env, {
         "postgres_roles": [{"name": "community_owner"}],
         "postgres_databases": [{"name": "community", "owner": "community_owner"}],
         "pginfra_example_community": True,
         "pginfra_example_community_users": users,
         "postgres_sql_bundles": {"*": ["baseline"]},
         "pginfra_migrate_dump": False,
-    }
-    proc = subprocess.run([str(BIN / "pyinfra"), "-y", "inventories/rehearsal.py",
-                           "deploys/postgres.py", *deploy_data_args(data)], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"the deploy failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    })
 
 
 def sql(lab: Lab, query: str, db: str = "postgres") -> str:
@@ -204,7 +199,7 @@ def main() -> int:
     with bench_lab("10.77.5.0/24", "pginfra-bh", "pgh", ["postgres", "pgbouncer_admin"]) as (
             lab, env, _):
         started = time.monotonic()
-        deploy(lab, env, args.users)
+        deploy_example(env, args.users)
         figures["deploy_and_load_seconds"] = round(time.monotonic() - started, 1)
         figures["database_bytes"] = int(sql(lab, "SELECT pg_database_size('community')"))
         figures["database_size"] = sql(lab, "SELECT pg_size_pretty(pg_database_size("

@@ -17,13 +17,12 @@ import argparse
 import asyncio
 import re
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import psycopg
-from common import BIN, ROOT, bench_lab, deploy_data_args, write_results
+from common import bench_lab, deploy, write_results
 
 from pginfra.rehearsal import Lab
 
@@ -34,14 +33,10 @@ DATABASES = [{"name": "app", "owner": "app_owner", "connect": ["app"]},
              {"name": "bench", "owner": "bench"}]
 
 
-def deploy(lab: Lab, env: dict, clients: int) -> None:
-    data = {
-        "postgres_roles": ROLES, "postgres_databases": DATABASES,
-        "pgbouncer_max_client_conn": clients + 100,
-    }
-    subprocess.run([str(BIN / "pyinfra"), "-y", "inventories/rehearsal.py",
-                    "deploys/postgres.py", *deploy_data_args(data)], cwd=ROOT, env=env,
-                   check=True, capture_output=True, text=True)
+def deploy_pools(env: dict, clients: int) -> None:
+    deploy(env, {"postgres_roles": ROLES, "postgres_databases": DATABASES,
+                 "pginfra_example_community": False,
+                 "pgbouncer_max_client_conn": clients + 100})
 
 
 async def hold_clients(n: int, password: str, ca: Path, admin_password: str) -> dict:
@@ -121,7 +116,7 @@ def main() -> int:
                    ["postgres", "app", "bench", "pgbouncer_admin"]) as (lab, env, tmp):
         from pginfra.secrets import password_for
 
-        deploy(lab, env, args.clients)
+        deploy_pools(env, args.clients)
         passfile = "\n".join(f"*:{port}:bench:bench:{password_for('bench')}"
                              for port in (5432, 6432))
         lab.ssh("pgc1", ["sh", "-c", "'umask 077; cat > /root/.pgpass-bench'"],

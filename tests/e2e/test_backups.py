@@ -6,13 +6,14 @@ newest backup)."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 
-import boto3
 import pytest
-from conftest import BIN, E2E, control_env, deploy_ok, run_pyinfra, sql
+from conftest import E2E, control_env, deploy_ok, run_pyinfra, sql
+
+from pginfra.s3_local import client as s3_client
+from pginfra.s3_local import local_s3
 
 BACKUP = "/usr/local/lib/pginfra/pginfra-backup"
 RESTORE = "/usr/local/lib/pginfra/pginfra-restore"
@@ -26,34 +27,16 @@ KEYS = {"PGINFRA_PASSWORD_S3_ACCESS_KEY_ID": "e2e-access-key",
         "PGINFRA_PASSWORD_S3_SECRET_ACCESS_KEY": "e2e-secret-key-not-in-any-log"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((GATEWAY, 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(lab, first_deploy):
     """A moto S3 server the host reaches on the lab network, and the host deployed to use it."""
     assert E2E["subnet"].startswith("10.77.1.")
-    port = free_port()
-    server = subprocess.Popen([str(BIN / "moto_server"), "-H", GATEWAY, "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://{GATEWAY}:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="x", aws_secret_access_key="x")
-    for _ in range(50):
-        try:
-            client.create_bucket(Bucket=BUCKET)
-            break
-        except Exception:  # not listening yet
-            time.sleep(0.2)
-    data = ["--data", f"backup_s3_bucket={BUCKET}", "--data", f"backup_s3_endpoint_url={endpoint}"]
-    deploy_ok(lab, *data, env=control_env(lab, **KEYS))
-    yield {"client": client, "endpoint": endpoint, "data": data}
-    deploy_ok(lab)  # back to the rehearsal's own data: local backups only
-    server.terminate()
-    server.wait(timeout=10)
+    with local_s3(GATEWAY, buckets=[BUCKET]) as endpoint:
+        data = ["--data", f"backup_s3_bucket={BUCKET}",
+                "--data", f"backup_s3_endpoint_url={endpoint}"]
+        deploy_ok(lab, *data, env=control_env(lab, **KEYS))
+        yield {"client": s3_client(endpoint), "endpoint": endpoint, "data": data}
+        deploy_ok(lab)  # back to the rehearsal's own data: local backups only
 
 
 def run(lab, *command, user="postgres", check=False, timeout=600):

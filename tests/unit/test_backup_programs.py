@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,11 +30,11 @@ import pytest
 from botocore.config import Config as BotoConfig
 
 from pginfra import ROOT
+from pginfra.s3_local import MOTO, local_s3
 
 FILES = ROOT / "files"
 PGBIN = Path("/usr/lib/postgresql/15/bin")
 PYTHON = os.environ.get("PGINFRA_TEST_PYTHON", sys.executable)
-MOTO = Path(sys.executable).parent / "moto_server"
 
 _spec = importlib.util.spec_from_file_location("pginfra_backup_lib",
                                                FILES / "pginfra_backup_lib.py")
@@ -97,26 +96,8 @@ def test_help_explains_the_options_and_exit_codes(program, subcommands):
 def s3_endpoint():
     if not MOTO.exists():
         pytest.skip(f"{MOTO} is absent: install moto[server]")
-    port = free_port()
-    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed after the server stops)
-    proc = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT, env=ENV)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                log.seek(0)
-                pytest.fail(f"moto_server did not start: {log.read()[-2000:]!r}")
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+    with local_s3() as url:
+        yield url
 
 
 def s3_client(endpoint: str, **config):

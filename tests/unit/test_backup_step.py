@@ -3,41 +3,18 @@ credentials and the reachability check (against a real local S3 endpoint), the c
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import boto3
 import pytest
 
+from pginfra.s3_local import local_s3
 from pginfra.settings import SettingsError, resolve
 from pginfra.steps.backups import backup_config, s3_credentials
 from pginfra.templating import render
 
-MOTO = Path(sys.executable).parent / "moto_server"
-
 
 @pytest.fixture(scope="module")
 def endpoint():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
-                          aws_access_key_id="k", aws_secret_access_key="s")
-    for _ in range(100):
-        try:
-            client.create_bucket(Bucket="backups")
-            break
-        except Exception:  # not listening yet
-            time.sleep(0.1)
-    yield url
-    server.terminate()
-    server.wait(timeout=10)
+    with local_s3(buckets=["backups"]) as url:
+        yield url
 
 
 def settings(**data):
