@@ -95,18 +95,27 @@ def test_base_backup_and_dumps_are_verified_and_published(lab, s3):
     assert KEYS["PGINFRA_PASSWORD_S3_SECRET_ACCESS_KEY"] not in logs
 
 
+def target_between(lab, before: str, after: str) -> str:
+    """Run ``before`` in app, note the server's time, run ``after``; then close the WAL segment
+    and ship it. Returns the noted time: the recovery target."""
+    sql(lab, before, "app")
+    time.sleep(1.5)
+    target = sql(lab, "SELECT now()")
+    time.sleep(1.5)
+    sql(lab, after, "app")
+    sql(lab, "SELECT pg_switch_wal()")
+    ok(lab, BACKUP, "ship-wal")
+    return target
+
+
 def test_point_in_time_recovery_from_local_files(lab, s3):
     sql(lab, "DROP TABLE IF EXISTS pitr_probe; CREATE TABLE pitr_probe (batch int, n int)", "app")
     sql(lab, "INSERT INTO pitr_probe SELECT 1, g FROM generate_series(1, 100) g", "app")
     ok(lab, BACKUP, "base", timeout=900)
-    sql(lab, "INSERT INTO pitr_probe SELECT 2, g FROM generate_series(1, 100) g", "app")
-    time.sleep(1.5)
-    target = sql(lab, "SELECT now()")
-    time.sleep(1.5)
-    sql(lab, "INSERT INTO pitr_probe SELECT 3, g FROM generate_series(1, 100) g", "app")
     timeline = int(sql(lab, "SELECT timeline_id FROM pg_control_checkpoint()"))
-    sql(lab, "SELECT pg_switch_wal()")
-    ok(lab, BACKUP, "ship-wal")
+    target = target_between(
+        lab, "INSERT INTO pitr_probe SELECT 2, g FROM generate_series(1, 100) g",
+        "INSERT INTO pitr_probe SELECT 3, g FROM generate_series(1, 100) g")
     report = json.loads(ok(lab, RESTORE, "pitr", "--target-time", repr(target), user="root",
                            timeout=900).stdout.strip().splitlines()[-1])
     assert sql(lab, "SELECT batch, count(*) FROM pitr_probe GROUP BY 1 ORDER BY 1", "app") \
@@ -127,13 +136,8 @@ def test_point_in_time_recovery_from_local_files(lab, s3):
 def test_restore_from_s3_alone(lab, s3):
     sql(lab, "DROP TABLE IF EXISTS s3_probe; CREATE TABLE s3_probe (n int)", "app")
     ok(lab, BACKUP, "base", timeout=900)
-    sql(lab, "INSERT INTO s3_probe SELECT generate_series(1, 50)", "app")
-    time.sleep(1.5)
-    target = sql(lab, "SELECT now()")
-    time.sleep(1.5)
-    sql(lab, "INSERT INTO s3_probe SELECT generate_series(51, 100)", "app")
-    sql(lab, "SELECT pg_switch_wal()")
-    ok(lab, BACKUP, "ship-wal")
+    target = target_between(lab, "INSERT INTO s3_probe SELECT generate_series(1, 50)",
+                            "INSERT INTO s3_probe SELECT generate_series(51, 100)")
     # lose everything local: base backups, dumps and the WAL archive
     lab.ssh("pgt1", ["sh", "-c", f"'rm -rf {BACKUP_DIR}/* {ARCHIVE}/*'"])
     ok(lab, RESTORE, "pitr", "--from-s3", "--target-time", repr(target), user="root",
