@@ -173,17 +173,24 @@ def _command(key, value) -> list[str]:
     return list(value)
 
 
+def _check_keys(raw: dict, required, optional=(), prefix: str = "") -> None:
+    """Refuse unknown keys (listing the known ones) and missing required keys."""
+    known = [*required, *optional]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        names = (prefix + k if prefix else repr(k) for k in unknown)
+        raise ConfigError(f"unknown key(s) {', '.join(names)}; "
+                          f"known: {', '.join(known)}")
+    for key in required:
+        if key not in raw:
+            raise ConfigError(f"key '{prefix}{key}' is missing")
+
+
 def validate_config(raw, path: str = DEFAULT_CONFIG) -> Config:
     """The configuration, checked; ConfigError names the first bad key."""
     if not isinstance(raw, dict):
         raise ConfigError("the configuration must be a JSON object")
-    unknown = sorted(set(raw) - set(TOP_KEYS) - set(OPTIONAL_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(repr(k) for k in unknown)}; "
-                          f"known: {', '.join(TOP_KEYS + OPTIONAL_KEYS)}")
-    for key in TOP_KEYS:
-        if key not in raw:
-            raise ConfigError(f"key '{key}' is missing")
+    _check_keys(raw, TOP_KEYS, OPTIONAL_KEYS)
     databases = raw["databases"]
     _want(isinstance(databases, list) and len(set(map(str, databases))) == len(databases),
           "databases", "must be a list of distinct database names", databases)
@@ -196,13 +203,7 @@ def validate_config(raw, path: str = DEFAULT_CONFIG) -> Config:
     settings = None
     if s3 is not None:
         _want(isinstance(s3, dict), "s3", "must be an object or null", s3)
-        unknown = sorted(set(s3) - set(S3_KEYS))
-        if unknown:
-            raise ConfigError(f"unknown key(s) {', '.join('s3.' + k for k in unknown)}; "
-                              f"known: {', '.join(S3_KEYS)}")
-        for key in S3_KEYS:
-            if key not in s3:
-                raise ConfigError(f"key 's3.{key}' is missing")
+        _check_keys(s3, S3_KEYS, prefix="s3.")
         sse = s3["sse"]
         _want(sse in ("AES256", "aws:kms"), "s3.sse", "must be 'AES256' or 'aws:kms'", sse)
         _str("s3.kms_key_id", s3["kms_key_id"], empty=True, what="a string")

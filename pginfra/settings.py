@@ -116,6 +116,15 @@ def _cross_problems(values: Mapping[str, Any]) -> list[str]:
     for db in values["postgres_sql_bundles"]:
         if db != "*" and db not in databases:
             found.append(f"postgres_sql_bundles: {db!r} is not in postgres_databases")
+    if values["backup_s3_kms_key_id"] and values["backup_s3_sse"] != "aws:kms":
+        found.append("backup_s3_kms_key_id: a KMS key is used only with backup_s3_sse "
+                     "'aws:kms'")
+    if values["backup_enabled"]:
+        for db in sorted(databases):
+            # dumps/_globals holds the roles; pginfra_drill_<db> must fit in 63 bytes
+            if db.startswith("_") or len(db.encode()) > 49:
+                found.append(f"postgres_databases: {db!r}: backups need a name of at most 49 "
+                             "bytes that does not start with '_'")
     if values["pginfra_example_community"] and "community" not in databases:
         found.append("pginfra_example_community: the example loads database 'community'; "
                      "add it to postgres_databases")
@@ -490,27 +499,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "backup_schedule_base", "0 3 * * 0", str,
         "Cron schedule of base backups (default: weekly, Sunday 03:00).",
-        validator=lambda v: _check_cron(v),
+        validator=_check_cron,
     ),
     Setting(
         "backup_schedule_dump", "0 2 * * *", str,
         "Cron schedule of the logical dumps of every database (default: daily 02:00).",
-        validator=lambda v: _check_cron(v),
+        validator=_check_cron,
     ),
     Setting(
         "backup_schedule_wal_ship", "*/5 * * * *", str,
         "Cron schedule of copying archived WAL to S3 (default: every 5 minutes).",
-        validator=lambda v: _check_cron(v),
+        validator=_check_cron,
     ),
     Setting(
         "backup_schedule_retention", "0 4 * * *", str,
         "Cron schedule of expiring old backups and WAL (default: daily 04:00).",
-        validator=lambda v: _check_cron(v),
+        validator=_check_cron,
     ),
     Setting(
         "backup_schedule_drill", "0 5 * * 6", str,
         "Cron schedule of the restore drill of the newest dumps (default: Saturday 05:00).",
-        validator=lambda v: _check_cron(v),
+        validator=_check_cron,
     ),
     Setting(
         "pginfra_apt_cache_time", 3600, int,

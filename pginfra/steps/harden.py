@@ -89,9 +89,9 @@ def harden_databases(settings: Settings, new_cluster: bool = False):
 
         harden_databases(load_settings())
     """
-    pending = pending_by_database(settings, new_cluster)
     if not databases_with_bundles(settings):
         return
+    pending = pending_by_database(settings, new_cluster)  # may refuse: before any operation
 
     files.directory(name="Directory of pginfra's host programs", path="/usr/local/lib/pginfra",
                     user="root", group="root", mode="0755")

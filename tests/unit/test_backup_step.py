@@ -95,3 +95,13 @@ def test_cron_file_runs_every_job_as_postgres_on_its_schedule():
 def test_bad_schedules_are_refused(bad):
     with pytest.raises(SettingsError, match="backup_schedule_base"):
         resolve({"backup_schedule_base": bad})
+
+
+def test_settings_the_host_programs_would_refuse_are_refused_before_anything():
+    with pytest.raises(SettingsError, match="backup_s3_kms_key_id: a KMS key is used only"):
+        resolve({"backup_s3_kms_key_id": "alias/pg"})
+    assert resolve({"backup_s3_kms_key_id": "alias/pg", "backup_s3_sse": "aws:kms"})
+    for name in ("_scratch", "d" * 50):
+        with pytest.raises(SettingsError, match="backups need a name of at most 49 bytes"):
+            settings(postgres_databases=[{"name": name, "owner": "o"}])
+    assert settings(backup_enabled=False, postgres_databases=[{"name": "_scratch", "owner": "o"}])
