@@ -14,12 +14,9 @@ import hashlib
 import importlib.util
 import json
 import os
-import pwd
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -28,12 +25,13 @@ import boto3
 import botocore.exceptions
 import pytest
 from botocore.config import Config as BotoConfig
+from throwaway_pg import ENV, PGBIN, Cluster, free_port, needs_postgres, postgres_missing
+from throwaway_pg import new_cluster as _new_cluster
 
 from pginfra import ROOT
 from pginfra.s3_local import MOTO, local_s3
 
 FILES = ROOT / "files"
-PGBIN = Path("/usr/lib/postgresql/15/bin")
 PYTHON = os.environ.get("PGINFRA_TEST_PYTHON", sys.executable)
 
 _spec = importlib.util.spec_from_file_location("pginfra_backup_lib",
@@ -41,31 +39,6 @@ _spec = importlib.util.spec_from_file_location("pginfra_backup_lib",
 lib = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("pginfra_backup_lib", lib)
 _spec.loader.exec_module(lib)
-
-
-def _postgres_missing() -> str | None:
-    if not PGBIN.is_dir():
-        return f"{PGBIN} is absent: PostgreSQL 15 is not installed"
-    if os.geteuid() != 0:
-        return "needs root: the throwaway cluster runs as postgres through runuser"
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        return "there is no postgres user"
-    return None
-
-
-needs_postgres = pytest.mark.skipif(_postgres_missing() is not None,
-                                    reason=_postgres_missing() or "")
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-ENV.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/nonexistent",
-           AWS_MAX_ATTEMPTS="2", LC_ALL="C.UTF-8")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,55 +215,8 @@ def test_deletes_go_in_batches_of_at_most_1000(s3_endpoint, bucket):
 # ---------------------------------------------------------------------------------------------
 # A throwaway cluster
 
-class Cluster:
-    def __init__(self, root: Path):
-        self.root, self.port = root, free_port()
-        self.data, self.archive = root / "data", root / "archive"
-        self.pg_log = root / "server.log"
-        self.uid, self.gid = lib.postgres_ids()
-
-    def as_postgres(self, *cmd, check=True, **kw):
-        return subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], check=check,
-                              capture_output=True, text=True, cwd="/", env=ENV, **kw)
-
-    def init(self) -> "Cluster":
-        self.archive.mkdir()
-        shutil.chown(self.archive, self.uid, self.gid)
-        # 1 MiB WAL segments: less to archive, ship and fetch than 16 MiB ones
-        self.as_postgres(PGBIN / "initdb", "-D", self.data, "-N", "--auth-local=peer",
-                         "--auth-host=reject", "-U", "postgres", "--wal-segsize=1")
-        with open(self.data / "postgresql.conf", "a") as conf:
-            conf.write(f"listen_addresses = ''\nunix_socket_directories = '{self.root}'\n"
-                       f"port = {self.port}\narchive_mode = on\n"
-                       "archive_library = 'basic_archive'\n"
-                       f"basic_archive.archive_directory = '{self.archive}'\n"
-                       "fsync = off\nshared_buffers = 16MB\n")
-        self.start()
-        return self
-
-    @property
-    def pg_ctl(self):
-        return ["runuser", "-u", "postgres", "--", str(PGBIN / "pg_ctl"), "-D", str(self.data)]
-
-    def start(self):
-        subprocess.run([*self.pg_ctl, "-l", str(self.pg_log), "-w", "-t", "60", "start"],
-                       check=True, capture_output=True, cwd="/")
-
-    def stop(self):
-        subprocess.run([*self.pg_ctl, "-m", "immediate", "-w", "stop"], capture_output=True,
-                       cwd="/")
-
-    def sql(self, query: str, db: str = "postgres") -> str:
-        return self.as_postgres(PGBIN / "psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h",
-                                self.root, "-p", self.port, "-d", db, "-c", query).stdout.strip()
-
-    def switch_wal(self) -> None:
-        """Switch to a new segment and wait for the old one to be archived."""
-        segment = self.sql("SELECT pg_walfile_name(pg_switch_wal())")
-        deadline = time.monotonic() + 30
-        while not (self.archive / segment).exists():
-            assert time.monotonic() < deadline, f"{segment} was not archived"
-            time.sleep(0.1)
+class BackupCluster(Cluster):
+    """The throwaway cluster with backup configurations of its own."""
 
     def config(self, name: str, s3: dict | None = None, **overrides) -> Path:
         """A configuration with its own backup, state and log directories."""
@@ -312,15 +238,14 @@ class Cluster:
         return path
 
 
-def new_cluster() -> Cluster:
-    root = Path(tempfile.mkdtemp(prefix="pginfra-backup-test-"))
-    os.chown(root, *lib.postgres_ids())
-    return Cluster(root).init()
+
+def new_cluster() -> BackupCluster:
+    return _new_cluster(BackupCluster, prefix="pginfra-backup-test-")
 
 
 @pytest.fixture(scope="module")
 def pg():
-    reason = _postgres_missing()
+    reason = postgres_missing()
     if reason:
         pytest.skip(reason)
     cluster = new_cluster()

@@ -1,0 +1,112 @@
+"""A throwaway PostgreSQL 15 cluster for unit tests of the host programs: initdb as postgres into a
+temporary directory, its own port and socket directory, archiving with basic_archive into its
+own archive directory, fsync off. Skipped (with the reason) where PostgreSQL 15 or root is
+missing."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+PGBIN = Path("/usr/lib/postgresql/15/bin")
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+ENV.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/nonexistent",
+           AWS_MAX_ATTEMPTS="2", LC_ALL="C.UTF-8")
+
+
+def postgres_missing() -> str | None:
+    if not PGBIN.is_dir():
+        return f"{PGBIN} is absent: PostgreSQL 15 is not installed"
+    if os.geteuid() != 0:
+        return "needs root: the throwaway cluster runs as postgres through runuser"
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        return "there is no postgres user"
+    return None
+
+
+needs_postgres = pytest.mark.skipif(postgres_missing() is not None,
+                                    reason=postgres_missing() or "")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def postgres_ids() -> tuple[int, int]:
+    entry = pwd.getpwnam("postgres")
+    return entry.pw_uid, entry.pw_gid
+
+
+class Cluster:
+    def __init__(self, root: Path):
+        self.root, self.port = root, free_port()
+        self.data, self.archive = root / "data", root / "archive"
+        self.pg_log = root / "server.log"
+        self.uid, self.gid = postgres_ids()
+
+    def as_postgres(self, *cmd, check=True, **kw):
+        return subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], check=check,
+                              capture_output=True, text=True, cwd="/", env=ENV, **kw)
+
+    def init(self) -> Cluster:
+        self.archive.mkdir()
+        shutil.chown(self.archive, self.uid, self.gid)
+        # 1 MiB WAL segments: less to archive, ship and fetch than 16 MiB ones
+        self.as_postgres(PGBIN / "initdb", "-D", self.data, "-N", "--auth-local=peer",
+                         "--auth-host=reject", "-U", "postgres", "--wal-segsize=1")
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(f"listen_addresses = ''\nunix_socket_directories = '{self.root}'\n"
+                       f"port = {self.port}\narchive_mode = on\n"
+                       "archive_library = 'basic_archive'\n"
+                       f"basic_archive.archive_directory = '{self.archive}'\n"
+                       "fsync = off\nshared_buffers = 16MB\n")
+        self.start()
+        return self
+
+    @property
+    def pg_ctl(self):
+        return ["runuser", "-u", "postgres", "--", str(PGBIN / "pg_ctl"), "-D", str(self.data)]
+
+    def start(self):
+        subprocess.run([*self.pg_ctl, "-l", str(self.pg_log), "-w", "-t", "60", "start"],
+                       check=True, capture_output=True, cwd="/")
+
+    def stop(self):
+        subprocess.run([*self.pg_ctl, "-m", "immediate", "-w", "stop"], capture_output=True,
+                       cwd="/")
+
+    def sql(self, query: str, db: str = "postgres") -> str:
+        return self.as_postgres(PGBIN / "psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h",
+                                self.root, "-p", self.port, "-d", db, "-c", query).stdout.strip()
+
+    def switch_wal(self) -> None:
+        """Switch to a new segment and wait for the old one to be archived."""
+        segment = self.sql("SELECT pg_walfile_name(pg_switch_wal())")
+        deadline = time.monotonic() + 30
+        while not (self.archive / segment).exists():
+            assert time.monotonic() < deadline, f"{segment} was not archived"
+            time.sleep(0.1)
+
+
+def new_cluster(cls=None, prefix: str = "pginfra-test-"):
+    """A started cluster of class ``cls`` (Cluster or a subclass) in a new temporary directory."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chown(root, *postgres_ids())
+    return (cls or Cluster)(root).init()
+
+
+def drop_cluster(cluster) -> None:
+    cluster.stop()
+    shutil.rmtree(cluster.root, ignore_errors=True)
