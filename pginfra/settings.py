@@ -31,7 +31,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 from pginfra.tuning import PROFILES, STORAGE
 
-OWNED_PREFIXES = ("postgres_", "pgbouncer_", "pginfra_", "backup_", "health_")
+OWNED_PREFIXES = ("postgres_", "pgbouncer_", "pginfra_", "backup_", "health_", "maintenance_")
 
 _ABS_PATH = r"/[A-Za-z0-9_./-]+"
 # Debian package names (Debian policy 5.6.1), optionally pinned with =version.
@@ -86,6 +86,55 @@ def _check_cron(value: str) -> str | None:
         for number in re.findall(r"(?<![/0-9])[0-9]+", field):
             if not lo <= int(number) <= hi:
                 return f"{value!r}: {name} {number} is outside {lo}-{hi}"
+    return None
+
+
+def _thresholds(lower_is_worse: bool = False, most: float | None = None):
+    """A [warning, critical] pair of numbers; critical is the worse one (higher, or lower for a
+    ratio where lower is worse)."""
+
+    def check(value) -> str | None:
+        if (not isinstance(value, list | tuple) or len(value) != 2 or any(
+                isinstance(v, bool) or not isinstance(v, int | float) for v in value)):
+            return f"expected [warning, critical], two numbers, got {value!r}"
+        warning, critical = value
+        if min(value) < 0 or (most is not None and max(value) > most):
+            top = "" if most is None else f" and at most {most}"
+            return f"thresholds must be at least 0{top}, got {value!r}"
+        if lower_is_worse and warning < critical:
+            return f"lower is worse here: warning {warning} must be at least critical {critical}"
+        if not lower_is_worse and warning > critical:
+            return f"warning {warning} must not be above critical {critical}"
+        return None
+
+    return check
+
+
+_UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000}
+
+
+def _duration_ms(zero: bool = True):
+    """A PostgreSQL duration (``_DURATION``) that fits its int milliseconds; 0 only if ``zero``."""
+
+    def check(value) -> str | None:
+        found = re.fullmatch(r"([0-9]+)(ms|s|min|h)?", str(value))
+        if not found:
+            return None  # the pattern reports it
+        ms = int(found.group(1)) * _UNIT_MS[found.group(2) or "ms"]
+        if ms == 0 and not zero:
+            return "must be more than 0"
+        if ms > 2_147_483_647:
+            return f"{value!r} is more than PostgreSQL's largest timeout (2147483647ms)"
+        return None
+
+    return check
+
+
+def _ip_problem(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"{value!r} is not an IP address"
     return None
 
 
@@ -160,6 +209,13 @@ class Setting:
         if self.type is int:
             if isinstance(value, bool) or not isinstance(value, int):
                 return f"expected an integer, got {value!r}"
+            if self.minimum is not None and value < self.minimum:
+                return f"must be at least {self.minimum}, got {value}"
+            if self.maximum is not None and value > self.maximum:
+                return f"must be at most {self.maximum}, got {value}"
+        elif self.type is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return f"expected a number, got {value!r}"
             if self.minimum is not None and value < self.minimum:
                 return f"must be at least {self.minimum}, got {value}"
             if self.maximum is not None and value > self.maximum:
@@ -396,12 +452,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "pginfra_migrate_lock_timeout", "1s", str,
         "Migrations' lock_timeout unless a file SETs its own; timed-out statements retry.",
-        pattern=_DURATION,
+        pattern=_DURATION, validator=_duration_ms(),
     ),
     Setting(
         "pginfra_migrate_statement_timeout", "30min", str,
         "Migrations' statement_timeout, unless a file SETs its own (0: none).",
-        pattern=_DURATION,
+        pattern=_DURATION, validator=_duration_ms(),
     ),
     Setting(
         "pginfra_migrate_retries", 5, int,
@@ -520,6 +576,164 @@ SETTINGS: tuple[Setting, ...] = (
         "backup_schedule_drill", "0 5 * * 6", str,
         "Cron schedule of the restore drill of the newest dumps (default: Saturday 05:00).",
         validator=_check_cron,
+    ),
+    Setting(
+        "health_enabled", True, bool,
+        "Install pginfra-health and run it from /etc/cron.d/pginfra on health_schedule.",
+    ),
+    Setting(
+        "health_schedule", "*/5 * * * *", str,
+        "Cron schedule of the health check; its results go to /var/log/pginfra/health.log.",
+        validator=_check_cron,
+    ),
+    Setting(
+        "health_query_timeout", 5, int,
+        "Seconds the health check waits for a connection or any one query before 'unknown'.",
+        minimum=1, maximum=300,
+    ),
+    Setting(
+        "health_connections_percent", [75, 90], list,
+        "Warning and critical % of max_connections in use by client sessions.",
+        validator=_thresholds(most=100),
+    ),
+    Setting(
+        "health_long_running_seconds", [300, 1800], list,
+        "Warning and critical age in seconds of the oldest running statement.",
+        validator=_thresholds(),
+    ),
+    Setting(
+        "health_idle_in_transaction_seconds", [300, 900], list,
+        "Warning and critical seconds the oldest session has sat idle in a transaction.",
+        validator=_thresholds(),
+    ),
+    Setting(
+        "health_lock_wait_seconds", [30, 300], list,
+        "Warning and critical seconds the longest lock wait has lasted (blocked sessions).",
+        validator=_thresholds(),
+    ),
+    Setting(
+        "health_archive_failing_seconds", [0, 300], list,
+        "Warning and critical seconds WAL archiving has been failing (0: at once).",
+        validator=_thresholds(),
+    ),
+    Setting(
+        "health_archive_ready_segments", [10, 50], list,
+        "Warning and critical count of WAL segments waiting to be archived.",
+        validator=_thresholds(),
+    ),
+    Setting(
+        "health_backup_base_age_hours", [180, 348], list,
+        "Warning and critical age in hours of the last verified base backup (weekly: 7.5 d).",
+        validator=_thresholds(),
+    ),
+    Setting(
+        "health_backup_dump_age_hours", [26, 50], list,
+        "Warning and critical age in hours of the last verified dump (daily: one missed run).",
+        validator=_thresholds(),
+    ),
+    Setting(
+        "health_disk_used_percent", [80, 90], list,
+        "Warning and critical % used of the filesystems of the data and WAL archive dirs.",
+        validator=_thresholds(most=100),
+    ),
+    Setting(
+        "health_wraparound_percent", [50, 75], list,
+        "Warning and critical % of the transaction-id (and multixact) horizon used.",
+        validator=_thresholds(most=100),
+    ),
+    Setting(
+        "health_cache_hit_ratio", [0.95, 0.9], list,
+        "Warning and critical shared-buffer hit ratio; lower is worse.",
+        validator=_thresholds(lower_is_worse=True, most=1),
+    ),
+    Setting(
+        "health_replication_lag_mb", [50, 100], list,
+        "Warning and critical MB a replica (or a replication slot) is behind.",
+        validator=_thresholds(),
+    ),
+    Setting(
+        "health_pgbouncer_wait_seconds", [1, 5], list,
+        "Warning and critical seconds the longest-waiting PgBouncer client has waited.",
+        validator=_thresholds(),
+    ),
+    Setting(
+        "health_prometheus", False, bool,
+        "Install prometheus-postgres-exporter, and node-exporter for the health results.",
+    ),
+    Setting(
+        "health_prometheus_address", "", str,
+        "Address both exporters listen on; empty: the first non-loopback listen address.",
+        pattern=r"([0-9.]+|[0-9a-fA-F:]+)?",
+        validator=lambda v: _ip_problem(v) if v else None,
+    ),
+    Setting(
+        "health_prometheus_postgres_port", 9187, int,
+        "Port of prometheus-postgres-exporter.",
+        minimum=1024, maximum=65535,
+    ),
+    Setting(
+        "health_prometheus_node_port", 9100, int,
+        "Port of prometheus-node-exporter (its textfile collector carries the health results).",
+        minimum=1024, maximum=65535,
+    ),
+    Setting(
+        "maintenance_enabled", True, bool,
+        "Install pginfra-maintenance and its cron jobs (vacuum, analyze, reindex, MV refresh).",
+    ),
+    Setting(
+        "maintenance_schedule_vacuum", "30 3 * * *", str,
+        "Cron schedule of VACUUM and ANALYZE by threshold (default: daily 03:30).",
+        validator=_check_cron,
+    ),
+    Setting(
+        "maintenance_schedule_reindex", "30 5 * * 0", str,
+        "Cron schedule of REINDEX CONCURRENTLY of bloated indexes (default: Sunday 05:30).",
+        validator=_check_cron,
+    ),
+    Setting(
+        "maintenance_schedule_refresh", "*/5 * * * *", str,
+        "Cron schedule of the materialized-view refresh queue (default: every 5 minutes).",
+        validator=_check_cron,
+    ),
+    Setting(
+        "maintenance_vacuum_min_dead_ratio", 0.2, float,
+        "VACUUM a table when dead rows are at least this share of it (and the count below).",
+        minimum=0, maximum=1,
+    ),
+    Setting(
+        "maintenance_vacuum_min_dead_tuples", 1000, int,
+        "VACUUM a table only when it has at least this many dead rows.",
+        minimum=0,
+    ),
+    Setting(
+        "maintenance_analyze_min_mod_ratio", 0.1, float,
+        "ANALYZE a table when rows changed since its last analyze are this share of it.",
+        minimum=0, maximum=100,
+    ),
+    Setting(
+        "maintenance_analyze_min_mod_tuples", 1000, int,
+        "ANALYZE a table only when at least this many rows changed since its last analyze.",
+        minimum=0,
+    ),
+    Setting(
+        "maintenance_reindex_min_bloat_ratio", 0.3, float,
+        "REINDEX CONCURRENTLY a btree index whose estimated bloat is this share of its size.",
+        minimum=0, maximum=1,
+    ),
+    Setting(
+        "maintenance_reindex_min_bloat_mb", 10, int,
+        "REINDEX an index only when its estimated bloat is at least this many MB.",
+        minimum=0,
+    ),
+    Setting(
+        "maintenance_lock_timeout", "5s", str,
+        "lock_timeout of each maintenance statement; a busy table is skipped until next run.",
+        pattern=_DURATION, validator=_duration_ms(zero=False),
+    ),
+    Setting(
+        "maintenance_statement_timeout", "2h", str,
+        "statement_timeout of each maintenance statement (0: none).",
+        pattern=_DURATION, validator=_duration_ms(),
     ),
     Setting(
         "pginfra_apt_cache_time", 3600, int,

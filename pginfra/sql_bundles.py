@@ -11,18 +11,15 @@ plan, so the control machine and the host never disagree about what is pending::
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.machinery
-import importlib.util
 import io
 import re
-import sys
 import tarfile
 from pathlib import Path
 from types import ModuleType
 
 from pginfra import ROOT
+from pginfra.programs import host_program
 
 SQL_ROOT = ROOT / "sql"
 RUNNER = ROOT / "files" / "pginfra-migrate"
@@ -30,15 +27,9 @@ _BUNDLE = re.compile(r"[a-z0-9_-]+(/[a-z0-9_-]+)*")
 _FILE = re.compile(r"\d{3}_[a-z0-9_]+(\.preflight|\.revert)?\.sql")
 
 
-@functools.cache
 def runner() -> ModuleType:
     """``files/pginfra-migrate``, imported as a module."""
-    loader = importlib.machinery.SourceFileLoader("pginfra_migrate", str(RUNNER))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[loader.name] = module  # dataclasses look their module up there
-    loader.exec_module(module)
-    return module
+    return host_program("pginfra-migrate")
 
 
 def check_bundle(name: str, root: Path = SQL_ROOT) -> str | None:
