@@ -1,0 +1,905 @@
+"""files/pginfra-health for real, against a throwaway PostgreSQL 15 cluster (archiving with
+basic_archive into its own directory). Every state is forced for real: sessions idle in a
+transaction, rows and tables locked by one session while another waits, an archive directory
+the server cannot write to, a catalog locked so that a query would hang, a streaming standby
+whose replay is paused, a restart-only parameter changed, an INVALID index left by a failed
+CREATE UNIQUE INDEX CONCURRENTLY, backup records of the wrong age. The program runs as
+postgres through runuser, as from cron or NRPE.
+
+The interpreter is this test run's (PGINFRA_TEST_PYTHON overrides it, e.g. /usr/bin/python3
+with Debian's python3-psycopg 3.1).
+"""
+
+import contextlib
+import importlib.machinery
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from throwaway_pg import ENV, PGBIN, Cluster, drop_cluster, free_port, needs_postgres, new_cluster
+from throwaway_pg import postgres_ids as pg_ids
+
+from pginfra import ROOT
+
+PROGRAM = ROOT / "files" / "pginfra-health"
+PYTHON = os.environ.get("PGINFRA_TEST_PYTHON", sys.executable)
+
+
+def _load_program():
+    loader = importlib.machinery.SourceFileLoader("pginfra_health", str(PROGRAM))
+    spec = importlib.util.spec_from_loader("pginfra_health", loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pginfra_health"] = module  # dataclasses look the module up
+    loader.exec_module(module)
+    return module
+
+
+health = _load_program()
+ALL = list(health.CHECKS)
+WITHOUT_PGBOUNCER = [c for c in ALL if c != "pgbouncer"]
+SQL_CHECKS = ["connections", "long_running", "idle_in_transaction", "blocking_locks",
+              "wraparound", "cache_hit_ratio", "replication", "pending_restart",
+              "invalid_indexes"]
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+def wait_until(predicate, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def iso_hours_ago(hours: float) -> str:
+    return (datetime.now(UTC) - timedelta(hours=hours)).isoformat().replace("+00:00", "Z")
+
+
+def thresholds(**changes) -> dict:
+    out = {name: list(default) for name, (default, _lower, _high) in health.THRESHOLDS.items()}
+    # The machine's disk, not the program, would decide these otherwise.
+    out["disk_used_percent"] = [97, 99]
+    out.update({k: list(v) for k, v in changes.items()})
+    return out
+
+
+def write_backup_state(directory: Path, base=1.0, dump=1.0) -> Path:
+    """last-success files as pginfra-backup writes them; a number: that many hours old,
+    None: absent, a string: that text."""
+    last = directory / "last-success"
+    shutil.rmtree(directory, ignore_errors=True)
+    last.mkdir(parents=True)
+    for job, age in (("base", base), ("dump", dump)):
+        if age is None:
+            continue
+        text = age if isinstance(age, str) else json.dumps(
+            {"job": job, "time": iso_hours_ago(age), "label": "20261123T180000Z"})
+        (last / f"{job}.json").write_text(text)
+    for path in (directory, last, *last.iterdir()):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    return directory
+
+
+def write_config(cluster, name: str, *, port=None, backup: Path | None = None,
+                 th: dict | None = None, **overrides) -> Path:
+    """A configuration for ``cluster`` in its temporary directory; its own state_dir."""
+    raw = {"host": "pgt1", "version": 15, "cluster": "main",
+           "port": cluster.port if port is None else port, "socket_dir": str(cluster.root),
+           "data_directory": str(cluster.data), "wal_archive_dir": str(cluster.archive),
+           "state_dir": str(cluster.root / f"state-{name}"), "query_timeout": 3,
+           "run_timeout": 30, "pgbouncer": None,
+           "backup": {"state_dir": str(backup or cluster.root / "backup-fresh")},
+           "textfile": None, "thresholds": th or thresholds()}
+    raw.update(overrides)
+    path = cluster.root / f"health-{name}.json"
+    path.write_text(json.dumps(raw, indent=2))
+    os.chmod(path, 0o644)
+    return path
+
+
+def run(config, *args, timeout: float = 60) -> subprocess.CompletedProcess:
+    cmd = [PYTHON, str(PROGRAM), "--config", str(config), *args]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd="/",
+                          timeout=timeout)
+
+
+def run_json(config, *args, **kw) -> tuple[dict, dict, subprocess.CompletedProcess]:
+    proc = run(config, "--json", *args, **kw)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1, f"stdout: {proc.stdout!r} stderr: {proc.stderr!r}"
+    report = json.loads(lines[0])
+    assert report["exit_code"] == proc.returncode, proc.stderr
+    return report, {c["check"]: c for c in report["checks"]}, proc
+
+
+def not_ok(checks: dict) -> dict:
+    return {name: (c["status"], c["detail"]) for name, c in checks.items()
+            if c["status"] != "ok"}
+
+
+class Session:
+    """A real psql session kept open; statements go to its stdin. Found in pg_stat_activity
+    by its application_name."""
+
+    def __init__(self, cluster, db: str = "postgres"):
+        self.cluster, self.name = cluster, f"holder-{uuid.uuid4().hex[:10]}"
+        self.proc = subprocess.Popen(
+            ["runuser", "-u", "postgres", "--", str(PGBIN / "psql"), "-X", "-q", "-h",
+             str(cluster.root), "-p", str(cluster.port), "-d", db],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            text=True, cwd="/", env={**ENV, "PGAPPNAME": self.name})
+
+    def send(self, sql: str) -> None:
+        self.proc.stdin.write(sql + "\n")
+        self.proc.stdin.flush()
+
+    def pid(self, state: str | None = None) -> int:
+        where = f"application_name = '{self.name}'" + (f" AND state = '{state}'" if state
+                                                         else "")
+        found = []
+        wait_until(lambda: found.append(self.cluster.sql(
+            f"SELECT pid FROM pg_stat_activity WHERE {where}")) or found[-1],
+            f"session {self.name} {state or ''}")
+        return int(found[-1])
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.cluster.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             f"WHERE application_name = '{self.name}'")
+        with contextlib.suppress(Exception):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures
+
+@pytest.fixture(scope="module")
+def pg():
+    cluster = new_cluster(prefix="pginfra-health-")
+    try:
+        cluster.sql("CREATE DATABASE shop")
+        cluster.sql("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL); "
+                    "INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 10) AS g", "shop")
+        write_backup_state(cluster.root / "backup-fresh")
+        yield cluster
+    finally:
+        drop_cluster(cluster)
+
+
+@pytest.fixture
+def hang_db(pg):
+    """A database whose pg_index a session holds in ACCESS EXCLUSIVE mode: whatever reads it
+    there (even a new connection) would wait forever."""
+    pg.sql("CREATE DATABASE hang")
+    holder = Session(pg, "hang")
+    try:
+        holder.send("BEGIN; LOCK pg_index IN ACCESS EXCLUSIVE MODE;")
+        wait_until(lambda: pg.sql(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+            "WHERE d.datname = 'hang' AND l.relation = 'pg_index'::regclass AND l.granted "
+            "AND l.mode = 'AccessExclusiveLock'") == "1", "the lock on pg_index")
+        yield "hang"
+    finally:
+        holder.close()
+        pg.sql("DROP DATABASE IF EXISTS hang WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def confdir():
+    """A directory postgres can read (the program re-executes itself as postgres)."""
+    path = Path(tempfile.mkdtemp(prefix="pginfra-health-conf-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# usage, configuration, pure functions
+
+def test_help_explains_every_check_option_and_exit_code():
+    proc = subprocess.run([PYTHON, str(PROGRAM), "--help"], capture_output=True, text=True,
+                          env=ENV, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "Exit codes (Nagios): 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN" in text
+    for word in [*ALL, "--config", "--check", "--json", "--verbose", "--alerts-only",
+                 "--textfile", "--no-textfile", "run_timeout", "query_timeout"]:
+        assert word in proc.stdout, word
+    proc = subprocess.run([PYTHON, str(PROGRAM), "--check", "nonsense"], capture_output=True,
+                          text=True, env=ENV, cwd="/")
+    assert proc.returncode == 3  # UNKNOWN for Nagios, not argparse's 2 (CRITICAL)
+    assert proc.stdout.startswith("PGINFRA UNKNOWN - ") and "nonsense" in proc.stdout
+
+
+def _good_raw() -> dict:
+    return {"host": "pgt1", "version": 15, "cluster": "main", "port": 5432,
+            "data_directory": "/var/lib/postgresql/15/main",
+            "wal_archive_dir": "/var/lib/postgresql/wal-archive",
+            "state_dir": "/var/lib/pginfra/health", "query_timeout": 5, "run_timeout": 60,
+            "pgbouncer": {"port": 6432}, "backup": {"state_dir": "/var/lib/pginfra/backup"},
+            "textfile": "/var/lib/pginfra/metrics/pginfra_health.prom",
+            "thresholds": {n: list(d) for n, (d, _l, _h) in health.THRESHOLDS.items()}}
+
+
+def test_the_configuration_of_the_spec_is_valid():
+    cfg = health.validate_config(_good_raw())
+    assert cfg.socket_dir == "/var/run/postgresql" and cfg.pgbouncer_port == 6432
+    assert cfg.thresholds["cache_hit_ratio"] == (0.95, 0.90)
+    assert health.validate_config({**_good_raw(), "pgbouncer": None, "backup": None,
+                                   "textfile": None}).backup_state_dir is None
+
+
+def _bad(**changes):
+    raw = _good_raw()
+    for key, value in changes.items():
+        if key.startswith("th_"):
+            raw["thresholds"][key[3:]] = value
+        elif value is KeyError:
+            del raw[key]
+        else:
+            raw[key] = value
+    return raw
+
+
+BAD_CONFIGS = [
+    (_bad(colour="blue"), "'colour'"),
+    (_bad(port=KeyError), "key 'port' is missing"),
+    (_bad(port="5432"), "key 'port'"),
+    (_bad(query_timeout=0), "key 'query_timeout'"),
+    (_bad(run_timeout=True), "key 'run_timeout'"),
+    (_bad(data_directory="relative/path"), "key 'data_directory'"),
+    (_bad(pgbouncer={"port": 0}), "key 'pgbouncer.port'"),
+    (_bad(pgbouncer={"port": 6432, "host": "x"}), "pgbouncer.host"),
+    (_bad(backup={"dir": "/x"}), "backup.dir"),
+    (_bad(textfile="/var/lib/pginfra/metrics/health.txt"), "key 'textfile'"),
+    (_bad(th_connections_percent=[90, 75]), "key 'thresholds.connections_percent'"),
+    (_bad(th_cache_hit_ratio=[0.90, 0.95]), "key 'thresholds.cache_hit_ratio'"),
+    (_bad(th_disk_used_percent=[80, 120]), "key 'thresholds.disk_used_percent'"),
+    (_bad(th_lock_wait_seconds=[-1, 300]), "key 'thresholds.lock_wait_seconds'"),
+    (_bad(th_replication_lag_mb=[50]), "key 'thresholds.replication_lag_mb'"),
+    (_bad(th_lag_mb=[1, 2]), "thresholds.lag_mb"),
+    ({**_good_raw(), "thresholds": {"connections_percent": [75, 90]}},
+     "key 'thresholds.long_running_seconds' is missing"),
+]
+
+
+@pytest.mark.parametrize("raw, named", BAD_CONFIGS, ids=[n for _r, n in BAD_CONFIGS])
+def test_validation_names_the_bad_key(raw, named):
+    with pytest.raises(health.lib.ConfigError) as caught:
+        health.validate_config(raw)
+    assert named in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("raw, named", [
+    BAD_CONFIGS[0], BAD_CONFIGS[1], BAD_CONFIGS[10], ("not json {", "not valid JSON")],
+    ids=["unknown-key", "missing-key", "threshold-order", "not-json"])
+def test_a_bad_configuration_is_unknown_with_one_line(confdir, raw, named):
+    path = confdir / f"bad-{uuid.uuid4().hex[:8]}.json"
+    path.write_text(raw if isinstance(raw, str) else json.dumps(raw))
+    os.chmod(path, 0o644)
+    proc = run(path)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"PGINFRA UNKNOWN - {path}: "), proc.stdout
+    assert named in lines[0]
+    report, _checks, proc = run_json(path)
+    assert report["status"] == "unknown" and report["exit_code"] == 3
+    assert named in report["error"] and report["checks"] == []
+
+
+def test_a_missing_configuration_is_unknown(confdir):
+    proc = run(confdir / "absent.json")
+    assert proc.returncode == 3
+    assert proc.stdout == f"PGINFRA UNKNOWN - {confdir / 'absent.json'}: no such file " \
+        "(pass --config PATH)\n"
+
+
+SHOW_POOLS_1_18 = """\
+database,user,cl_active,cl_waiting,cl_active_cancel_req,cl_waiting_cancel_req,sv_active,\
+sv_active_cancel,sv_being_canceled,sv_idle,sv_used,sv_tested,sv_login,maxwait,maxwait_us,\
+pool_mode
+pgbouncer,pgbouncer,1,0,0,0,0,0,0,0,0,0,0,0,0,statement
+shop,app,20,7,0,0,20,0,0,0,0,0,0,3,250000,transaction
+shop,reporting,2,0,0,0,1,0,0,1,0,0,0,0,0,transaction
+"odd,name",app,0,2,0,0,0,0,0,0,0,0,0,0,400000,session
+"""
+
+
+def test_show_pools_parser_reads_pgbouncer_1_18_csv():
+    pools = health.parse_show_pools(SHOW_POOLS_1_18)
+    assert [(p["database"], p["user"]) for p in pools] == [
+        ("pgbouncer", "pgbouncer"), ("shop", "app"), ("shop", "reporting"),
+        ("odd,name", "app")]
+    assert pools[1]["cl_waiting"] == 7 and pools[1]["cl_active"] == 20
+    assert pools[1]["maxwait_seconds"] == pytest.approx(3.25)
+    assert pools[3]["maxwait_seconds"] == pytest.approx(0.4)
+    assert pools[1]["pool_mode"] == "transaction"
+    summary = health.summarize_pools(pools)
+    assert summary["waiting"] == 9 and summary["maxwait_seconds"] == pytest.approx(3.25)
+    assert summary["longest_pool"] == "shop/app"
+    # Older PgBouncers have no maxwait_us; no pool at all is no wait.
+    old = "database,user,cl_active,cl_waiting,sv_active,sv_idle,maxwait,pool_mode\n" \
+          "shop,app,1,1,1,0,2,session\n"
+    assert health.parse_show_pools(old)[0]["maxwait_seconds"] == 2
+    header_only = SHOW_POOLS_1_18.splitlines()[0] + "\n"
+    assert health.summarize_pools(health.parse_show_pools(header_only)) == {
+        "pools": 0, "waiting": 0, "maxwait_seconds": 0.0, "longest_pool": None}
+    with pytest.raises(ValueError, match="cl_waiting, maxwait"):
+        health.parse_show_pools("database,user,cl_active\nshop,app,1\n")
+    with pytest.raises(ValueError):
+        health.parse_show_pools("")
+
+
+def test_thresholds_grade_at_or_above_and_below_when_lower_is_worse():
+    assert [health.grade(v, (75, 90)) for v in (74.9, 75, 89.9, 90)] == [
+        "ok", "warning", "warning", "critical"]
+    assert health.grade(0, (0, 300)) == "warning"   # archive_failing_seconds: at once
+    assert [health.grade(v, (0.95, 0.90), True) for v in (0.99, 0.95, 0.94, 0.89)] == [
+        "ok", "ok", "warning", "critical"]
+    assert health.worst(["ok", "unknown", "warning"]) == "unknown"
+    assert health.worst(["unknown", "critical"]) == "critical"
+
+
+# ---------------------------------------------------------------------------------------------
+# against the cluster
+
+@needs_postgres
+def test_a_healthy_cluster_is_ok(pg):
+    config = write_config(pg, "healthy")
+    report, checks, proc = run_json(config)
+    assert proc.returncode == 0 and report["status"] == "ok", not_ok(checks)
+    assert list(checks) == WITHOUT_PGBOUNCER  # the order; pgbouncer is null: omitted
+    assert report["host"] == "pgt1" and report["duration_seconds"] < 10
+    assert datetime.fromisoformat(report["time"]) > datetime.now(UTC) - timedelta(minutes=1)
+    for c in report["checks"]:
+        assert set(c) == {"check", "status", "value", "unit", "warning", "critical", "detail",
+                          "data"}
+    assert checks["postgres"]["data"]["in_recovery"] is False
+    assert checks["postgres"]["data"]["version"].startswith("15.")
+    assert checks["backup_base"]["value"] < 1.1 and checks["backup_base"]["unit"] == "h"
+    assert checks["connections"]["warning"] == 75 and checks["connections"]["unit"] == "%"
+    assert checks["replication"]["detail"] == "no replicas"
+    assert checks["invalid_indexes"]["data"]["databases_checked"] >= 3  # postgres shop template1
+    assert checks["disk_data"]["data"]["bytes"] > 0
+    assert checks["disk_wal_archive"]["data"]["bytes"] > 0
+    assert json.loads((pg.root / "state-healthy" / "archiver.json").read_text())[
+        "failed_count"] == checks["archiver"]["data"]["failed_count"]
+    proc = run(config)
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("PGINFRA OK - 15 checks ok | connections="), proc.stdout
+
+
+PERF = re.compile(r"^([a-z_]+)=(-?\d+(?:\.\d+)?)(s|%|MB)?;(\d+(?:\.\d+)?:?)?;(\d+(?:\.\d+)?:?)?$")
+HELP = re.compile(r"^# HELP (pginfra_health_[a-z_]+) \S.*$")
+TYPE = re.compile(r"^# TYPE (pginfra_health_[a-z_]+) gauge$")
+SAMPLE = re.compile(r'^(pginfra_health_[a-z_]+)(?:\{((?:[a-z_]+="(?:[^"\\\n]|\\["\\n])*",?)*)\})?'
+                    r" (-?\d+(?:\.\d+)?(?:e[+-]?\d+)?)$")
+
+
+def parse_textfile(text: str) -> list[tuple[str, dict, float]]:
+    """Every line well formed (HELP and TYPE before the family's samples); the samples."""
+    samples, typed = [], set()
+    assert text.endswith("\n")
+    for line in text.splitlines():
+        if line.startswith("# HELP"):
+            assert HELP.match(line), line
+        elif line.startswith("# TYPE"):
+            match = TYPE.match(line)
+            assert match, line
+            typed.add(match.group(1))
+        else:
+            match = SAMPLE.match(line)
+            assert match, line
+            assert match.group(1) in typed, f"{line}: no # TYPE before it"
+            labels = dict(re.findall(r'([a-z_]+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+            samples.append((match.group(1), labels, float(match.group(3))))
+    return samples
+
+
+@needs_postgres
+def test_output_modes_and_the_textfile(pg):
+    # connections at or above 0.5 % is a warning: our own connection makes sure of it
+    config = write_config(pg, "modes", th=thresholds(connections_percent=[0.5, 99]))
+    proc = run(config)
+    assert proc.returncode == 1
+    line = proc.stdout.rstrip("\n")
+    assert "\n" not in line and line.startswith("PGINFRA WARNING - connections: ")
+    text, perf = line.split(" | ")
+    assert "of max_connections" in text
+    tokens = perf.split(" ")
+    assert all(PERF.match(t) for t in tokens), tokens
+    names = [PERF.match(t).group(1) for t in tokens]
+    assert names[0] == "connections" and "postgres" not in names  # no value, no perfdata
+    assert "cache_hit_ratio=" in perf and re.search(r"cache_hit_ratio=[\d.]+;0\.95:;0\.9:", perf)
+    assert re.search(r"connections=[\d.]+%;0\.5;99( |$)", perf)
+
+    proc = run(config, "--verbose")
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 1 and len(lines) == len(WITHOUT_PGBOUNCER)
+    for name, text in zip(WITHOUT_PGBOUNCER, lines, strict=True):
+        status, check = text.split()[:2]
+        assert check == name and status in ("OK", "WARNING"), text
+    connections = lines[WITHOUT_PGBOUNCER.index("connections")]
+    assert connections.startswith("WARNING ") and "warn 0.5 crit 99" in connections
+    assert " %" in connections
+
+    proc = run(config, "--verbose", "--alerts-only")
+    assert proc.returncode == 1 and len(proc.stdout.splitlines()) == 1
+    assert proc.stdout.startswith("WARNING  connections")
+    report, checks, proc = run_json(config, "--alerts-only")
+    assert report["status"] == "warning" and list(checks) == ["connections"]
+    proc = run(write_config(pg, "modes-ok"), "--verbose", "--alerts-only")
+    assert proc.returncode == 0 and proc.stdout == f"all {len(WITHOUT_PGBOUNCER)} checks ok\n"
+
+    # --check: only those, in the program's order whatever the order asked
+    report, checks, proc = run_json(config, "--check", "invalid_indexes", "--check", "postgres")
+    assert list(checks) == ["postgres", "invalid_indexes"] and proc.returncode == 0
+
+    # the textfile: every check, well formed, atomically replaced, readable by the collector
+    metrics = pg.root / "metrics"
+    metrics.mkdir(exist_ok=True)
+    shutil.chown(metrics, "postgres", "postgres")
+    prom = metrics / "pginfra_health.prom"
+    report, checks, proc = run_json(config, "--alerts-only", "--textfile", str(prom))
+    samples = parse_textfile(prom.read_text())
+    status = {labels["check"]: value for name, labels, value in samples
+              if name == "pginfra_health_status"}
+    assert list(status) == WITHOUT_PGBOUNCER  # ALL checks, even with --alerts-only
+    assert status["connections"] == 1 and all(v == 0 for k, v in status.items()
+                                              if k != "connections")
+    values = {labels["check"]: (labels["unit"], value) for name, labels, value in samples
+              if name == "pginfra_health_value"}
+    assert values["connections"][0] == "%" and values["replication"] == ("MB", 0)
+    levels = {(labels["check"], labels["level"]): value for name, labels, value in samples
+              if name == "pginfra_health_threshold"}
+    assert levels[("connections", "warning")] == 0.5
+    assert levels[("cache_hit_ratio", "critical")] == 0.9
+    single = {name: value for name, labels, value in samples if not labels}
+    assert single["pginfra_health_exit_code"] == 1
+    assert 0 < single["pginfra_health_duration_seconds"] < 30
+    assert abs(single["pginfra_health_last_run_timestamp_seconds"] - time.time()) < 120
+    assert stat.S_IMODE(prom.stat().st_mode) == 0o644
+    assert sorted(p.name for p in metrics.iterdir()) == ["pginfra_health.prom"]  # no temp
+
+    # the configured textfile by default, not with --check (partial) nor --no-textfile
+    configured = write_config(pg, "modes-textfile", textfile=str(metrics / "configured.prom"))
+    run(configured, "--check", "postgres")
+    assert not (metrics / "configured.prom").exists()
+    run(configured, "--no-textfile")
+    assert not (metrics / "configured.prom").exists()
+    run(configured)
+    assert len([s for s in parse_textfile((metrics / "configured.prom").read_text())
+                if s[0] == "pginfra_health_status"]) == len(WITHOUT_PGBOUNCER)
+    # one that cannot be written: a warning on stderr, the exit code the checks'
+    proc = run(config, "--textfile", str(pg.root / "no-such-dir" / "x.prom"))
+    assert proc.returncode == 1 and "cannot write the textfile" in proc.stderr
+    assert proc.stdout.startswith("PGINFRA WARNING - connections: ")
+
+
+@needs_postgres
+def test_idle_in_transaction_and_long_running_sessions_are_named_by_pid(pg):
+    config = write_config(pg, "sessions", th=thresholds(idle_in_transaction_seconds=[1, 600],
+                                                        long_running_seconds=[1, 600]))
+    with Session(pg, "shop") as idle, Session(pg, "shop") as busy:
+        idle.send("BEGIN; SELECT 1;")
+        busy.send("SELECT pg_sleep(60) /* password=hunter2 */;")
+        idle_pid, busy_pid = idle.pid("idle in transaction"), busy.pid("active")
+        time.sleep(1.3)
+        report, checks, proc = run_json(config)
+        assert proc.returncode == 1 and report["status"] == "warning"
+        assert set(not_ok(checks)) == {"idle_in_transaction", "long_running"}, not_ok(checks)
+        idle_check = checks["idle_in_transaction"]
+        assert f"pid {idle_pid} (postgres@shop, {idle.name})" in idle_check["detail"]
+        assert idle_check["value"] >= 1 and idle_check["data"]["count"] == 1
+        assert idle_check["data"]["sessions"][0]["pid"] == idle_pid
+        running = checks["long_running"]
+        assert f"pid {busy_pid} (postgres@shop" in running["detail"]
+        assert running["value"] >= 1 and running["data"]["sessions"][0]["pid"] == busy_pid
+        # the program's own session is not "running"; query texts are never shown
+        assert running["data"]["active"] == 1
+        assert "hunter2" not in proc.stdout and "pg_sleep" not in proc.stdout
+        idle.send("SELECT 1/0;")  # aborted: still idle in a (failed) transaction
+        idle.pid("idle in transaction (aborted)")
+        time.sleep(1.3)  # the failed statement was the last state change
+        report, checks, proc = run_json(config, "--check", "idle_in_transaction")
+        assert checks["idle_in_transaction"]["status"] == "warning"
+        assert "idle (aborted)" in checks["idle_in_transaction"]["detail"]
+
+
+@needs_postgres
+@pytest.mark.parametrize("kind", ["row", "table"])
+def test_blocking_locks_name_the_waiting_and_the_blocking_pid(pg, kind):
+    config = write_config(pg, f"locks-{kind}", th=thresholds(lock_wait_seconds=[1, 600]))
+    hold = {"row": "BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = 1;",
+            "table": "BEGIN; LOCK TABLE accounts IN SHARE MODE;"}[kind]
+    with Session(pg, "shop") as holder, Session(pg, "shop") as waiter:
+        holder.send(hold)
+        holder_pid = holder.pid("idle in transaction")
+        waiter.send("UPDATE accounts SET balance = balance - 1 WHERE id = 1;")
+        waiter_pid = waiter.pid("active")
+        wait_until(lambda: pg.sql(f"SELECT count(*) FROM pg_locks WHERE pid = {waiter_pid} "
+                                  "AND NOT granted") == "1", "the waiter to wait")
+        time.sleep(1.3)
+        report, checks, proc = run_json(config)
+        locks = checks["blocking_locks"]
+        assert locks["status"] == "warning" and proc.returncode == 1, locks
+        assert locks["value"] >= 1 and locks["unit"] == "s"
+        detail = locks["detail"]
+        assert f"pid {waiter_pid} (postgres@shop) waits " in detail
+        assert f"blocked by pid {holder_pid} (postgres@shop, idle in transaction)" in detail
+        if kind == "table":
+            assert "for RowExclusiveLock on relation shop.public.accounts" in detail
+        else:
+            assert "for ShareLock on transaction " in detail
+        session = locks["data"]["sessions"][0]
+        assert session["pid"] == waiter_pid and session["blocked_by"] == [holder_pid]
+        assert locks["data"]["blockers"][0]["pid"] == holder_pid
+        assert "balance" not in proc.stdout  # no query text
+        report, checks, proc = run_json(write_config(pg, f"locks-{kind}-default"),
+                                        "--check", "blocking_locks")
+        assert checks["blocking_locks"]["status"] == "ok"  # 30 s not reached yet
+    wait_until(lambda: pg.sql("SELECT count(*) FROM pg_locks WHERE NOT granted") == "0",
+               "the locks to go")
+
+
+def archiver_stats(pg) -> dict:
+    row = pg.sql("SELECT failed_count, coalesce(last_failed_time > coalesce(last_archived_time,"
+                 " '-infinity'), false), (SELECT count(*) FROM pg_ls_archive_statusdir() "
+                 "WHERE name LIKE '%.ready') FROM pg_stat_archiver")
+    failed, failing, ready = row.split("|")
+    return {"failed_count": int(failed), "failing": failing == "t", "ready": int(ready)}
+
+
+@needs_postgres
+def test_archiver_critical_when_the_archive_cannot_be_written_then_recovers(pg):
+    config = write_config(pg, "archiver")
+    mode = stat.S_IMODE(pg.archive.stat().st_mode)
+    before = archiver_stats(pg)["failed_count"]
+    pg.sql("CREATE TABLE IF NOT EXISTS filler (x int)")
+    try:
+        os.chmod(pg.archive, 0o500)
+        pg.sql("INSERT INTO filler VALUES (1)")
+        pg.sql("SELECT pg_switch_wal()")
+        wait_until(lambda: archiver_stats(pg)["failed_count"] > before
+                   and archiver_stats(pg)["failing"], "pg_stat_archiver to show a failure")
+        report, checks, proc = run_json(config, "--check", "archiver")
+        archiver = checks["archiver"]
+        assert archiver["status"] == "critical" and proc.returncode == 2, archiver
+        assert f"wal_archive_dir {pg.archive} is not writable by postgres" in archiver["detail"]
+        assert "archiving fails for " in archiver["detail"]
+        assert archiver["data"]["failing"] is True and archiver["value"] >= 1
+        assert archiver["unit"] == "segments"
+        proc = run(config, "--check", "archiver", "--check", "postgres")
+        assert proc.stdout.startswith(f"PGINFRA CRITICAL - archiver: wal_archive_dir {pg.archive}")
+    finally:
+        os.chmod(pg.archive, mode)
+        pg.sql("INSERT INTO filler VALUES (2)")
+        pg.switch_wal()
+        wait_until(lambda: not archiver_stats(pg)["failing"] and not archiver_stats(pg)["ready"],
+                   "archiving to recover")
+    run_json(config, "--check", "archiver")  # failed_count may have risen meanwhile
+    report, checks, proc = run_json(config, "--check", "archiver")
+    assert checks["archiver"]["status"] == "ok" and checks["archiver"]["value"] == 0
+    assert checks["archiver"]["detail"].startswith("archiving works: the last archived ")
+    # A failure between two runs, even one archived since, is a warning in the next run.
+    state_file = pg.root / "state-archiver" / "archiver.json"
+    state = json.loads(state_file.read_text())
+    state["failed_count"] -= 1
+    state_file.write_text(json.dumps(state))
+    report, checks, proc = run_json(config, "--check", "archiver")
+    assert checks["archiver"]["status"] == "warning" and proc.returncode == 1
+    assert "failed_count rose from " in checks["archiver"]["detail"]
+    report, checks, proc = run_json(config, "--check", "archiver")
+    assert checks["archiver"]["status"] == "ok"
+
+
+@needs_postgres
+@pytest.mark.parametrize("base, dump, expected", [
+    (200.0, 1.0, {"backup_base": ("warning", "finished 8.3 days ago")}),
+    (1.0, 60.0, {"backup_dump": ("critical", "finished 2.5 days ago")}),
+    (None, 1.0, {"backup_base": ("critical", "no verified base backup recorded in ")}),
+    (1.0, None, {"backup_dump": ("critical", "no verified dump recorded in ")}),
+    (1.0, "{not json", {"backup_dump": ("unknown", "is malformed")}),
+    ('{"job": "base", "time": 5}', 1.0, {"backup_base": ("unknown", "is malformed")}),
+], ids=["base-old", "dump-too-old", "base-missing", "dump-missing", "dump-malformed",
+        "base-no-time"])
+def test_backup_ages_from_the_last_success_files(pg, base, dump, expected):
+    name = f"backup-{uuid.uuid4().hex[:6]}"
+    state = write_backup_state(pg.root / name, base, dump)
+    config = write_config(pg, name, backup=state)
+    report, checks, proc = run_json(config, "--check", "backup_base", "--check", "backup_dump")
+    assert not_ok(checks).keys() == expected.keys(), not_ok(checks)
+    for check, (status, text) in expected.items():
+        assert checks[check]["status"] == status and text in checks[check]["detail"]
+    assert proc.returncode == {"warning": 1, "critical": 2, "unknown": 3}[status]
+    if base == 200.0:
+        assert checks["backup_base"]["value"] == pytest.approx(200, abs=0.1)
+        assert checks["backup_base"]["warning"] == 180
+
+
+@needs_postgres
+def test_pgbouncer_not_answering_is_critical_naming_the_port(pg):
+    port = free_port()
+    config = write_config(pg, "pgbouncer", pgbouncer={"port": port})
+    report, checks, proc = run_json(config)
+    assert list(checks) == ALL and proc.returncode == 2
+    assert not_ok(checks).keys() == {"pgbouncer"}
+    assert checks["pgbouncer"]["status"] == "critical"
+    assert f"PgBouncer did not answer on port {port} " in checks["pgbouncer"]["detail"]
+    proc = run(config)
+    assert proc.stdout.startswith(f"PGINFRA CRITICAL - pgbouncer: PgBouncer did not answer on "
+                                  f"port {port} ")
+    # asked for by name where it is not configured: unknown, saying so
+    report, checks, proc = run_json(write_config(pg, "no-pgbouncer"), "--check", "pgbouncer")
+    assert checks["pgbouncer"]["status"] == "unknown" and proc.returncode == 3
+    assert "not configured" in checks["pgbouncer"]["detail"]
+
+
+@needs_postgres
+def test_postgres_not_answering_is_critical_and_the_rest_still_runs(pg):
+    port = free_port()
+    config = write_config(pg, "down", port=port)
+    report, checks, proc = run_json(config)
+    assert proc.returncode == 2 and report["status"] == "critical"
+    assert checks["postgres"]["status"] == "critical"
+    assert f"cannot connect on port {port} in {pg.root}" in checks["postgres"]["detail"]
+    for name in [*SQL_CHECKS, "archiver"]:
+        assert checks[name]["status"] == "unknown", checks[name]
+        assert checks[name]["detail"].startswith("PostgreSQL did not answer: ")
+    for name in ("disk_data", "disk_wal_archive", "backup_base", "backup_dump"):
+        assert checks[name]["status"] == "ok", checks[name]
+    assert checks["disk_data"]["data"]["bytes"] is None
+    proc = run(config)
+    assert proc.stdout.startswith("PGINFRA CRITICAL - postgres: PostgreSQL did not answer")
+    # the unknowns share one reason: said once
+    assert proc.stdout.count("PostgreSQL did not answer") == 2
+    assert "connections, long_running, idle_in_transaction, blocking_locks, archiver" in \
+        proc.stdout
+
+
+@needs_postgres
+def test_a_query_that_would_hang_times_out_and_the_rest_is_ok(pg, hang_db):
+    config = write_config(pg, "hang", query_timeout=2)
+    started = time.monotonic()
+    report, checks, proc = run_json(config, timeout=30)
+    elapsed = time.monotonic() - started
+    assert elapsed < 10, elapsed  # one connect_timeout (2 s) and some
+    invalid = checks["invalid_indexes"]
+    assert invalid["status"] == "unknown" and proc.returncode == 3
+    # connect_timeout or lock_timeout (both 2 s) ends the wait, whichever comes first
+    assert re.search(f"database {hang_db}: (connection|query) timed out after 2 s",
+                     invalid["detail"]), invalid["detail"]
+    assert invalid["data"]["databases_checked"] >= 3
+    assert not_ok(checks).keys() == {"invalid_indexes"}, not_ok(checks)
+
+
+@needs_postgres
+def test_a_statement_timeout_makes_the_check_unknown(pg):
+    """pg_namespace held in ACCESS EXCLUSIVE mode in shop: a connection there starts, but the
+    statement that needs it is cut short by the timeouts; the run goes on."""
+    config = write_config(pg, "locked-catalog", query_timeout=1)
+    with Session(pg, "shop") as holder:
+        holder.send("BEGIN; LOCK TABLE pg_catalog.pg_namespace IN ACCESS EXCLUSIVE MODE;")
+        holder.pid("idle in transaction")
+        report, checks, proc = run_json(config, "--check", "postgres", "--check",
+                                        "invalid_indexes", "--check", "wraparound",
+                                        timeout=30)
+    assert checks["postgres"]["status"] == "ok" and checks["wraparound"]["status"] == "ok"
+    invalid = checks["invalid_indexes"]
+    assert invalid["status"] == "unknown" and proc.returncode == 3
+    assert "database shop: query timed out after 1 s" in invalid["detail"]
+    assert report["duration_seconds"] < 10
+
+
+@needs_postgres
+def test_the_watchdog_ends_the_run_and_still_reports(pg, hang_db):
+    config = write_config(pg, "watchdog", query_timeout=20, run_timeout=2)
+    started = time.monotonic()
+    report, checks, proc = run_json(config, timeout=30)
+    elapsed = time.monotonic() - started
+    assert elapsed < 5, elapsed  # SIGALRM at 2 s, not the backstop thread at 7 s
+    assert list(checks) == WITHOUT_PGBOUNCER  # every check reported
+    assert checks["invalid_indexes"]["status"] == "unknown"
+    assert checks["invalid_indexes"]["detail"] == "run_timeout of 2 s reached"
+    assert checks["postgres"]["status"] == "ok"
+    assert proc.returncode == 3
+
+
+@needs_postgres
+def test_the_backstop_ends_a_run_the_alarm_cannot_interrupt(pg, hang_db):
+    """SIGALRM blocked (the mask survives exec): the thread that waits run_timeout + 5 s
+    prints the report and ends the process."""
+    config = write_config(pg, "backstop", query_timeout=20, run_timeout=1)
+    cmd = [PYTHON, str(PROGRAM), "--config", str(config), "--json"]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd="/", timeout=30,
+                          preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK,
+                                                                    {signal.SIGALRM}))
+    elapsed = time.monotonic() - started
+    assert 5.5 < elapsed < 12, elapsed
+    report = json.loads(proc.stdout)
+    checks = {c["check"]: c for c in report["checks"]}
+    assert proc.returncode == report["exit_code"] == 3
+    assert checks["invalid_indexes"]["detail"] == "run_timeout of 1 s reached"
+    assert checks["postgres"]["status"] == "ok"
+
+
+@needs_postgres
+def test_replication_on_the_primary_and_on_a_streaming_standby(pg):
+    root = Path(tempfile.mkdtemp(prefix="pginfra-health-standby-"))
+    os.chown(root, *pg_ids())
+    standby = Cluster(root)
+    try:
+        standby.as_postgres(PGBIN / "pg_basebackup", "-h", pg.root, "-p", pg.port, "-D",
+                            standby.data, "-R", "-X", "stream", "--checkpoint=fast")
+        with open(standby.data / "postgresql.conf", "a") as conf:
+            conf.write(f"port = {standby.port}\nunix_socket_directories = '{root}'\n"
+                       "cluster_name = 'healthstandby'\n")
+        standby.archive.mkdir()
+        shutil.chown(standby.archive, "postgres", "postgres")
+        standby.start()
+        wait_until(lambda: pg.sql("SELECT count(*) FROM pg_stat_replication WHERE "
+                                  "application_name = 'healthstandby' AND state = 'streaming'")
+                   == "1", "the standby to stream")
+
+        # the standby's own run: in recovery; what the primary does is ok here
+        empty = root / "backup-empty"
+        empty.mkdir(mode=0o755)
+        standby_config = write_config(standby, "standby", backup=empty)
+        report, checks, proc = run_json(standby_config)
+        assert proc.returncode == 0, not_ok(checks)
+        assert checks["postgres"]["data"]["in_recovery"] is True
+        assert "standby" in checks["postgres"]["detail"]
+        assert checks["archiver"]["detail"] == "standby: the primary archives"
+        assert checks["backup_base"]["detail"].startswith("standby: ")  # no file needed
+        replication = checks["replication"]
+        assert replication["data"]["role"] == "standby"
+        assert replication["data"]["receiver"]["status"] == "streaming"
+
+        config = write_config(pg, "primary", th=thresholds(replication_lag_mb=[1, 1000]))
+        report, checks, proc = run_json(config, "--check", "replication")
+        replication = checks["replication"]
+        assert replication["status"] == "ok", replication
+        assert [r["application_name"] for r in replication["data"]["replicas"]] == [
+            "healthstandby"]
+
+        standby.sql("SELECT pg_wal_replay_pause()")
+        pg.sql("CREATE TABLE lag_filler AS SELECT g, repeat('x', 500) AS pad "
+               "FROM generate_series(1, 8000) AS g")
+        wait_until(lambda: float(pg.sql(
+            "SELECT coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0) "
+            "FROM pg_stat_replication WHERE application_name = 'healthstandby'"))
+            > 1.5 * 1048576, "the replay lag to pass 1.5 MB")
+        report, checks, proc = run_json(config, "--check", "replication")
+        replication = checks["replication"]
+        assert replication["status"] == "warning" and proc.returncode == 1, replication
+        assert replication["value"] >= 1.5 and replication["unit"] == "MB"
+        assert "replica healthstandby" in replication["detail"]
+
+        wait_until(lambda: float(standby.sql(
+            "SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())"))
+            > 1048576, "the standby to receive what it does not replay")
+        report, checks, proc = run_json(standby_config, "--check", "replication")
+        assert checks["replication"]["status"] == "warning"
+        assert "replay is paused" in checks["replication"]["detail"]
+    finally:
+        with contextlib.suppress(Exception):
+            standby.sql("SELECT pg_wal_replay_resume()")
+        drop_cluster(standby)
+        pg.sql("DROP TABLE IF EXISTS lag_filler")
+    report, checks, proc = run_json(write_config(pg, "primary-alone"), "--check",
+                                    "replication")
+    assert checks["replication"]["detail"] == "no replicas"
+
+
+@needs_postgres
+def test_a_parameter_waiting_for_a_restart_is_a_warning_naming_it(pg):
+    config = write_config(pg, "pending")
+
+    def pending() -> str:
+        return pg.sql("SELECT count(*) FROM pg_settings WHERE pending_restart")
+
+    try:
+        # shared_buffers is in postgresql.conf too: RESET really takes the change back (the
+        # removal of a restart-only parameter set nowhere else waits for a restart itself)
+        pg.sql("ALTER SYSTEM SET shared_buffers = '24MB'")
+        pg.sql("SELECT pg_reload_conf()")
+        wait_until(lambda: pending() == "1", "the reload")
+        report, checks, proc = run_json(config, "--check", "pending_restart")
+        check = checks["pending_restart"]
+        assert check["status"] == "warning" and proc.returncode == 1
+        assert "waiting for a restart: shared_buffers" in check["detail"]
+        assert check["data"]["file_errors"] == []  # "could not be applied": the same news
+    finally:
+        pg.sql("ALTER SYSTEM RESET shared_buffers")
+        pg.sql("SELECT pg_reload_conf()")
+        wait_until(lambda: pending() == "0", "the reload")
+    report, checks, proc = run_json(config, "--check", "pending_restart")
+    assert checks["pending_restart"]["status"] == "ok"
+
+
+@needs_postgres
+def test_an_invalid_index_is_a_warning_naming_it(pg):
+    config = write_config(pg, "invalid")
+    pg.sql("CREATE TABLE dup (v int); INSERT INTO dup VALUES (1), (1)", "shop")
+    try:
+        proc = pg.as_postgres(PGBIN / "psql", "-X", "-h", pg.root, "-p", pg.port, "-d", "shop",
+                              "-c", "CREATE UNIQUE INDEX CONCURRENTLY dup_v ON dup (v)",
+                              check=False)
+        assert proc.returncode != 0 and "could not create unique index" in proc.stderr
+        report, checks, proc = run_json(config, "--check", "invalid_indexes")
+        check = checks["invalid_indexes"]
+        assert check["status"] == "warning" and proc.returncode == 1
+        assert "shop.public.dup_v" in check["detail"] and check["value"] == 1
+        assert check["data"]["invalid"] == [{"database": "shop", "schema": "public",
+                                             "index": "dup_v", "table": "dup"}]
+        # An index being built concurrently is INVALID until it is done: not reported.
+        pg.sql("CREATE TABLE building (v int)", "shop")
+        with Session(pg, "shop") as writer, Session(pg, "shop") as builder:
+            writer.send("BEGIN; INSERT INTO building VALUES (1);")
+            writer.pid("idle in transaction")
+            builder.send("CREATE INDEX CONCURRENTLY building_v ON building (v);")
+            wait_until(lambda: pg.sql(
+                "SELECT count(*) FROM pg_index WHERE NOT indisvalid AND indexrelid = "
+                "to_regclass('building_v')", "shop") == "1", "the build to begin")
+            report, checks, proc = run_json(config, "--check", "invalid_indexes")
+            assert [i["index"] for i in checks["invalid_indexes"]["data"]["invalid"]] == [
+                "dup_v"]
+    finally:
+        pg.sql("DROP TABLE IF EXISTS dup, building", "shop")
+    report, checks, proc = run_json(config, "--check", "invalid_indexes")
+    assert checks["invalid_indexes"]["status"] == "ok"
+
+
+@needs_postgres
+def test_disk_usage_thresholds_and_missing_directories(pg):
+    config = write_config(pg, "disk", th=thresholds(disk_used_percent=[0, 100]))
+    report, checks, proc = run_json(config, "--check", "disk_data", "--check",
+                                    "disk_wal_archive")
+    for name in ("disk_data", "disk_wal_archive"):
+        assert checks[name]["status"] == "warning"
+        assert 0 < checks[name]["value"] < 100 and checks[name]["unit"] == "%"
+        assert checks[name]["data"]["free_bytes"] > 0
+    usage = os.statvfs(pg.data)
+    used = (usage.f_blocks - usage.f_bfree) * usage.f_frsize
+    expected = 100 * used / (used + usage.f_bavail * usage.f_frsize)
+    assert checks["disk_data"]["value"] == pytest.approx(expected, abs=1)
+    config = write_config(pg, "disk-missing", data_directory=str(pg.root / "nope"),
+                          wal_archive_dir=str(pg.root / "nope-archive"))
+    report, checks, proc = run_json(config, "--check", "disk_data", "--check",
+                                    "disk_wal_archive", "--check", "archiver")
+    assert proc.returncode == 2
+    assert checks["disk_data"]["status"] == "critical"
+    assert f"data_directory {pg.root / 'nope'} is missing" == checks["disk_data"]["detail"]
+    assert checks["disk_wal_archive"]["status"] == "critical"
+    assert checks["archiver"]["status"] == "critical"
+    assert f"wal_archive_dir {pg.root / 'nope-archive'} is missing" in \
+        checks["archiver"]["detail"]
