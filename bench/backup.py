@@ -21,7 +21,7 @@ import argparse
 import json
 import time
 
-from common import bench_lab, deploy, write_results
+from common import bench_lab, deploy, host_sql, write_results
 
 from pginfra.rehearsal import Lab
 from pginfra.s3_local import local_s3
@@ -34,8 +34,7 @@ RESTORE = "/usr/local/lib/pginfra/pginfra-restore"
 
 
 def sql(lab: Lab, query: str, db: str = "postgres") -> str:
-    return lab.ssh(NODE, ["cd", "/tmp", "&&", "runuser", "-u", "postgres", "--", "psql", "-XAtq",
-                          "-d", db, "-c", repr(query)], timeout=3600).stdout.strip()
+    return host_sql(lab, NODE, query, db, timeout=3600)
 
 
 def timed(lab: Lab, *command: str) -> tuple[float, str]:

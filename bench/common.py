@@ -62,6 +62,13 @@ def deploy(env: dict, data: dict) -> None:
         raise SystemExit(f"the deploy failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
 
 
+def host_sql(lab: Lab, node: str, query: str, db: str = "postgres",
+             timeout: float = 3600) -> str:
+    """Run SQL on ``node`` as the postgres superuser over its Unix socket; its output."""
+    return lab.ssh(node, ["cd", "/tmp", "&&", "runuser", "-u", "postgres", "--", "psql",
+                          "-XAtq", "-d", db, "-c", repr(query)], timeout=timeout).stdout.strip()
+
+
 def write_results(name: str, figures: dict) -> None:
     out = ROOT / f"bench/results/{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, bench_lab, deploy, write_results
+from common import ROOT, bench_lab, deploy, host_sql, write_results
 
 from pginfra.rehearsal import Lab
 
@@ -103,8 +103,7 @@ def deploy_example(env: dict, users: int) -> None:
 
 
 def sql(lab: Lab, query: str, db: str = "postgres") -> str:
-    return lab.ssh(NODE, ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-d", db, "-c",
-                          repr(query)], timeout=900).stdout.strip()
+    return host_sql(lab, NODE, query, db, timeout=900)
 
 
 def put(lab: Lab, path: str, text: str) -> None:

@@ -13,6 +13,7 @@ from pginfra.steps import (
     create_cluster,
     harden_databases,
     install_backups,
+    install_health,
     install_packages,
     install_tls,
     manage_roles,
@@ -30,6 +31,7 @@ configure_server(settings, tls_files)  # 5. tuned config and pg_hba: checked, re
 #                                           restarted only when a changed parameter needs it
 manage_roles(settings, new_cluster)  # 6. roles, passwords, databases, pg_stat_statements
 run_pgbouncer(settings, new_cluster, tls_files)  # 7. PgBouncer, its userlist in step with 6.
-install_backups(settings)  # 8. base backups, dumps, S3 copies, retention, drills: cron
-harden_databases(settings, new_cluster)  # 9. SQL bundles as tracked migrations: monitoring
-#                                          views, constraints and indexes, safely on a live db
+install_backups(settings)  # 8. base backups, dumps, S3 copies, retention, drills
+install_health(settings)  # 9. health checks, maintenance, metrics; /etc/cron.d/pginfra
+harden_databases(settings, new_cluster)  # 10. SQL bundles as tracked migrations: monitoring
+#                                           views, constraints and indexes, safely on a live db

@@ -5,6 +5,7 @@ from pginfra.steps.backups import install_backups
 from pginfra.steps.cluster import create_cluster
 from pginfra.steps.configure import configure_server
 from pginfra.steps.harden import harden_databases
+from pginfra.steps.health import install_health
 from pginfra.steps.packages import install_packages
 from pginfra.steps.pgbouncer import run_pgbouncer
 from pginfra.steps.roles import manage_roles
@@ -13,6 +14,6 @@ from pginfra.steps.tls import install_tls
 
 __all__ = [
     "configure_server", "create_cluster", "harden_databases", "install_backups",
-    "install_packages", "install_tls",
+    "install_health", "install_packages", "install_tls",
     "manage_roles", "run_pgbouncer", "run_service",
 ]

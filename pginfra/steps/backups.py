@@ -1,10 +1,10 @@
 """Step: backups. Install the backup and restore programs, their configuration, the S3
-credentials (when the secrets source has them), /etc/cron.d/pginfra and log rotation."""
+credentials (when the secrets source has them) and log rotation. Their cron jobs are written
+with the health and maintenance jobs by the next step (pginfra/steps/health.py)."""
 
 from __future__ import annotations
 
 import io
-import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -114,8 +114,9 @@ def s3_credentials(settings: Settings, host_name: str) -> str | None:
 def install_backups(settings: Settings):
     """
     Install ``pginfra-backup`` and ``pginfra-restore`` with ``/etc/pginfra/backup.json``, the
-    S3 credentials file (postgres, 0600), the backup, state and log directories, the cron jobs
-    of ``backup_schedule_*`` in ``/etc/cron.d/pginfra`` and logrotate for ``/var/log/pginfra``.
+    S3 credentials file (postgres, 0600), the backup, state and log directories and logrotate
+    for ``/var/log/pginfra``; take the first base backup and dumps of a new host. The jobs of
+    ``backup_schedule_*`` go into ``/etc/cron.d/pginfra`` in the next step, with the others.
 
     .. code:: python
 
@@ -123,16 +124,9 @@ def install_backups(settings: Settings):
     """
     credentials = s3_credentials(settings, host.name)  # may refuse: before any operation
     if not settings.backup_enabled:
-        files.file(name="No backup cron jobs", path="/etc/cron.d/pginfra", present=False)
-        return
+        return  # the next step leaves the backup jobs out of /etc/cron.d/pginfra
 
-    files.directory(name="Directory of pginfra's host programs", path=BIN, user="root",
-                    group="root", mode="0755")
-    files.put(name="Backup library", src=str(ROOT / "files" / LIBRARY), dest=f"{BIN}/{LIBRARY}",
-              user="root", group="root", mode="0644")
-    for program in PROGRAMS:
-        files.put(name=f"Program {program}", src=str(ROOT / "files" / program),
-                  dest=f"{BIN}/{program}", user="root", group="root", mode="0755")
+    install_programs(PROGRAMS)
 
     files.directory(name="Directory /etc/pginfra", path="/etc/pginfra", user="root",
                     group="root", mode="0755")
@@ -150,20 +144,30 @@ def install_backups(settings: Settings):
         files.directory(name=f"Directory {path}", path=path, user="postgres",
                         group="postgres" if mode == "0700" else "adm", mode=mode)
 
-    schedules = {key: getattr(settings, f"backup_schedule_{key}")
-                 for key in ("base", "dump", "wal_ship", "retention", "drill")}
-    files.put(name="Backup cron jobs",
-              src=render_io("cron.d-pginfra.j2", cluster=f"{config['version']}/"
-                            f"{config['cluster']}", bin=BIN, schedules=schedules,
-                            s3=bool(config["s3"])),
-              dest="/etc/cron.d/pginfra", user="root", group="root", mode="0644")
     files.put(name="Log rotation of /var/log/pginfra", src=render_io("logrotate.d-pginfra.j2"),
               dest="/etc/logrotate.d/pginfra", user="root", group="root", mode="0644")
 
-    # Point-in-time recovery needs a base backup to start from: a new host gets its first one
-    # now rather than at the first scheduled run (a standby's run does nothing).
-    found = host.get_fact(Command, f"ls {shlex.quote(settings.backup_dir)}/base 2>/dev/null "
-                                   "| head -1 || true")
-    if not found:
-        server.shell(name="First base backup, so point-in-time recovery works from now on",
-                     commands=[f"cd /tmp && runuser -u postgres -- {BIN}/pginfra-backup base"])
+    # Point-in-time recovery needs a base backup to start from, and a restore of one database
+    # a dump: a new host gets its first of each now rather than at the first scheduled run, so
+    # the health check's backup freshness is right from the start (a standby's run does
+    # nothing).
+    found = host.get_fact(Command, f"ls {STATE_DIR}/last-success 2>/dev/null || true")
+    found = (found or "").split()
+    for job, why in (("base", "point-in-time recovery works from now on"),
+                     ("dump", "a single database can be restored from now on")):
+        if f"{job}.json" not in found:
+            server.shell(name=f"First {'base backup' if job == 'base' else 'dumps'}, so {why}",
+                         commands=[f"cd /tmp && runuser -u postgres -- {BIN}/pginfra-backup "
+                                   f"{job} >/dev/null"])
+
+
+def install_programs(programs) -> None:
+    """Put host programs (names under files/) into /usr/local/lib/pginfra, with the library
+    they share."""
+    files.directory(name="Directory of pginfra's host programs", path=BIN, user="root",
+                    group="root", mode="0755")
+    files.put(name="Library of the host programs", src=str(ROOT / "files" / LIBRARY),
+              dest=f"{BIN}/{LIBRARY}", user="root", group="root", mode="0644")
+    for program in programs:
+        files.put(name=f"Program {program}", src=str(ROOT / "files" / program),
+                  dest=f"{BIN}/{program}", user="root", group="root", mode="0755")

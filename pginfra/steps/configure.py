@@ -16,6 +16,7 @@ from pginfra import ROOT
 from pginfra.pgbouncer import AUTH_USER
 from pginfra.server_config import CONF_NAME, quote, render_sections, server_parameters
 from pginfra.settings import Settings
+from pginfra.steps.health import EXPORTER_ROLE
 from pginfra.templating import render_io
 from pginfra.tuning import MB, format_size
 
@@ -83,7 +84,9 @@ def configure_server(settings: Settings, tls_changed=None):
                       for title, rows in render_sections(params)],
         ),
         "pg_hba.conf": render_io("pg_hba.conf.j2", path=targets["pg_hba.conf"],
-                                 rules=settings.postgres_hba, auth_query_user=auth_query_user),
+                                 rules=settings.postgres_hba, auth_query_user=auth_query_user,
+                                 exporter_user=EXPORTER_ROLE if settings.health_prometheus
+                                 else ""),
         "pg_ident.conf": render_io("pg_ident.conf.j2", path=targets["pg_ident.conf"],
                                    auth_query_user=auth_query_user),
     }

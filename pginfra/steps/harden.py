@@ -125,7 +125,9 @@ def harden_databases(settings: Settings, new_cluster: bool = False):
     if settings.pginfra_example_community:
         files.put(name="Cron jobs of the community example",
                   src=render_io("cron.d-pginfra-example-community.j2",
-                                port=settings.postgres_port, database=EXAMPLE_DB),
+                                port=settings.postgres_port, database=EXAMPLE_DB,
+                                # pginfra-maintenance refresh processes every database's queue
+                                refresh_queue=not settings.maintenance_enabled),
                   dest="/etc/cron.d/pginfra-example-community", user="root", group="root",
                   mode="0644")
     else:

@@ -154,3 +154,27 @@ def secret(monkeypatch):
     """``secret(role)``: a password from the e2e lab's own secrets file."""
     monkeypatch.setenv("PGINFRA_SECRETS_FILE", str(SECRETS_FILE))
     return password_for
+
+
+def psql_session(lab: Lab, name: str, db: str = "postgres") -> subprocess.Popen:
+    """A psql session on pgt1 as postgres (application_name ``name``) that runs what is written
+    to its stdin, then waits, idle, for more: close it with ``.communicate(last_text)``."""
+    return subprocess.Popen(
+        ["ssh", "-F", str(lab.ssh_config), "pgt1", "--", "runuser", "-u", "postgres", "--",
+         "env", f"PGAPPNAME={name}", "psql", "-XAtq", "-d", db],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+
+
+def send(proc: subprocess.Popen, text: str) -> None:
+    proc.stdin.write(text)
+    proc.stdin.flush()
+
+
+def wait_for(probe, what: str, timeout: float = 30):
+    """Poll ``probe`` until it returns something true, and return that."""
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.3)
+    return found

@@ -66,7 +66,8 @@ def test_backup_files_on_the_host(lab, s3):
     config = json.loads(lab.ssh("pgt1", ["cat", CONFIG]).stdout)
     assert config["s3"]["bucket"] == BUCKET and config["databases"] == ["app", "community"]
     cron = lab.ssh("pgt1", ["cat", "/etc/cron.d/pginfra"]).stdout
-    jobs = [line for line in cron.splitlines() if line and line[0] in "0123456789*@"]
+    jobs = [line for line in cron.splitlines()
+            if line and line[0] in "0123456789*@" and "/pginfra-backup " in line]
     assert {j.split(" postgres ")[1].split()[1] for j in jobs} == {
         "base", "dump", "ship-wal", "retention", "drill"}
     assert all(" postgres " in j for j in jobs)

@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import pytest
+from conftest import psql_session, send, wait_for
 
 from pginfra import ROOT
 
@@ -81,26 +82,7 @@ def upload(lab, path: str, text: str) -> None:
 
 
 def session(lab, name: str) -> subprocess.Popen:
-    """A psql session on pgt1 (application_name ``name``) that runs what is written to its
-    stdin, then waits, idle, for more: close it with ``.communicate(last_text)``."""
-    return subprocess.Popen(
-        ["ssh", "-F", str(lab.ssh_config), "pgt1", "--", "runuser", "-u", "postgres", "--",
-         "env", f"PGAPPNAME={name}", "psql", "-XAtq", "-d", DB],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
-
-
-def send(proc: subprocess.Popen, text: str) -> None:
-    proc.stdin.write(text)
-    proc.stdin.flush()
-
-
-def wait_for(probe, what: str, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while not (found := probe()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.3)
-    return found
+    return psql_session(lab, name, DB)
 
 
 def pid_where(lab, name: str, condition: str) -> str:
