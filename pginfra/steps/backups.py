@@ -140,12 +140,9 @@ def install_backups(settings: Settings):
     else:
         files.file(name="No S3 credentials file", path=CREDENTIALS, present=False)
 
-    for path, mode in ((settings.backup_dir, "0700"), (STATE_DIR, "0700"), (LOG_DIR, "0750")):
-        files.directory(name=f"Directory {path}", path=path, user="postgres",
-                        group="postgres" if mode == "0700" else "adm", mode=mode)
-
-    files.put(name="Log rotation of /var/log/pginfra", src=render_io("logrotate.d-pginfra.j2"),
-              dest="/etc/logrotate.d/pginfra", user="root", group="root", mode="0644")
+    for path in (settings.backup_dir, STATE_DIR):
+        files.directory(name=f"Directory {path}", path=path, user="postgres", group="postgres",
+                        mode="0700")
 
     # Point-in-time recovery needs a base backup to start from, and a restore of one database
     # a dump: a new host gets its first of each now rather than at the first scheduled run, so
@@ -161,13 +158,19 @@ def install_backups(settings: Settings):
                                    f"{job} >/dev/null"])
 
 
-def install_programs(programs) -> None:
-    """Put host programs (names under files/) into /usr/local/lib/pginfra, with the library
-    they share."""
-    files.directory(name="Directory of pginfra's host programs", path=BIN, user="root",
-                    group="root", mode="0755")
-    files.put(name="Library of the host programs", src=str(ROOT / "files" / LIBRARY),
-              dest=f"{BIN}/{LIBRARY}", user="root", group="root", mode="0644")
+def install_programs(programs, shared: bool = True) -> None:
+    """Put host programs (names under files/) into /usr/local/lib/pginfra. ``shared``: also
+    what every one of them needs (the directory, their library, /var/log/pginfra and its
+    rotation); the first step that installs programs in a run does it."""
+    if shared:
+        files.directory(name="Directory of pginfra's host programs", path=BIN, user="root",
+                        group="root", mode="0755")
+        files.put(name="Library of the host programs", src=str(ROOT / "files" / LIBRARY),
+                  dest=f"{BIN}/{LIBRARY}", user="root", group="root", mode="0644")
+        files.directory(name=f"Directory {LOG_DIR}", path=LOG_DIR, user="postgres",
+                        group="adm", mode="0750")
+        files.put(name=f"Log rotation of {LOG_DIR}", src=render_io("logrotate.d-pginfra.j2"),
+                  dest="/etc/logrotate.d/pginfra", user="root", group="root", mode="0644")
     for program in programs:
         files.put(name=f"Program {program}", src=str(ROOT / "files" / program),
                   dest=f"{BIN}/{program}", user="root", group="root", mode="0755")

@@ -167,12 +167,8 @@ def install_health(settings: Settings):
                                           ("pginfra-maintenance", settings.maintenance_enabled))
                 if wanted]
     if programs:
-        install_programs(programs)
-        files.directory(name=f"Directory {LOG_DIR}", path=LOG_DIR, user="postgres",
-                        group="adm", mode="0750")
-        files.put(name="Log rotation of /var/log/pginfra",
-                  src=render_io("logrotate.d-pginfra.j2"), dest="/etc/logrotate.d/pginfra",
-                  user="root", group="root", mode="0644")
+        # the backup step installed what programs share, unless backups are off
+        install_programs(programs, shared=not settings.backup_enabled)
     for wanted, path, state, config in (
             (settings.health_enabled, HEALTH_CONFIG, HEALTH_STATE, health_config),
             (settings.maintenance_enabled, MAINTENANCE_CONFIG, MAINTENANCE_STATE,

@@ -25,7 +25,14 @@ import boto3
 import botocore.exceptions
 import pytest
 from botocore.config import Config as BotoConfig
-from throwaway_pg import ENV, PGBIN, Cluster, free_port, needs_postgres, postgres_missing
+from throwaway_pg import (
+    ENV,
+    Cluster,
+    drop_cluster,
+    free_port,
+    needs_postgres,
+    postgres_missing,
+)
 from throwaway_pg import new_cluster as _new_cluster
 
 from pginfra import ROOT
@@ -578,24 +585,17 @@ def test_retention_keeps_the_previous_good_backup_when_the_newest_failed(
 
 @needs_postgres
 def test_a_standby_does_nothing(pg):
-    standby = pg.root / "standby-data"
-    pg.as_postgres(PGBIN / "pg_basebackup", "-h", pg.root, "-p", pg.port, "-D", standby, "-R",
-                   "-X", "stream", "--checkpoint=fast")
-    port = free_port()
-    with open(standby / "postgresql.conf", "a") as conf:
-        conf.write(f"port = {port}\narchive_mode = off\n")
-    ctl = ["runuser", "-u", "postgres", "--", str(PGBIN / "pg_ctl"), "-D", str(standby)]
-    subprocess.run([*ctl, "-l", str(pg.root / "standby.log"), "-w", "start"], check=True,
-                   capture_output=True, cwd="/")
+    standby = pg.standby()
     try:
-        config = pg.config("standby", None, port=port, data_directory=str(standby))
+        config = pg.config("standby", None, port=standby.port, socket_dir=str(standby.root),
+                           data_directory=str(standby.data))
         for job in ("base", "dump", "retention", "drill"):
             proc = run("pginfra-backup", config, job)
             assert proc.returncode == 0, proc.stdout + proc.stderr
             assert "standby" in proc.lines[0]["detail"]
         assert not backups(config).exists()
     finally:
-        subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True, cwd="/")
+        drop_cluster(standby)
 
 
 # ---------------------------------------------------------------------------------------------

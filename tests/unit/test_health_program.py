@@ -11,8 +11,6 @@ with Debian's python3-psycopg 3.1).
 """
 
 import contextlib
-import importlib.machinery
-import importlib.util
 import json
 import os
 import re
@@ -28,25 +26,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from throwaway_pg import ENV, PGBIN, Cluster, drop_cluster, free_port, needs_postgres, new_cluster
-from throwaway_pg import postgres_ids as pg_ids
+from throwaway_pg import ENV, PGBIN, drop_cluster, free_port, needs_postgres, new_cluster
 
 from pginfra import ROOT
+from pginfra.programs import host_program
 
 PROGRAM = ROOT / "files" / "pginfra-health"
 PYTHON = os.environ.get("PGINFRA_TEST_PYTHON", sys.executable)
 
 
-def _load_program():
-    loader = importlib.machinery.SourceFileLoader("pginfra_health", str(PROGRAM))
-    spec = importlib.util.spec_from_loader("pginfra_health", loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pginfra_health"] = module  # dataclasses look the module up
-    loader.exec_module(module)
-    return module
-
-
-health = _load_program()
+health = host_program("pginfra-health")
 ALL = list(health.CHECKS)
 WITHOUT_PGBOUNCER = [c for c in ALL if c != "pgbouncer"]
 SQL_CHECKS = ["connections", "long_running", "idle_in_transaction", "blocking_locks",
@@ -754,18 +743,9 @@ def test_the_backstop_ends_a_run_the_alarm_cannot_interrupt(pg, hang_db):
 
 @needs_postgres
 def test_replication_on_the_primary_and_on_a_streaming_standby(pg):
-    root = Path(tempfile.mkdtemp(prefix="pginfra-health-standby-"))
-    os.chown(root, *pg_ids())
-    standby = Cluster(root)
+    standby = pg.standby("healthstandby")
+    root = standby.root
     try:
-        standby.as_postgres(PGBIN / "pg_basebackup", "-h", pg.root, "-p", pg.port, "-D",
-                            standby.data, "-R", "-X", "stream", "--checkpoint=fast")
-        with open(standby.data / "postgresql.conf", "a") as conf:
-            conf.write(f"port = {standby.port}\nunix_socket_directories = '{root}'\n"
-                       "cluster_name = 'healthstandby'\n")
-        standby.archive.mkdir()
-        shutil.chown(standby.archive, "postgres", "postgres")
-        standby.start()
         wait_until(lambda: pg.sql("SELECT count(*) FROM pg_stat_replication WHERE "
                                   "application_name = 'healthstandby' AND state = 'streaming'")
                    == "1", "the standby to stream")

@@ -10,8 +10,6 @@ Debian's python3-psycopg 3.1).
 
 import contextlib
 import fcntl
-import importlib.machinery
-import importlib.util
 import json
 import os
 import re
@@ -24,20 +22,17 @@ import time
 from pathlib import Path
 
 import pytest
-from throwaway_pg import ENV, PGBIN, Cluster, free_port, needs_postgres, postgres_missing
+from throwaway_pg import ENV, PGBIN, Cluster, drop_cluster, needs_postgres, postgres_missing
 from throwaway_pg import new_cluster as _new_cluster
 
 from pginfra import ROOT
+from pginfra.programs import host_program
 
 FILES = ROOT / "files"
 PROGRAM = FILES / "pginfra-maintenance"
 PYTHON = os.environ.get("PGINFRA_TEST_PYTHON", sys.executable)
 
-_loader = importlib.machinery.SourceFileLoader("pginfra_maintenance", str(PROGRAM))
-_spec = importlib.util.spec_from_loader("pginfra_maintenance", _loader)
-maintenance = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("pginfra_maintenance", maintenance)
-_loader.exec_module(maintenance)
+maintenance = host_program("pginfra-maintenance")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -650,17 +645,10 @@ def test_a_dry_run_plans_and_changes_nothing(pg):
 
 @needs_postgres
 def test_on_a_standby_every_step_is_skipped(pg):
-    standby = pg.root / "standby-data"
-    pg.as_postgres(PGBIN / "pg_basebackup", "-h", pg.root, "-p", pg.port, "-D", standby, "-R",
-                   "-X", "stream", "--checkpoint=fast")
-    port = free_port()
-    with open(standby / "postgresql.conf", "a") as conf:
-        conf.write(f"port = {port}\narchive_mode = off\n")
-    ctl = ["runuser", "-u", "postgres", "--", str(PGBIN / "pg_ctl"), "-D", str(standby)]
-    subprocess.run([*ctl, "-l", str(pg.root / "standby.log"), "-w", "start"], check=True,
-                   capture_output=True, cwd="/")
+    standby = pg.standby()
     try:
-        config = pg.config("standby", port=port, data_directory=str(standby))
+        config = pg.config("standby", port=standby.port, socket_dir=str(standby.root),
+                           data_directory=str(standby.data))
         proc = run(config, "all")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert [(x["stage"], x["status"]) for x in proc.lines[:-1]] == [
@@ -668,4 +656,4 @@ def test_on_a_standby_every_step_is_skipped(pg):
         assert all("standby" in x["detail"]["reason"] for x in proc.lines[:-1])
         assert not Path(json.loads(config.read_text())["state_dir"]).exists()
     finally:
-        subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True, cwd="/")
+        drop_cluster(standby)

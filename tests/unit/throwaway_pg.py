@@ -91,6 +91,23 @@ class Cluster:
         return self.as_postgres(PGBIN / "psql", "-XAtq", "-v", "ON_ERROR_STOP=1", "-h",
                                 self.root, "-p", self.port, "-d", db, "-c", query).stdout.strip()
 
+    def standby(self, name: str = "standby") -> Cluster:
+        """A started streaming standby of this cluster (pg_basebackup -R) in a new temporary
+        directory: its own port, socket directory, archive directory and cluster_name ``name``
+        (its application_name on the primary). Drop it with drop_cluster()."""
+        root = Path(tempfile.mkdtemp(prefix=f"pginfra-{name}-"))
+        os.chown(root, self.uid, self.gid)
+        standby = Cluster(root)
+        standby.as_postgres(PGBIN / "pg_basebackup", "-h", self.root, "-p", self.port, "-D",
+                            standby.data, "-R", "-X", "stream", "--checkpoint=fast")
+        with open(standby.data / "postgresql.conf", "a") as conf:
+            conf.write(f"port = {standby.port}\nunix_socket_directories = '{root}'\n"
+                       f"cluster_name = '{name}'\n")
+        standby.archive.mkdir()
+        shutil.chown(standby.archive, self.uid, self.gid)
+        standby.start()
+        return standby
+
     def switch_wal(self) -> None:
         """Switch to a new segment and wait for the old one to be archived."""
         segment = self.sql("SELECT pg_walfile_name(pg_switch_wal())")
