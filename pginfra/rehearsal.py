@@ -8,6 +8,7 @@ the lab, exactly as a production host is reached.
     lab = Lab.default()
     lab.up(hosts=1)      # idempotent: running hosts are kept
     lab.status()
+    lab.reboot("pg1")    # as a machine reboots (hard=True: a power cycle, no shutdown)
     lab.down()           # stops hosts, removes veths, bridge, NAT rules and host directories
 
 What inventories and testinfra need is written into the lab's state directory:
@@ -30,6 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -47,6 +49,17 @@ IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 IP_FORWARD_RECORD = Path("/run/pginfra-rehearsal.ip_forward")  # the value before any lab
 # Shared SSH connections; a socket path must stay under 108 bytes, so not in the state directory.
 SSH_CONTROL_DIR = Path("/run/pginfra-ssh")
+# nspawn's exit status when the container asked for a reboot (with --keep-unit it does not boot
+# the container again itself, it leaves that to its service manager: here, the supervisor).
+EXIT_REBOOT = 133
+# The supervisor of a host: ``/bin/sh -c SUPERVISOR systemd-nspawn ARGS...`` runs nspawn ($0 and
+# its arguments) again each time it exits 133, and exits with nspawn's status otherwise.
+SUPERVISOR = (
+    f'while :; do "$0" "$@"; rc=$?; [ "$rc" -eq {EXIT_REBOOT} ] || exit "$rc"; '
+    'echo "rehearsal: the host asked for a reboot; booting it again"; done'
+)
+# Each boot of a container gets its own (nspawn mounts a fresh one over the kernel's).
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 DEFAULT_STATE_DIR = Path(os.environ.get("PGINFRA_REHEARSAL_DIR", "/var/lib/pginfra/rehearsal"))
 DEFAULT_CACHE_DIR = Path(os.environ.get("PGINFRA_CACHE_DIR", "/var/cache/pginfra"))
@@ -113,6 +126,21 @@ def overlapping_routes(subnet: str, routes: list[dict], own_bridge: str) -> list
     return clashes
 
 
+def free_subnet(routes: list[dict] | None = None, first: int = 1,
+                exclude: tuple[str, ...] = ()) -> str:
+    """The first ``10.77.N.0/24`` (N from ``first``) that no route of this machine overlaps and
+    that is not in ``exclude``: a subnet for a lab that must not depend on the machine being
+    empty (tests, benchmarks). Every running lab routes its subnet to its bridge, so a running
+    lab's subnet is never chosen. ``routes`` are ``ip -j route`` entries (read if not given)."""
+    if routes is None:
+        routes = json.loads(run(["ip", "-j", "route"]).stdout)
+    for n in range(first, 255):
+        subnet = f"10.77.{n}.0/24"
+        if subnet not in exclude and not overlapping_routes(subnet, routes, own_bridge=""):
+            return subnet
+    raise RehearsalError("no free subnet in 10.77.0.0/16")
+
+
 def render_ssh_config(hosts: dict[str, str], key: Path, known_hosts: Path,
                       control_dir: Path | None = None) -> str:
     """OpenSSH client configuration for the hosts: strict host keys, the lab's key only, and
@@ -140,6 +168,52 @@ def render_ssh_config(hosts: dict[str, str], key: Path, known_hosts: Path,
     return "\n".join(blocks)
 
 
+def security_mirror(mirror: str = MIRROR) -> str:
+    """The security archive next to a mirror: ``http://deb.debian.org/debian`` gives
+    ``http://deb.debian.org/debian-security``, ``http://host/pub/debian`` gives
+    ``http://host/pub/debian-security``, any other path ``http://host/debian-security``."""
+    parts = urlsplit(mirror)
+    path = parts.path.rstrip("/")
+    path = path + "-security" if path.endswith("/debian") else "/debian-security"
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def sources_list(mirror: str = MIRROR, suite: str = SUITE) -> str:
+    """/etc/apt/sources.list as a Debian 12 install writes it: the release, its updates and the
+    security archive (debootstrap writes only the first)."""
+    return (
+        f"deb {mirror} {suite} main\n"
+        f"deb {mirror} {suite}-updates main\n"
+        f"deb {security_mirror(mirror)} {suite}-security main\n"
+    )
+
+
+def supervisor_command(nspawn: list[str]) -> list[str]:
+    """``nspawn`` (a systemd-nspawn command line) under the supervisor that boots the container
+    again when it reboots, as a machine does; a poweroff or a kill stops it."""
+    return ["/bin/sh", "-c", SUPERVISOR, *nspawn]
+
+
+def process_role(argv: list[bytes]) -> tuple[str, str] | None:
+    """``("nspawn", NAME)`` or ``("supervisor", NAME)`` for the command line (``/proc/PID/cmdline``
+    split on NUL) of a host's nspawn or supervisor, ``None`` for any other process."""
+    if argv[:3] == [b"/bin/sh", b"-c", SUPERVISOR.encode()]:
+        role, argv = "supervisor", argv[3:]
+    else:
+        role = "nspawn"
+    if not argv or not argv[0].endswith(b"systemd-nspawn") or b"-M" not in argv[:-1]:
+        return None
+    name = argv[argv.index(b"-M") + 1].decode(errors="replace")
+    return (role, name) if name else None
+
+
+def parse_stat(text: str) -> tuple[str, int, int]:
+    """State, parent pid and process group of a ``/proc/PID/stat`` line (the command name, in
+    parentheses, may hold spaces and parentheses itself)."""
+    fields = text.rpartition(")")[2].split()
+    return fields[0], int(fields[1]), int(fields[2])
+
+
 def rootfs_key(packages: tuple[str, ...] = ROOTFS_PACKAGES, suite: str = SUITE,
                mirror: str = MIRROR) -> str:
     """Cache key of a root filesystem: changes whenever what debootstrap is asked for changes."""
@@ -163,7 +237,34 @@ def _alive(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
+    return parse_stat(stat)[0] != "Z"
+
+
+def _children(parents: list[int]) -> list[int]:
+    """The live children of ``parents``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            state, ppid, _ = parse_stat((proc / "stat").read_text())
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid in parents and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def _pgrp(pid: int) -> int | None:
+    try:
+        return parse_stat(Path(f"/proc/{pid}/stat").read_text())[2]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _kill(pid: int, sig: int, group: bool = False) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        (os.killpg if group else os.kill)(pid, sig)
 
 
 # -- the lab -------------------------------------------------------------------------------------
@@ -265,7 +366,7 @@ class Lab:
                 continue
             if f"vb-{name}" in links:
                 raise RehearsalError(f"host name {name} is taken: interface vb-{name} exists")
-            if self._nspawn_pids(name):
+            if self._nspawn_pids(name) or self._supervisor_pids(name):
                 raise RehearsalError(f"host name {name} is taken: a container {name} runs")
 
     # building blocks
@@ -359,6 +460,7 @@ class Lab:
         if resolv.is_symlink() or resolv.exists():
             resolv.unlink()
         shutil.copyfile("/etc/resolv.conf", resolv)
+        (partial / "etc/apt/sources.list").write_text(sources_list(self.mirror))
         ssh_dir = partial / "root/.ssh"
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
         shutil.copyfile(self.key.with_suffix(".pub"), ssh_dir / "authorized_keys")
@@ -370,12 +472,15 @@ class Lab:
         return root
 
     def start_host(self, name: str) -> int:
+        """Boot a host under its supervisor (which boots it again when it reboots); returns the
+        supervisor's pid, the leader of a process group of its own that holds nspawn too."""
         root = self.host_dir(name) / "rootfs"
         log = open(self.host_dir(name) / "console.log", "ab")  # noqa: SIM115 (kept by the child)
         proc = subprocess.Popen(
-            ["systemd-nspawn", "--quiet", "-D", str(root), "-M", name, "--boot",
-             "--register=no", "--keep-unit", f"--network-bridge={self.bridge}",
-             "--console=read-only"],
+            supervisor_command(
+                ["systemd-nspawn", "--quiet", "-D", str(root), "-M", name, "--boot",
+                 "--register=no", "--keep-unit", f"--network-bridge={self.bridge}",
+                 "--console=read-only"]),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -383,7 +488,7 @@ class Lab:
         self._procs[name] = proc
         return proc.pid
 
-    def _nspawn_pids(self, name: str) -> list[int]:
+    def _pids(self, name: str, role: str) -> list[int]:
         pids = []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
@@ -392,23 +497,26 @@ class Lab:
                 argv = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if (
-                argv[0].endswith(b"systemd-nspawn")
-                and b"-M" in argv[:-1]
-                and argv[argv.index(b"-M") + 1] == name.encode()
-                and _alive(int(proc.name))  # only nspawn children are ever reaped here
-            ):
+            if process_role(argv) == (role, name) and _alive(int(proc.name)):
                 pids.append(int(proc.name))
         return pids
 
+    def _nspawn_pids(self, name: str) -> list[int]:
+        return self._pids(name, "nspawn")
+
+    def _supervisor_pids(self, name: str) -> list[int]:
+        return self._pids(name, "supervisor")
+
     def is_running(self, name: str) -> bool:
+        """Whether the host is powered: its supervisor runs (between two boots of a reboot, too).
+        A recorded pid that is nspawn itself is a host an older pginfra booted."""
         proc = self._procs.get(name)
         if proc is not None:
             return proc.poll() is None
         pid = self.hosts.get(name, {}).get("pid")
-        return bool(pid) and pid in self._nspawn_pids(name)
+        return bool(pid) and (pid in self._supervisor_pids(name) or pid in self._nspawn_pids(name))
 
-    def wait_for_ssh(self, name: str, timeout: float = 90) -> None:
+    def wait_for_ssh(self, name: str, timeout: float = 90, shared: bool = True) -> None:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
@@ -416,11 +524,13 @@ class Lab:
                 raise RehearsalError(
                     f"{name} stopped while booting; see {self.host_dir(name) / 'console.log'}"
                 )
-            proc = self.ssh(name, ["systemctl", "is-system-running", "--wait"], check=False)
+            proc = self.ssh(name, ["systemctl", "is-system-running", "--wait"], check=False,
+                            shared=shared)
             state = proc.stdout.strip()
             if proc.returncode == 0 or state in ("running", "degraded"):
                 if state == "degraded":
-                    failed = self.ssh(name, ["systemctl", "--failed", "--no-legend"], check=False)
+                    failed = self.ssh(name, ["systemctl", "--failed", "--no-legend"],
+                                      check=False, shared=shared)
                     say(f"{name} booted degraded: {failed.stdout.strip()}")
                 return
             last = proc.stderr.strip() or state
@@ -428,10 +538,18 @@ class Lab:
         raise RehearsalError(f"{name} did not answer over SSH within {timeout:.0f}s: {last}")
 
     def ssh(self, name: str, command: list[str], check: bool = True, timeout: float = 120,
-            input: str | None = None) -> subprocess.CompletedProcess:
-        """Run ``command`` on a host (the remote shell joins the words); ``input`` is its stdin."""
-        return run(["ssh", "-F", str(self.ssh_config), name, "--", *command], check=check,
-                   timeout=timeout, input=input)
+            input: str | None = None, shared: bool = True) -> subprocess.CompletedProcess:
+        """Run ``command`` on a host (the remote shell joins the words); ``input`` is its stdin.
+        ``shared=False`` connects afresh, neither using nor leaving a shared connection (one
+        made to a boot that has ended would hang until its keepalives give up)."""
+        private = [] if shared else ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+        return run(["ssh", "-F", str(self.ssh_config), *private, name, "--", *command],
+                   check=check, timeout=timeout, input=input)
+
+    def close_ssh(self, name: str) -> None:
+        """End the shared SSH connection to a host, if one is open."""
+        if self.ssh_config.exists():
+            run(["ssh", "-F", str(self.ssh_config), "-O", "exit", name], check=False, timeout=30)
 
     def write_access_files(self) -> None:
         SSH_CONTROL_DIR.mkdir(mode=0o700, exist_ok=True)
@@ -474,20 +592,118 @@ class Lab:
         return self.hosts
 
     def stop_host(self, name: str, timeout: float = 30) -> None:
-        self._procs.pop(name, None)
+        """Power a host off cleanly (SIGKILL after ``timeout``). The supervisor goes with the
+        first signal, so that nothing boots the host again."""
+        proc = self._procs.pop(name, None)
+        supervisors = self._supervisor_pids(name)
+        for pid in supervisors:  # the supervisor's group: itself and its nspawn, if one runs
+            _kill(pid, signal.SIGTERM, group=True)  # nspawn asks systemd inside to power off
         pids = self._nspawn_pids(name)
         for pid in pids:
-            os.kill(pid, signal.SIGTERM)  # nspawn asks the container's systemd to power off
+            if _pgrp(pid) not in supervisors:  # booted by an older pginfra, or orphaned
+                _kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while pids and time.monotonic() < deadline:
             pids = [pid for pid in pids if _alive(pid)]
             time.sleep(0.2)
-        for pid in pids:
+        if pids:
             console = self.host_dir(name) / "console.log"
             tail = console.read_text(errors="replace").splitlines()[-5:] if console.exists() else []
             say(f"{name} did not power off within {timeout:.0f}s; killing it. Console: "
                 + " | ".join(line.strip() for line in tail))
-            os.kill(pid, signal.SIGKILL)
+            self._pull_plug(name)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
+    def _pull_plug(self, name: str, timeout: float = 30) -> None:
+        """Stop a host at once, with no shutdown inside: SIGKILL to its supervisor's group
+        (supervisor and nspawn) and to the container's init (nspawn's child; the kernel then
+        kills every process of the container, which nspawn's death alone would leave running).
+        Returns once they are gone and so is the veth, with the container's network namespace."""
+        proc = self._procs.pop(name, None)
+        supervisors = self._supervisor_pids(name)
+        nspawns = self._nspawn_pids(name)
+        inits = _children(nspawns)  # before nspawn dies: then they are no one's children
+        for pid in supervisors:
+            _kill(pid, signal.SIGKILL, group=True)
+        for pid in nspawns + inits:
+            _kill(pid, signal.SIGKILL)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            alive = [pid for pid in supervisors + nspawns + inits if _alive(pid)]
+            alive += self._nspawn_pids(name)
+            veth = run(["ip", "link", "show", f"vb-{name}"], check=False).returncode == 0
+            if not alive and not veth:
+                return
+            time.sleep(0.1)
+        raise RehearsalError(f"{name} did not stop within {timeout:.0f}s of SIGKILL")
+
+    def boot_id(self, name: str, shared: bool = True) -> str:
+        """The host's boot id: a new one on every boot."""
+        return self.ssh(name, ["cat", BOOT_ID], shared=shared, timeout=30).stdout.strip()
+
+    def reboot(self, name: str, hard: bool = False, timeout: float = 120) -> str:
+        """Reboot a host and wait until it is up again: a new boot id, SSH answering and systemd
+        running. Soft is ``systemctl reboot`` inside (the supervisor boots it again); hard is a
+        power cycle: killed with no shutdown (see _pull_plug) and booted again on the same root
+        filesystem. Returns the new boot id."""
+        require_root_on_linux()
+        if name not in self.hosts:
+            raise RehearsalError(f"no rehearsal host named {name!r}")
+        if not self.is_running(name):
+            raise RehearsalError(f"{name} is not running; 'up' boots it")
+        if not hard and self._procs.get(name) is None and not self._supervisor_pids(name):
+            raise RehearsalError(f"{name} was booted by an older pginfra, with nothing to boot it"
+                                 " again: 'reboot --hard' it once")
+        started = time.monotonic()
+        old = self.boot_id(name, shared=False)
+        self.close_ssh(name)  # it would outlive this boot, and hang whoever used it next
+        if hard:
+            say(f"power-cycling {name} (no shutdown)")
+            self._pull_plug(name)
+            self.hosts[name]["pid"] = self.start_host(name)
+            self.save_state()
+        else:
+            say(f"rebooting {name}")
+            try:  # sshd may go before the answer does: 255 then
+                proc = self.ssh(name, ["systemctl", "reboot"], check=False, shared=False,
+                                timeout=30)
+            except subprocess.TimeoutExpired:
+                proc = None
+            if proc is not None and proc.returncode not in (0, 255):
+                raise RehearsalError(f"systemctl reboot on {name} failed ({proc.returncode}): "
+                                     f"{proc.stderr.strip() or proc.stdout.strip()}")
+        new = self._wait_for_new_boot(name, old, started + timeout)
+        self.close_ssh(name)  # one opened by someone else to the old boot is dead by now
+        kind = "hard" if hard else "soft"
+        say(f"{name} is up again after {time.monotonic() - started:.1f}s ({kind} reboot)")
+        return new
+
+    def _wait_for_new_boot(self, name: str, old: str, deadline: float) -> str:
+        last = ""
+        while True:
+            if not self.is_running(name):
+                raise RehearsalError(
+                    f"{name} stopped while rebooting; see {self.host_dir(name) / 'console.log'}"
+                )
+            try:
+                proc = self.ssh(name, ["cat", BOOT_ID], check=False, shared=False, timeout=15)
+            except subprocess.TimeoutExpired:
+                proc = None
+            now = proc.stdout.strip() if proc is not None and proc.returncode == 0 else ""
+            if now and now != old:
+                break
+            last = "the old boot still answers" if now else (
+                proc.stderr.strip() if proc is not None else "ssh timed out")
+            if time.monotonic() > deadline:
+                raise RehearsalError(f"{name} did not come back from its reboot: {last}")
+            time.sleep(0.5)
+        self.wait_for_ssh(name, timeout=max(deadline - time.monotonic(), 10), shared=False)
+        return now
 
     def down(self) -> None:
         require_root_on_linux()
@@ -497,9 +713,8 @@ class Lab:
             return
         for name in list(self.hosts):
             say(f"stopping {name}")
-            if self.ssh_config.exists():  # end the shared SSH connection, if one is open
-                run(["ssh", "-F", str(self.ssh_config), "-O", "exit", name], check=False)
-            self.stop_host(name)
+            self.close_ssh(name)
+            self.stop_host(name)  # its supervisor first: nothing boots it again
             link = f"vb-{name}"
             if run(["ip", "link", "show", link], check=False).returncode == 0:
                 run(["ip", "link", "del", link])
@@ -552,6 +767,10 @@ def main(argv: list[str] | None = None) -> int:
     ssh = sub.add_parser("ssh", help="open a shell, or run a command, on a host")
     ssh.add_argument("name")
     ssh.add_argument("cmd", nargs=argparse.REMAINDER)
+    reboot = sub.add_parser("reboot", help="reboot a host and wait until it is up again")
+    reboot.add_argument("name")
+    reboot.add_argument("--hard", action="store_true",
+                        help="a power cycle: kill it with no shutdown, then boot it again")
     args = parser.parse_args(argv)
 
     try:
@@ -573,6 +792,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{row['name']:<12} {row['address']:<15} "
                       f"{'running' if row['running'] else 'stopped':<8} "
                       f"ssh {'ok' if row['ssh'] else 'down'}")
+        elif args.command == "reboot":
+            lab.reboot(args.name, hard=args.hard)
         elif args.command == "ssh":
             if args.name not in lab.hosts:
                 raise RehearsalError(f"no rehearsal host named {args.name!r}")

@@ -2,10 +2,11 @@
 
 import json
 import subprocess
+import time
 
-from conftest import BIN, E2E
+from conftest import BIN, E2E, GATEWAY, HOST
 
-from pginfra.rehearsal import Lab
+from pginfra.rehearsal import BOOT_ID, Lab, free_subnet, plan_addresses
 
 
 def rehearsal(*args, state_dir, subnet=None, bridge=None, prefix=None, check=False):
@@ -40,7 +41,7 @@ def test_up_is_idempotent_and_keeps_the_running_host(lab):
 def test_status_and_ssh(lab):
     rows = json.loads(rehearsal("status", "--json", state_dir=E2E["state_dir"],
                                 check=True).stdout)
-    assert rows == [{"name": "pgt1", "address": "10.77.1.10", "running": True, "ssh": True}]
+    assert rows == [{"name": "pgt1", "address": HOST, "running": True, "ssh": True}]
     proc = rehearsal("ssh", "pgt1", "cat /proc/1/comm; hostname; systemctl is-system-running",
                      state_dir=E2E["state_dir"], check=True)
     assert proc.stdout.split() == ["systemd", "pgt1", "running"]
@@ -51,7 +52,7 @@ def test_host_has_its_own_network_namespace_and_reaches_the_mirror(lab):
     theirs = lab.ssh("pgt1", ["readlink", "/proc/1/ns/net"]).stdout.strip()
     assert ours != theirs
     route = lab.ssh("pgt1", ["ip", "route", "show", "default"]).stdout
-    assert "via 10.77.1.1 dev host0" in route
+    assert f"via {GATEWAY} dev host0" in route
 
 
 def assert_up_refused_without_change(tmp_path, subnet, message):
@@ -69,18 +70,20 @@ def test_name_taken_is_refused_before_anything_changes(tmp_path):
     subprocess.run(["ip", "link", "add", "vb-pgx1", "type", "bridge"], check=True)
     try:
         assert_up_refused_without_change(
-            tmp_path, "10.77.7.0/24", "host name pgx1 is taken: interface vb-pgx1 exists")
+            tmp_path, free_subnet(), "host name pgx1 is taken: interface vb-pgx1 exists")
     finally:
         subprocess.run(["ip", "link", "del", "vb-pgx1"], check=True)
 
 
 def test_subnet_taken_is_refused_before_anything_changes(tmp_path):
+    subnet = free_subnet()
     subprocess.run(["ip", "link", "add", "pgx-dummy", "type", "bridge"], check=True)
-    subprocess.run(["ip", "addr", "add", "10.77.8.1/24", "dev", "pgx-dummy"], check=True)
+    subprocess.run(["ip", "addr", "add", subnet.replace(".0/", ".1/"), "dev", "pgx-dummy"],
+                   check=True)
     subprocess.run(["ip", "link", "set", "pgx-dummy", "up"], check=True)
     try:
         assert_up_refused_without_change(
-            tmp_path, "10.77.8.0/24", "subnet 10.77.8.0/24 is taken: 10.77.8.0/24 dev pgx-dummy")
+            tmp_path, subnet, f"subnet {subnet} is taken: {subnet} dev pgx-dummy")
     finally:
         subprocess.run(["ip", "link", "del", "pgx-dummy"], check=True)
 
@@ -88,8 +91,10 @@ def test_subnet_taken_is_refused_before_anything_changes(tmp_path):
 def test_a_second_lab_comes_up_and_down_leaves_the_machine_as_found(lab, tmp_path):
     state_dir = tmp_path / "lab"
     before = machine_snapshot()
-    opts = {"state_dir": state_dir, "subnet": "10.77.9.0/24", "bridge": "pginfra-y",
-            "prefix": "pgy"}
+    # Whatever subnet is free on this machine: the user-facing command refuses a taken one.
+    subnet = free_subnet()
+    second = plan_addresses(subnet, ["pgy1", "pgy2"])[1]["pgy2"]
+    opts = {"state_dir": state_dir, "subnet": subnet, "bridge": "pginfra-y", "prefix": "pgy"}
     try:
         rehearsal("up", "--hosts", "2", **opts, check=True)
         during = machine_snapshot()
@@ -97,7 +102,7 @@ def test_a_second_lab_comes_up_and_down_leaves_the_machine_as_found(lab, tmp_pat
         assert any("pginfra-rehearsal:pginfra-y" in rule for rule in during["rules"])
         # The two hosts reach each other over the lab network.
         proc = rehearsal("ssh", "pgy1", "python3 -c \"import socket; "
-                         "socket.create_connection(('10.77.9.11', 22), 5); print('ok')\"",
+                         f"socket.create_connection(('{second}', 22), 5); print('ok')\"",
                          **opts, check=True)
         assert proc.stdout.strip() == "ok"
     finally:
@@ -119,3 +124,77 @@ def test_non_root_is_refused_before_anything_changes(tmp_path):
     assert "rehearsal hosts need root" in proc.stderr
     assert machine_snapshot() == before
     assert not state_dir.exists()
+
+
+def test_a_host_reboots_soft_and_hard_like_a_machine(tmp_path):
+    """In a lab of its own: `reboot` (systemctl reboot inside) and `reboot --hard` (a power cycle
+    with no shutdown) each boot the host again, with the same address and root filesystem, again
+    and again; `down` afterwards leaves the machine as found. The host carries Debian's updates
+    and security sources, as an installed Debian 12 does, and reaches them."""
+    state_dir = tmp_path / "lab"
+    before = machine_snapshot()
+    subnet = free_subnet(exclude=(E2E["subnet"],))  # never the one the shared lab will take
+    address = plan_addresses(subnet, ["pgrb1"])[1]["pgrb1"]
+    opts = {"state_dir": state_dir, "subnet": subnet, "bridge": "pginfra-rbt", "prefix": "pgrb"}
+
+    def check_up(old_boot: str, marker: str) -> str:
+        """The host is up on a new boot, at its address, on the same root filesystem."""
+        lab = Lab.default(**opts)
+        boot = lab.boot_id("pgrb1")
+        assert boot and boot != old_boot
+        rows = json.loads(rehearsal("status", "--json", **opts, check=True).stdout)
+        assert rows == [{"name": "pgrb1", "address": address, "running": True, "ssh": True}]
+        proc = lab.ssh("pgrb1", ["systemctl is-system-running; ip -4 -o addr show dev host0;"
+                                f" cat /root/{marker}"])
+        assert proc.stdout.splitlines()[0] == "running"
+        assert f"inet {address}/" in proc.stdout
+        assert proc.stdout.splitlines()[-1] == marker
+        return boot
+
+    try:
+        rehearsal("up", **opts, check=True)
+        lab = Lab.default(**opts)
+        sources = lab.ssh("pgrb1", ["cat", "/etc/apt/sources.list"]).stdout
+        assert "deb http://deb.debian.org/debian bookworm-updates main" in sources
+        assert "deb http://deb.debian.org/debian-security bookworm-security main" in sources
+        update = lab.ssh("pgrb1", ["apt-get", "update"], timeout=300).stdout
+        assert "bookworm-updates InRelease" in update
+        assert "bookworm-security InRelease" in update
+        boot = lab.boot_id("pgrb1")
+        supervisor = lab.hosts["pgrb1"]["pid"]
+
+        # With the CLI: soft, then hard.
+        lab.ssh("pgrb1", ["echo soft1 > /root/soft1; sync"])
+        rehearsal("reboot", "pgrb1", **opts, check=True)
+        boot = check_up(boot, "soft1")
+        assert Lab.default(**opts).hosts["pgrb1"]["pid"] == supervisor  # booted again by it
+        assert "asked for a reboot" in (state_dir / "hosts/pgrb1/console.log").read_text()
+        lab.ssh("pgrb1", ["echo hard1 > /root/hard1; sync"])
+        rehearsal("reboot", "pgrb1", "--hard", **opts, check=True)
+        boot = check_up(boot, "hard1")
+        assert Lab.default(**opts).hosts["pgrb1"]["pid"] != supervisor
+
+        # With the Python API, twice more each: every reboot works after any other.
+        lab = Lab.default(**opts)
+        for n, hard in enumerate((False, True, True, False)):
+            lab.ssh("pgrb1", [f"echo again{n} > /root/again{n}; sync"])
+            assert lab.reboot("pgrb1", hard=hard) != boot
+            boot = check_up(boot, f"again{n}")
+            assert lab.is_running("pgrb1")
+
+        # A reboot asked for inside the host, as a deploy would ask: booted again all the same,
+        # and lab.ssh neither hangs nor fails on the shared connection to the old boot.
+        lab.ssh("pgrb1", ["echo inside > /root/inside; sync; systemctl reboot"], check=False)
+        deadline = time.monotonic() + 60
+        while lab.ssh("pgrb1", ["cat", BOOT_ID], check=False, timeout=30).stdout.strip() in (
+                boot, ""):
+            assert time.monotonic() < deadline, "pgrb1 did not come back from its reboot"
+            time.sleep(0.5)
+        lab.wait_for_ssh("pgrb1")
+        check_up(boot, "inside")
+    finally:
+        rehearsal("down", **opts, check=True)
+    assert machine_snapshot() == before
+    assert not state_dir.exists()
+    assert not Lab(**opts)._supervisor_pids("pgrb1")
+    assert not Lab(**opts)._nspawn_pids("pgrb1")
