@@ -1,9 +1,9 @@
 """Backup benchmark: base backup + verify + upload throughput against a plain pg_basebackup, and
 the time of a point-in-time recovery, on a database of at least 2 GB.
 
-    .venv/bin/python bench/backup.py [--scale 140]
+    .venv/bin/python bench/backup.py [--scale 140] [--short]
 
-On a rehearsal host of its own (pgk1 on 10.77.6.0/24), deployed with the real runbook and S3
+On a rehearsal host of its own (pgk1), deployed with the real runbook and S3
 served by a moto server on the lab network:
   1. pgbench -i --scale (140 make about 2.1 GB) fills a database;
   2. the baseline: a plain `pg_basebackup -Ft -z -X stream` to local disk, timed;
@@ -21,13 +21,12 @@ import argparse
 import json
 import time
 
-from common import bench_lab, deploy, host_sql, write_results
+from common import bench_lab, deploy, gateway, host_sql, parse_args, write_results
 
 from pginfra.rehearsal import Lab
 from pginfra.s3_local import local_s3
 
 NODE = "pgk1"
-GATEWAY = "10.77.6.1"
 BUCKET = "pginfra-bench"
 BACKUP = "/usr/local/lib/pginfra/pginfra-backup"
 RESTORE = "/usr/local/lib/pginfra/pginfra-restore"
@@ -66,13 +65,13 @@ def pitr(lab: Lab, *flags: str) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=int, default=140)
-    args = parser.parse_args()
+    args = parse_args(parser, short={"scale": 2})
 
     figures: dict = {"scale": args.scale}
-    lab_options = ("10.77.6.0/24", "pginfra-bk", "pgk",
+    lab_options = ("pginfra-bk", "pgk",
                    ["postgres", "pgbouncer_admin", "s3_access_key_id", "s3_secret_access_key"])
     with (bench_lab(*lab_options) as (lab, env, _),
-          local_s3(GATEWAY, buckets=[BUCKET]) as endpoint):
+          local_s3(gateway(lab), buckets=[BUCKET]) as endpoint):
         data = {"postgres_roles": [{"name": "bench_owner"}],
                 "postgres_databases": [{"name": "bench", "owner": "bench_owner"}],
                 "postgres_sql_bundles": {"*": []},
@@ -106,7 +105,7 @@ def main() -> int:
         figures["pitr_from_local"] = pitr(lab)
         lab.ssh(NODE, ["runuser", "-u", "postgres", "--", BACKUP, "base"], timeout=7200)
         figures["pitr_from_s3_alone"] = pitr(lab, "--from-s3")
-    write_results("backup", figures)
+    write_results("backup", figures, args.short)
     return 0
 
 

@@ -1,15 +1,17 @@
 """Foundation benchmark: what rehearsing and deploying cost, against the floor of a bare install.
 
-    .venv/bin/python bench/foundation.py [--rounds N] [--keep-rootfs-cache]
+    .venv/bin/python bench/foundation.py [--keep-rootfs-cache] [--short]
 
-In one process, on rehearsal hosts of a lab of its own (pgb1, pgb2 on 10.77.2.0/24):
-  1. builds the debootstrap root filesystem from scratch into a temporary cache;
+In one process, on rehearsal hosts of a lab of its own (pgb1, pgb2, on a free subnet):
+  1. builds the debootstrap root filesystem from scratch into a temporary cache (not with
+     --keep-rootfs-cache, which --short implies);
   2. boots two hosts;
   3. baseline: a bare ``apt-get update && apt-get install -y postgresql pgbouncer`` on pgb2;
   4. the first ``pyinfra deploys/postgres.py`` run on pgb1 (the whole runbook: server,
      TLS, configuration, roles, PgBouncer), then a second (no-op) run.
 It prints wall times and the ratios of each deploy to the baseline, and writes them to
-bench/results/foundation.json. Nothing here is asserted: it is a measurement, not a test.
+bench/results/foundation.json (foundation.short.json with --short). Nothing here is asserted:
+it is a measurement, not a test.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pginfra.rehearsal import Lab  # noqa: E402
+from common import parse_args, write_results  # noqa: E402
+
+from pginfra.rehearsal import Lab, free_subnet  # noqa: E402
 from pginfra.secrets import generate_missing  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -56,12 +60,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--keep-rootfs-cache", action="store_true",
                         help="use the shared root filesystem cache instead of timing a build")
-    args = parser.parse_args()
+    args = parse_args(parser, short={"keep_rootfs_cache": True})
 
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="pginfra-bench-") as tmp:
         cache = Path("/var/cache/pginfra") if args.keep_rootfs_cache else Path(tmp) / "cache"
-        lab = Lab(state_dir=Path(tmp) / "lab", cache_dir=cache, subnet="10.77.2.0/24",
+        lab = Lab(state_dir=Path(tmp) / "lab", cache_dir=cache, subnet=free_subnet(first=2),
                   bridge="pginfra-bench", prefix="pgb")
         generate_missing(["postgres", "app", "pgbouncer_admin"],
                          Path(tmp) / "control" / "secrets.yaml")
@@ -85,11 +89,7 @@ def main() -> int:
     base = figures["baseline_bare_apt_install_s"]
     figures["ratio_first_deploy_to_baseline"] = figures["first_deploy_s"] / base
     figures["ratio_second_deploy_to_baseline"] = figures["second_deploy_s"] / base
-    out = ROOT / "bench/results/foundation.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({k: round(v, 3) for k, v in figures.items()}, indent=2) + "\n")
-    for key, value in figures.items():
-        print(f"{key:<36} {value:10.2f}")
+    write_results("foundation", {k: round(v, 3) for k, v in figures.items()}, args.short)
     return 0
 
 

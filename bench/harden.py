@@ -3,8 +3,9 @@ least 1 GB while pgbench writes to the same tables, the safe way (pginfra-migrat
 against the naive way (plain CREATE INDEX and ADD CONSTRAINT in one ``psql -f``).
 
     .venv/bin/python bench/harden.py [--users 90000] [--clients 8] [--before 60] [--after 30]
+                                     [--short]
 
-On a rehearsal host of its own (pgh1 on 10.77.5.0/24), deployed with the real runbook and the
+On a rehearsal host of its own (pgh1), deployed with the real runbook and the
 community example loaded with --users users (90000 make about 1.1 GB); the baseline bundle is
 applied by the deploy, the community bundle is not. The database is then copied, so both ways
 start from the same data. For each way:
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, bench_lab, deploy, host_sql, write_results
+from common import ROOT, bench_lab, deploy, host_sql, parse_args, write_results
 
 from pginfra.rehearsal import Lab
 
@@ -192,10 +193,10 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--before", type=int, default=60)
     parser.add_argument("--after", type=int, default=30)
-    args = parser.parse_args()
+    args = parse_args(parser, short={"users": 500, "clients": 2, "before": 7, "after": 2})
 
     figures: dict = {"users": args.users, "clients": args.clients}
-    with bench_lab("10.77.5.0/24", "pginfra-bh", "pgh", ["postgres", "pgbouncer_admin"]) as (
+    with bench_lab("pginfra-bh", "pgh", ["postgres", "pgbouncer_admin"]) as (
             lab, env, _):
         started = time.monotonic()
         deploy_example(env, args.users)
@@ -208,7 +209,7 @@ def main() -> int:
         sql(lab, "VACUUM ANALYZE", "community_naive")
         figures["safe"] = run_way(lab, "safe", "community", args)
         figures["naive"] = run_way(lab, "naive", "community_naive", args)
-    write_results("harden", figures)
+    write_results("harden", figures, args.short)
     return 0
 
 

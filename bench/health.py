@@ -2,14 +2,15 @@
 costs a busy server, and how the health check's run time grows with the number of databases.
 
     .venv/bin/python bench/health.py [--scale 50] [--clients 8] [--seconds 30] [--databases 40]
+                                     [--bloat-rows 2000000] [--short]
 
-On a rehearsal host of its own (pgm1 on 10.77.7.0/24), deployed with the real runbook:
+On a rehearsal host of its own (pgm1), deployed with the real runbook:
   1. pgbench -i --scale fills database bench (50 make about 750 MB);
   2. baseline: pgbench (TPC-B-like, --clients clients) for --seconds, alone: TPS;
   3. the same pgbench while pginfra-health --json runs back to back on the host the whole time
      (the worst case: cron runs it every 5 minutes): TPS, as a ratio of the baseline, and the
      health check's run times (median, slowest);
-  4. a table with a bloated index (2 million rows, 80 % deleted, vacuumed): the same pgbench
+  4. a table with a bloated index (--bloat-rows rows, 80 % deleted, vacuumed): the same pgbench
      while pginfra-maintenance reindex rebuilds it CONCURRENTLY: TPS as a ratio of the
      baseline, the reindex's seconds and the index size before and after;
   5. capacity: the health check's median run time with the deploy's databases, then with
@@ -26,7 +27,7 @@ import statistics
 import threading
 import time
 
-from common import bench_lab, deploy, host_sql, write_results
+from common import bench_lab, deploy, host_sql, parse_args, write_results
 
 from pginfra.rehearsal import Lab
 
@@ -82,21 +83,25 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--databases", type=int, default=40)
-    args = parser.parse_args()
+    parser.add_argument("--bloat-rows", type=int, default=2_000_000)
+    args = parse_args(parser, short={"scale": 1, "clients": 2, "seconds": 5, "databases": 2,
+                                     "bloat_rows": 50_000})
 
     figures: dict = {"scale": args.scale, "clients": args.clients, "seconds": args.seconds}
-    with bench_lab("10.77.7.0/24", "pginfra-bm", "pgm", ["postgres", "pgbouncer_admin"]) as (
+    with bench_lab("pginfra-bm", "pgm", ["postgres", "pgbouncer_admin"]) as (
             lab, env, _):
         data = {"postgres_roles": [{"name": "bench_owner"}],
                 "postgres_databases": [{"name": "bench", "owner": "bench_owner"}],
                 "postgres_sql_bundles": {"*": ["baseline"]},
-                "pginfra_example_community": False}
+                "pginfra_example_community": False,
+                # the bloated index must qualify, however small --bloat-rows makes it
+                "maintenance_reindex_min_bloat_mb": 0}
         deploy(env, data)
         lab.ssh(NODE, ["cd", "/tmp", "&&", "runuser", "-u", "postgres", "--", "pgbench", "-i",
                        "-q", "-s", str(args.scale), "bench"], timeout=7200)
         figures["database_bytes"] = int(sql(lab, "SELECT pg_database_size('bench')"))
         sql(lab, "CHECKPOINT")
-        pgbench(lab, args.clients, 10)  # warm the cache
+        pgbench(lab, args.clients, min(10, args.seconds))  # warm the cache
 
         baseline = pgbench(lab, args.clients, args.seconds)
         figures["baseline_tps"] = round(baseline, 1)
@@ -110,7 +115,8 @@ def main() -> int:
             "slowest_seconds": round(max(times), 3)}
 
         sql(lab, "CREATE TABLE bloated (id bigint, pad text) WITH (autovacuum_enabled = false);"
-                 "INSERT INTO bloated SELECT g, md5(g::text) FROM generate_series(1, 2000000) g;"
+                 "INSERT INTO bloated SELECT g, md5(g::text) FROM "
+                 f"generate_series(1, {args.bloat_rows}) g;"
                  "CREATE INDEX bloated_id ON bloated (id);"
                  "DELETE FROM bloated WHERE id % 5 <> 0;", "bench")
         sql(lab, "VACUUM ANALYZE bloated", "bench")
@@ -139,7 +145,7 @@ def main() -> int:
             "databases_after": databases + args.databases,
             "median_seconds_after": round(many, 3),
             "seconds_ratio_after_to_before": round(many / few, 2)}
-    write_results("health", figures)
+    write_results("health", figures, args.short)
     return 0
 
 

@@ -1,8 +1,8 @@
 """PgBouncer benchmark: connection capacity and throughput, direct against through the pooler.
 
-    .venv/bin/python bench/pgbouncer.py [--clients 1000] [--seconds 15]
+    .venv/bin/python bench/pgbouncer.py [--clients 1000] [--seconds 15] [--short]
 
-On a rehearsal host of its own (pgc1 on 10.77.4.0/24), deployed with the real runbook:
+On a rehearsal host of its own (pgc1), deployed with the real runbook:
   1. opens --clients concurrent TLS client connections through PgBouncer from this machine,
      each running queries, and reports how many PostgreSQL server connections served them;
   2. runs pgbench on the host with a new connection per transaction (-C), directly (the
@@ -22,11 +22,10 @@ import time
 from pathlib import Path
 
 import psycopg
-from common import bench_lab, deploy, write_results
+from common import address, bench_lab, deploy, parse_args, write_results
 
 from pginfra.rehearsal import Lab
 
-HOST = "10.77.4.10"
 ROLES = [{"name": "app_owner"}, {"name": "app", "login": True, "member_of": ["app_owner"]},
          {"name": "bench", "login": True}]
 DATABASES = [{"name": "app", "owner": "app_owner", "connect": ["app"]},
@@ -35,11 +34,13 @@ DATABASES = [{"name": "app", "owner": "app_owner", "connect": ["app"]},
 
 def deploy_pools(env: dict, clients: int) -> None:
     deploy(env, {"postgres_roles": ROLES, "postgres_databases": DATABASES,
+                 "postgres_sql_bundles": {"*": ["baseline"]},
                  "pginfra_example_community": False,
                  "pgbouncer_max_client_conn": clients + 100})
 
 
-async def hold_clients(n: int, password: str, ca: Path, admin_password: str) -> dict:
+async def hold_clients(host: str, n: int, password: str, ca: Path,
+                       admin_password: str) -> dict:
     """n clients connect through PgBouncer, all stay connected and keep querying; report the
     server connections PgBouncer used at the peak."""
     ready = asyncio.Event()
@@ -50,7 +51,7 @@ async def hold_clients(n: int, password: str, ca: Path, admin_password: str) -> 
         nonlocal connected
         try:
             conn = await psycopg.AsyncConnection.connect(
-                host=HOST, port=6432, dbname="app", user="app", password=password,
+                host=host, port=6432, dbname="app", user="app", password=password,
                 sslmode="verify-full", sslrootcert=str(ca), autocommit=True, connect_timeout=60)
         except psycopg.Error as exc:
             failures.append(str(exc).splitlines()[0])
@@ -69,7 +70,7 @@ async def hold_clients(n: int, password: str, ca: Path, admin_password: str) -> 
     connect_seconds = time.monotonic() - started
     peak = 0
     async with await psycopg.AsyncConnection.connect(
-            host=HOST, port=6432, dbname="pgbouncer", user="pgbouncer_admin",
+            host=host, port=6432, dbname="pgbouncer", user="pgbouncer_admin",
             password=admin_password, sslmode="verify-full", sslrootcert=str(ca),
             autocommit=True, prepare_threshold=None) as admin:
         ready.set()
@@ -107,12 +108,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--seconds", type=int, default=15)
-    args = parser.parse_args()
+    parser.add_argument("--scale", type=int, default=10, help="pgbench's scale")
+    args = parse_args(parser, short={"clients": 50, "seconds": 2, "scale": 1})
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.clients + 1024)), hard))
 
     figures: dict = {}
-    with bench_lab("10.77.4.0/24", "pginfra-bb", "pgc",
+    with bench_lab("pginfra-bb", "pgc",
                    ["postgres", "app", "bench", "pgbouncer_admin"]) as (lab, env, tmp):
         from pginfra.secrets import password_for
 
@@ -122,11 +124,12 @@ def main() -> int:
         lab.ssh("pgc1", ["sh", "-c", "'umask 077; cat > /root/.pgpass-bench'"],
                 input=passfile + "\n")
         lab.ssh("pgc1", ["env", "PGPASSFILE=/root/.pgpass-bench", "pgbench", "-i", "-q",
-                         "-s", "10", "-h", "/var/run/postgresql", "-U", "bench", "bench"],
+                         "-s", str(args.scale), "-h", "/var/run/postgresql", "-U", "bench",
+                         "bench"],
                 timeout=600)
 
         figures["capacity"] = asyncio.run(hold_clients(
-            args.clients, password_for("app"), tmp / "control/ca/ca.crt",
+            address(lab, "pgc1"), args.clients, password_for("app"), tmp / "control/ca/ca.crt",
             password_for("pgbouncer_admin")))
         for label, new_conn in (("new_connection_per_transaction", True),
                                 ("persistent_connections", False)):
@@ -134,7 +137,7 @@ def main() -> int:
             pooled = pgbench(lab, 6432, args.seconds, new_conn)
             figures[label] = {"direct_tps": direct, "pgbouncer_tps": pooled,
                               "ratio_pgbouncer_to_direct": round(pooled / direct, 3)}
-    write_results("pgbouncer", figures)
+    write_results("pgbouncer", figures, args.short)
     return 0
 
 

@@ -7,6 +7,7 @@ It uses its own state directory, bridge, subnet and host names, so it never touc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -21,20 +22,30 @@ import psycopg
 import pytest
 
 from pginfra import ROOT
-from pginfra.rehearsal import REQUIRED_TOOLS, Lab
+from pginfra.rehearsal import REQUIRED_TOOLS, Lab, free_subnet, plan_addresses
 from pginfra.secrets import generate_missing, password_for
 
-E2E = {
-    "state_dir": Path(os.environ.get("PGINFRA_E2E_DIR", "/var/lib/pginfra/e2e")),
-    "subnet": "10.77.1.0/24",
-    "bridge": "pginfra-e2e",
-    "prefix": "pgt",
-}
+STATE_DIR = Path(os.environ.get("PGINFRA_E2E_DIR", "/var/lib/pginfra/e2e"))
+
+
+def _subnet() -> str:
+    """The subnet of an e2e lab an interrupted run left (the lab fixture takes it down and starts
+    again on it), else the first free one from 10.77.1.0/24: the suite never depends on the
+    machine being empty."""
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return json.loads((STATE_DIR / "hosts.json").read_text())["subnet"]
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        return "10.77.1.0/24"  # the e2e tests are skipped here anyway
+    return free_subnet(first=1)
+
+
+E2E = {"state_dir": STATE_DIR, "subnet": _subnet(), "bridge": "pginfra-e2e", "prefix": "pgt"}
 # The e2e lab's own secrets and CA, so the suite never touches the developer's .pginfra/.
 SECRETS_FILE = E2E["state_dir"].parent / "e2e-control" / "secrets.yaml"
 CA_DIR = E2E["state_dir"].parent / "e2e-control" / "ca"
 BIN = Path(sys.executable).parent
-HOST = "10.77.1.10"  # pgt1, the lab's first host
+# The control machine on the lab's bridge, and pgt1, the lab's first host.
+GATEWAY, HOST = (lambda gw, hosts: (gw, hosts["pgt1"]))(*plan_addresses(E2E["subnet"], ["pgt1"]))
 TIMINGS = ROOT / "bench/results/e2e-timings.json"
 
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import E2E, control_env, deploy_ok, run_pyinfra, sql
+from conftest import GATEWAY, control_env, deploy_ok, run_pyinfra, sql
 
 from pginfra.s3_local import client as s3_client
 from pginfra.s3_local import local_s3
@@ -21,7 +21,6 @@ CONFIG = "/etc/pginfra/backup.json"
 STATE = "/var/lib/pginfra/backup"
 BACKUP_DIR = "/var/backups/postgresql/pginfra"
 ARCHIVE = "/var/lib/postgresql/wal-archive"
-GATEWAY = "10.77.1.1"  # the control machine, on the lab's bridge
 BUCKET = "pginfra-e2e"
 KEYS = {"PGINFRA_PASSWORD_S3_ACCESS_KEY_ID": "e2e-access-key",
         "PGINFRA_PASSWORD_S3_SECRET_ACCESS_KEY": "e2e-secret-key-not-in-any-log"}
@@ -30,7 +29,6 @@ KEYS = {"PGINFRA_PASSWORD_S3_ACCESS_KEY_ID": "e2e-access-key",
 @pytest.fixture(scope="module")
 def s3(lab, first_deploy):
     """A moto S3 server the host reaches on the lab network, and the host deployed to use it."""
-    assert E2E["subnet"].startswith("10.77.1.")
     with local_s3(GATEWAY, buckets=[BUCKET]) as endpoint:
         data = ["--data", f"backup_s3_bucket={BUCKET}",
                 "--data", f"backup_s3_endpoint_url={endpoint}"]

@@ -4,8 +4,8 @@ files/pginfra-migrate, and a third database (plain) without it. Dead tuples, blo
 held locks, requested materialized-view refreshes and held step locks are all real; the program
 runs as postgres through runuser, as from cron (once as root, which it re-executes as postgres).
 
-The interpreter is this test run's (PGINFRA_TEST_PYTHON overrides it, e.g. /usr/bin/python3 with
-Debian's python3-psycopg 3.1).
+The programs run from throwaway_pg's world-readable copy of files/ with Debian's
+/usr/bin/python3 and its modules, as on a host (PGINFRA_TEST_PYTHON overrides the interpreter).
 """
 
 import contextlib
@@ -15,22 +15,28 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from throwaway_pg import ENV, PGBIN, Cluster, drop_cluster, needs_postgres, postgres_missing
+from throwaway_pg import (
+    ENV,
+    FILES,
+    HOST_PYTHON,
+    PGBIN,
+    SQL,
+    Cluster,
+    drop_cluster,
+    needs_postgres,
+    postgres_missing,
+)
 from throwaway_pg import new_cluster as _new_cluster
 
-from pginfra import ROOT
 from pginfra.programs import host_program
 
-FILES = ROOT / "files"
 PROGRAM = FILES / "pginfra-maintenance"
-PYTHON = os.environ.get("PGINFRA_TEST_PYTHON", sys.executable)
 
 maintenance = host_program("pginfra-maintenance")
 
@@ -116,7 +122,7 @@ def _readable_dir() -> Path:
 
 
 def test_help_lists_the_steps_and_exit_codes_and_bad_usage_exits_2():
-    proc = subprocess.run([PYTHON, str(PROGRAM), "--help"], capture_output=True, text=True,
+    proc = subprocess.run([HOST_PYTHON, str(PROGRAM), "--help"], capture_output=True, text=True,
                           env=ENV)
     assert proc.returncode == 0, proc.stderr
     for word in ("vacuum", "analyze", "reindex", "refresh", "all", "--dry-run", "--database",
@@ -124,7 +130,7 @@ def test_help_lists_the_steps_and_exit_codes_and_bad_usage_exits_2():
                  "75 another run holds a step's lock"):
         assert word in proc.stdout, word
     for words in ([], ["vaccum"], ["--nope", "all"]):
-        proc = subprocess.run([PYTHON, str(PROGRAM), *words], capture_output=True, text=True,
+        proc = subprocess.run([HOST_PYTHON, str(PROGRAM), *words], capture_output=True, text=True,
                               env=ENV)
         assert proc.returncode == 2, (words, proc.stderr)
     directory = _readable_dir()
@@ -133,12 +139,12 @@ def test_help_lists_the_steps_and_exit_codes_and_bad_usage_exits_2():
         raw = good_raw(vacuum={"min_dead_ratio": 2, "min_dead_tuples": 1000})
         path.write_text(json.dumps(raw))
         path.chmod(0o644)
-        proc = subprocess.run([PYTHON, str(PROGRAM), "--config", str(path), "all"],
+        proc = subprocess.run([HOST_PYTHON, str(PROGRAM), "--config", str(path), "all"],
                               capture_output=True, text=True, env=ENV)
         assert proc.returncode == 2
         assert "key 'vacuum.min_dead_ratio': must be a number from 0 to 1" in proc.stderr
         assert proc.stdout == ""
-        proc = subprocess.run([PYTHON, str(PROGRAM), "--config", str(directory / "none.json"),
+        proc = subprocess.run([HOST_PYTHON, str(PROGRAM), "--config", str(directory / "none.json"),
                                "vacuum"], capture_output=True, text=True, env=ENV)
         assert proc.returncode == 2 and "none.json: no such file" in proc.stderr
     finally:
@@ -161,9 +167,9 @@ class MaintenanceCluster(Cluster):
 
     def migrate(self, db: str) -> None:
         proc = subprocess.run(
-            ["runuser", "-u", "postgres", "--", PYTHON, str(FILES / "pginfra-migrate"),
+            ["runuser", "-u", "postgres", "--", HOST_PYTHON, str(FILES / "pginfra-migrate"),
              "--dbname", db, "--host", str(self.root), "--port", str(self.port), "apply",
-             str(ROOT / "sql" / "baseline")], capture_output=True, text=True, env=ENV, cwd="/")
+             str(SQL / "baseline")], capture_output=True, text=True, env=ENV, cwd="/")
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
     def config(self, name: str, **overrides) -> Path:
@@ -213,7 +219,7 @@ def parse(stdout: str) -> list[dict]:
 
 
 def run(config: Path, *args, root: bool = False, timeout: float = 120):
-    cmd = [PYTHON, str(PROGRAM), "--config", str(config), *map(str, args)]
+    cmd = [HOST_PYTHON, str(PROGRAM), "--config", str(config), *map(str, args)]
     if not root:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout,
@@ -422,7 +428,7 @@ def test_a_reindex_that_times_out_leaves_no_invalid_copy(pg):
     config = pg.config("reindex-timeout", statement_timeout="1s", lock_timeout="1min")
     holder = Holder(pg, "app", "INSERT INTO bloat2 VALUES (-1, -1)")
     proc = subprocess.Popen(
-        ["runuser", "-u", "postgres", "--", PYTHON, str(PROGRAM), "--config", str(config),
+        ["runuser", "-u", "postgres", "--", HOST_PYTHON, str(PROGRAM), "--config", str(config),
          "--database", "app", "reindex"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env=ENV, cwd="/")
     watchdog = threading.Timer(90, proc.kill)

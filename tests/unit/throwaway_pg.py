@@ -1,10 +1,16 @@
 """A throwaway PostgreSQL 15 cluster for unit tests of the host programs: initdb as postgres into a
 temporary directory, its own port and socket directory, archiving with basic_archive into its
-own archive directory, fsync off. Skipped (with the reason) where PostgreSQL 15 or root is
-missing."""
+own archive directory, fsync off. Skipped (with the reason) where PostgreSQL 15, root or the
+host's Python modules are missing.
+
+The programs run as postgres, who may not enter the checkout (a clone in root's 0700 home): they
+run from ``PROGRAMS``, a copy of ``files/`` and ``sql/`` in a world-readable temporary directory
+made once per test session, with ``HOST_PYTHON``, Debian's ``/usr/bin/python3`` and its
+python3-psycopg and python3-boto3, as on a host (``PGINFRA_TEST_PYTHON`` overrides it)."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import pwd
 import shutil
@@ -16,10 +22,40 @@ from pathlib import Path
 
 import pytest
 
+from pginfra import ROOT
+
 PGBIN = Path("/usr/lib/postgresql/15/bin")
+HOST_PYTHON = os.environ.get("PGINFRA_TEST_PYTHON", "/usr/bin/python3")
+HOST_MODULES = ("psycopg", "boto3")  # Debian's python3-psycopg and python3-boto3
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
 ENV.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/nonexistent",
            AWS_MAX_ATTEMPTS="2", LC_ALL="C.UTF-8")
+
+
+def _copy_programs() -> Path:
+    """files/ and sql/ copied where every user can read them, removed when the session ends."""
+    top = Path(tempfile.mkdtemp(prefix="pginfra-programs-"))
+    top.chmod(0o755)
+    for part in ("files", "sql"):
+        shutil.copytree(ROOT / part, top / part)
+    atexit.register(shutil.rmtree, top, ignore_errors=True)
+    return top
+
+
+PROGRAMS = _copy_programs()
+FILES = PROGRAMS / "files"
+SQL = PROGRAMS / "sql"
+
+
+def _host_modules_missing() -> str | None:
+    if not os.access(HOST_PYTHON, os.X_OK):
+        return f"{HOST_PYTHON} is absent"
+    proc = subprocess.run([HOST_PYTHON, "-c", f"import {', '.join(HOST_MODULES)}"],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        return (f"{HOST_PYTHON} cannot import {' and '.join(HOST_MODULES)}: Debian's"
+                " python3-psycopg and python3-boto3 are missing (./dev.sh test installs them)")
+    return None
 
 
 def postgres_missing() -> str | None:
@@ -31,7 +67,7 @@ def postgres_missing() -> str | None:
         pwd.getpwnam("postgres")
     except KeyError:
         return "there is no postgres user"
-    return None
+    return _host_modules_missing()
 
 
 needs_postgres = pytest.mark.skipif(postgres_missing() is not None,

@@ -1,0 +1,77 @@
+"""Every benchmark in bench/ runs in its short mode (small data, a few seconds, on a lab of its
+own), so one that a change breaks is caught here rather than when someone needs its figures.
+The figures themselves are never asserted; what a run must show is: it finished, and its
+results hold the figures it exists for, with what the benchmark itself relies on (every client
+connected, the recovery found the right rows, the second deploy changed nothing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from conftest import BIN
+
+from pginfra import ROOT
+
+pytestmark = pytest.mark.bench
+
+
+def run_short(name: str) -> dict:
+    results = ROOT / f"bench/results/{name}.short.json"
+    results.unlink(missing_ok=True)
+    proc = subprocess.run([str(BIN / "python"), f"bench/{name}.py", "--short"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(results.read_text())
+
+
+def positive(*values) -> bool:
+    return all(isinstance(v, int | float) and v > 0 for v in values)
+
+
+def test_foundation():
+    figures = run_short("foundation")
+    assert positive(figures["baseline_bare_apt_install_s"], figures["first_deploy_s"],
+                    figures["ratio_first_deploy_to_baseline"],
+                    figures["ratio_second_deploy_to_baseline"])
+    assert figures["first_deploy_changed_ops"] > 0
+    assert figures["second_deploy_changed_ops"] == 0
+
+
+def test_pgbouncer():
+    figures = run_short("pgbouncer")
+    capacity = figures["capacity"]
+    assert capacity["client_failures"] == 0, capacity["first_failure"]
+    assert capacity["clients_connected"] == capacity["clients_requested"]
+    assert 0 < capacity["server_connections_peak"] <= capacity["clients_connected"]
+    for mode in ("new_connection_per_transaction", "persistent_connections"):
+        assert positive(*figures[mode].values()), figures[mode]
+
+
+def test_backup():
+    figures = run_short("backup")
+    assert positive(figures["throughput_ratio_pginfra_to_plain"],
+                    figures["baseline_plain_pg_basebackup"]["seconds"])
+    for recovery in ("pitr_from_local", "pitr_from_s3_alone"):
+        assert figures[recovery]["rows_as_of_target_only"], figures[recovery]
+        assert figures[recovery]["timeline"] > 1
+
+
+def test_harden():
+    figures = run_short("harden")
+    safe, naive = figures["safe"], figures["naive"]
+    assert safe["apply_ok"], safe["apply_errors"]
+    assert safe["invalid_indexes_after"] == 0
+    assert positive(safe["tps_before"], naive["tps_before"])
+    assert safe["tps_ratio_during_to_before"] is not None
+
+
+def test_health():
+    figures = run_short("health")
+    assert positive(figures["baseline_tps"], figures["health_back_to_back"]["runs"],
+                    figures["health_back_to_back"]["tps_ratio_to_baseline"],
+                    figures["health_capacity"]["seconds_ratio_after_to_before"])
+    reindex = figures["reindex_concurrently_under_load"]
+    assert reindex["exit_code"] == 0
+    assert reindex["size_ratio_after_to_before"] < 1, reindex
