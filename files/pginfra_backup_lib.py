@@ -7,6 +7,12 @@ verification (backup_manifest checked against the tar.gz members, pg_restore ful
 retention choices (pure functions, unit-tested), and the S3 side: temporary keys, server-side
 copies, manifests as the mark of publication, WAL objects and batched deletes.
 
+Whether a backup counts is decided in one place, ``is_good(manifest)``: its manifest (local
+pginfra.json or <label>.json, or the published one in S3) says it was verified when it was
+taken, and ``verify`` has not marked it "bad" since. Every entry's ``state`` comes from it and
+``usable(entry)`` reads that state: list, upload, retention, drill, verify, the restores and
+the base backup's last-success record all go through them.
+
 It runs on Debian 12's own Python 3.11 with python3-psycopg (3.1) and python3-boto3 (1.26).
 Both are imported only where they are needed, so ``pginfra-restore fetch-wal`` serving WAL from
 the local archive needs the standard library alone.
@@ -57,6 +63,13 @@ WAL_SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
 WAL_HISTORY_RE = re.compile(r"^[0-9A-F]{8}\.history$")
 WAL_BACKUP_RE = re.compile(r"^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$")
 WAL_PARTIAL_RE = re.compile(r"^[0-9A-F]{24}\.partial$")
+# basic_archive copies a segment to archtemp.<file>.<pid>.<epoch ms> in the archive directory
+# and renames it; a failed attempt (disk full, read-only, a crash) leaves it there for good.
+ARCHTEMP_RE = re.compile(r"^archtemp\.[^/]+\.\d+\.\d+$")
+# Older than this, an archtemp file is a leftover: one attempt copies one 16 MB segment (and
+# fsyncs it) in seconds, and the file's mtime moves with every write. A stalled attempt whose
+# file goes anyway just fails its rename, and the server retries the segment.
+ARCHTEMP_STALE_SECONDS = 3600
 GLOBALS = "_globals"  # the directory and S3 "database" of pg_dumpall --globals-only
 GLOBALS_END = "PostgreSQL database cluster dump complete"
 # Paths pg_verifybackup does not expect in backup_manifest.
@@ -632,6 +645,15 @@ def select_wal_to_delete(names, cutoff: str | None, shipped: set | None = None) 
     return sorted(out)
 
 
+def select_stale_archtemp(files, now: float, max_age: float = ARCHTEMP_STALE_SECONDS
+                          ) -> list[str]:
+    """Names of basic_archive's temporary files to remove: ``files`` is (name, mtime) of the
+    regular files in the archive directory; only archtemp.* names whose mtime is more than
+    ``max_age`` seconds before ``now`` (a future mtime is not stale). Nothing else, ever."""
+    return sorted(name for name, mtime in files
+                  if ARCHTEMP_RE.match(name) and now - mtime > max_age)
+
+
 def wal_cutoff(start_segments) -> str | None:
     """The oldest start segment among retained base backups (None: keep all WAL)."""
     segments = [s for s in start_segments if s and WAL_SEGMENT_RE.match(s)]
@@ -708,23 +730,28 @@ def compare_counts(expected: dict, actual: dict) -> list[str]:
 
 
 def choose_base(entries: list[dict], target: datetime, label: str | None = None) -> dict:
-    """The newest verified (or published) base backup that ended before ``target``, or the one
-    named ``label`` after checking that it qualifies."""
-    usable = [e for e in entries if e["kind"] == "base" and e["state"] in ("verified",
-                                                                           "published")]
+    """The newest usable (verified, or published, and not marked bad) base backup that ended
+    before ``target``, or the one named ``label`` after checking that it qualifies."""
+    bases = [e for e in entries if e["kind"] == "base"]
+    usable_bases = [e for e in bases if usable(e)]
     if label:
-        named = [e for e in usable if e["label"] == label]
+        named = [e for e in usable_bases if e["label"] == label]
         if not named:
-            raise Failed(f"no verified base backup labelled {label}")
+            bad = [e for e in bases if e["label"] == label and e["state"] == "bad"]
+            raise Failed(f"no verified base backup labelled {label}" + (
+                f": it is marked bad ({bad[0]['error']})" if bad else ""))
         entry = named[0]
         if not entry.get("end_time") or parse_time(entry["end_time"]) >= target:
             raise Failed(f"base backup {label} ended at {entry.get('end_time')}, not before "
                          f"the target {iso(target)}")
         return entry
-    before = [e for e in usable if e.get("end_time") and parse_time(e["end_time"]) < target]
+    before = [e for e in usable_bases
+              if e.get("end_time") and parse_time(e["end_time"]) < target]
     if not before:
+        bad = sum(e["state"] == "bad" for e in bases)
         raise Failed(f"no verified base backup ended before {iso(target)} "
-                     f"({len(usable)} verified in all)")
+                     f"({len(usable_bases)} verified in all"
+                     + (f", {bad} marked bad" if bad else "") + ")")
     return max(before, key=lambda e: e["label"])
 
 
@@ -913,11 +940,123 @@ def verify_globals_file(path: Path) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Good and bad backups
+
+GOOD_STATES = ("verified", "published")
+
+
+def is_good(manifest: dict | None) -> bool:
+    """The one rule for whether a backup counts: its manifest (local pginfra.json or
+    <label>.json, or the one published in S3) says it was verified when it was taken, and no
+    ``verify`` has marked it bad since (``"bad": {"time", "reason", "by"}``)."""
+    return bool(manifest) and bool(manifest.get("verified")) and not manifest.get("bad")
+
+
+def backup_state(where: str, manifest: dict, complete: bool = True) -> str:
+    """An entry's state, from ``is_good``. Local: verified | bad | failed (the run or its
+    checks failed) | partial (a run that did not finish, or no manifest). S3: published |
+    bad | unpublished (files without a manifest: an upload that did not finish)."""
+    if where == "s3":
+        return ("published" if is_good(manifest) else "bad" if manifest.get("bad")
+                else "unpublished")
+    if not manifest:
+        return "partial"
+    if complete and is_good(manifest):
+        return "verified"
+    return "bad" if manifest.get("bad") else "failed"
+
+
+def usable(entry: dict) -> bool:
+    """An entry (local_entries, S3Store.entries) that may be restored, kept as a good one by
+    retention, uploaded, drilled or verified: a good local copy or a good published one."""
+    return entry["state"] in GOOD_STATES
+
+
+def bad_mark(reason: str, where: str) -> dict:
+    return {"time": iso(utcnow()), "reason": reason, "where": where,
+            "by": "pginfra-backup verify"}
+
+
+def local_manifest_path(entry: dict) -> Path:
+    """pginfra.json of a local base backup, <label>.json beside a local dump."""
+    if entry["kind"] == "base":
+        return Path(entry["location"]) / "pginfra.json"
+    return Path(entry["location"]).parent / f"{entry['label']}.json"
+
+
+def mark_bad(cfg: Config, entry: dict, reason: str, store: S3Store | None = None) -> str:
+    """Record in the entry's own manifest that ``verify`` found it broken: local, the local
+    manifest; in S3, the published manifest, rewritten with ``bad`` (so it is no longer
+    published, and no longer chosen by anything), and the local copy's note of its
+    publication (``published.bad``) when this host holds it. Returns where it was written."""
+    mark = bad_mark(reason, entry["where"])
+    if entry["where"] == "local":
+        path = local_manifest_path(entry)
+        write_json(path, {**entry["manifest"], "bad": mark})
+        entry["manifest"] = {**entry["manifest"], "bad": mark}
+        entry["state"], entry["error"], entry["bad"] = "bad", reason, mark
+        return str(path)
+    store.put_json(entry["manifest_key"], {**entry["manifest"], "bad": mark})
+    entry["manifest"] = {**entry["manifest"], "bad": mark}
+    entry["state"], entry["error"], entry["bad"] = "bad", reason, mark
+    for local in local_entries(cfg):
+        published = local["manifest"].get("published")
+        if (local["kind"], local["database"], local["label"]) == \
+                (entry["kind"], entry["database"], entry["label"]) and \
+                isinstance(published, dict) and \
+                str(local["manifest"].get("system_identifier")) == store.system_identifier:
+            write_json(local_manifest_path(local),
+                       {**local["manifest"], "published": {**published, "bad": mark}})
+    return entry["location"]
+
+
+def record_candidate(entry: dict) -> bool:
+    """A local base backup the base job's last-success record may name: good here, and its
+    published copy (when it has one) not marked bad."""
+    return entry["kind"] == "base" and entry["where"] == "local" and usable(entry) \
+        and not entry.get("published_bad")
+
+
+def refresh_base_record(cfg: Config, log: JobLog, also_bad=(), owner=None) -> None:
+    """Keep state_dir/last-success/base.json (what the health check's backup_base reads) off
+    bad base backups: when it names one that is now bad (locally, or its published copy;
+    ``also_bad``: labels just marked bad in S3), point it at the newest ``record_candidate``
+    (time: that backup's end), or remove it when there is none (the health check then says
+    there is no verified base backup). A record naming a good backup is left alone."""
+    path = Path(cfg.state_dir) / "last-success" / "base.json"
+    record = read_json(path)
+    if record is None:
+        return
+    bases = [e for e in local_entries(cfg) if e["kind"] == "base"]
+    bad = {e["label"] for e in bases if e["state"] == "bad" or e.get("published_bad")}
+    bad |= set(also_bad)
+    named = record.get("label")
+    if named not in bad:
+        return
+    good = [e for e in bases if record_candidate(e)]
+    with log.stage("last-success", detail=str(path)) as info:
+        if not good:
+            path.unlink(missing_ok=True)
+            info.detail = (f"{path}: removed; it named base backup {named}, now marked bad, "
+                           "and no other local base backup is good")
+            return
+        newest = max(good, key=lambda e: e["label"])
+        moment = newest["end_time"] or iso(label_time(newest["label"]))
+        write_last_success(cfg.state_dir, "base", {
+            "time": iso(parse_time(moment)), "label": newest["label"],
+            "published": newest["published"],
+            "replaces": {"label": named, "reason": "marked bad by pginfra-backup verify"}},
+            owner)
+        info.detail = (f"{path}: base backup {named} is marked bad; now names "
+                       f"{newest['label']}, the newest good one (ended {moment})")
+
+
+# ---------------------------------------------------------------------------------------------
 # Local backups
 
 def local_entries(cfg: Config) -> list[dict]:
-    """Every local base backup and dump, failed and partial ones included, oldest first.
-    state: verified | failed | partial (a run that did not finish, or no manifest)."""
+    """Every local base backup and dump, failed, bad and partial ones included, oldest first.
+    state: see ``backup_state``."""
     entries: list[dict] = []
     base_dir = Path(cfg.backup_dir) / "base"
     if base_dir.is_dir():
@@ -929,8 +1068,7 @@ def local_entries(cfg: Config) -> list[dict]:
             if not LABEL_RE.match(label):
                 continue
             manifest = read_json(path / "pginfra.json") or {}
-            state = ("verified" if manifest.get("verified") and not partial
-                     else "failed" if manifest else "partial")
+            state = backup_state("local", manifest, complete=not partial)
             entries.append(_entry("local", "base", None, label, manifest, state,
                                   paths=[path], location=str(path)))
     dumps_dir = Path(cfg.backup_dir) / "dumps"
@@ -945,8 +1083,7 @@ def local_entries(cfg: Config) -> list[dict]:
                 manifest = read_json(db_dir / f"{label}.json") or {}
                 kind = "globals" if db_dir.name == GLOBALS else "dump"
                 data = db_dir / f"{label}.{'sql' if kind == 'globals' else 'dump'}"
-                state = ("verified" if manifest.get("verified") and data.is_file()
-                         else "failed" if manifest else "partial")
+                state = backup_state("local", manifest, complete=data.is_file())
                 entries.append(_entry("local", kind, db_dir.name, label, manifest, state,
                                       paths=sorted(paths), location=str(data)))
     return entries
@@ -957,10 +1094,15 @@ def _entry(where, kind, database, label, manifest, state, paths=None, location=N
     size = sum(f.get("size", 0) for f in files.values()) if files else None
     if size is None and paths:
         size = sum(tree_size(p) for p in paths)
+    bad = manifest.get("bad") if isinstance(manifest.get("bad"), dict) else None
+    published = manifest.get("published")
+    published_bad = (published.get("bad") if where == "local" and isinstance(published, dict)
+                     else None)
     return {"where": where, "kind": kind, "database": database, "label": label,
             "end_time": manifest.get("end_time"), "size": size, "state": state,
-            "published": bool(manifest.get("published")) if where == "local" else
-            state == "published", "error": manifest.get("error"),
+            "published": bool(published) if where == "local" else state == "published",
+            "error": (bad or {}).get("reason") if state == "bad" else manifest.get("error"),
+            "bad": bad if state == "bad" else None, "published_bad": published_bad,
             "start_wal_segment": manifest.get("start_wal_segment"),
             "timeline": manifest.get("timeline"), "location": location,
             "manifest": manifest, "paths": [str(p) for p in (paths or [])]}
@@ -1098,7 +1240,8 @@ def make_s3_client(s3: S3Settings, log: JobLog | None = None):
     return session.client("s3", endpoint_url=s3.endpoint_url or None, config=config)
 
 
-def _not_found(exc) -> bool:
+def is_not_found(exc) -> bool:
+    """A botocore ClientError for a key (or bucket) that is not there."""
     response = getattr(exc, "response", None) or {}
     code = str(response.get("Error", {}).get("Code", ""))
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -1139,7 +1282,7 @@ class S3Store:
         try:
             return self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if _not_found(exc):
+            if is_not_found(exc):
                 return None
             raise
 
@@ -1244,8 +1387,9 @@ class S3Store:
                                   Config=self.transfer_config(size))
 
     def entries(self) -> list[dict]:
-        """Base backups and dumps in S3: published (a verified manifest) or unpublished
-        (files without a manifest: an upload that did not finish)."""
+        """Base backups and dumps in S3: published (a verified manifest), bad (its manifest
+        marked bad by ``verify``) or unpublished (files without a manifest: an upload that
+        did not finish)."""
         out: list[dict] = []
         groups: dict[tuple, list[dict]] = {}
         for obj in self.list(self.key("base") + "/"):
@@ -1268,8 +1412,8 @@ class S3Store:
                 manifest_key = self.key("dumps", database, f"{label}.json")
             has_manifest = any(o["Key"] == manifest_key for o in objects)
             manifest = (self.get_json(manifest_key) if has_manifest else None) or {}
-            state = "published" if manifest.get("verified") else "unpublished"
-            entry = _entry("s3", kind, database, label, manifest, state)
+            entry = _entry("s3", kind, database, label, manifest,
+                           backup_state("s3", manifest))
             if not manifest:
                 entry["size"] = sum(o.get("Size", 0) for o in objects)
             entry["keys"] = sorted(o["Key"] for o in objects)
@@ -1342,7 +1486,7 @@ def publish_entry(cfg: Config, store: S3Store, log: JobLog, entry: dict) -> None
     manifest["published"] = {"time": iso(utcnow()),
                              "url": f"s3://{store.bucket}/{manifest_key}"}
     write_json(local_manifest, manifest)
-    entry["manifest"], entry["published"] = manifest, True
+    entry["manifest"], entry["published"], entry["published_bad"] = manifest, True, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1378,10 +1522,15 @@ def job_list(cfg: Config, args, log: JobLog) -> dict:
     else:
         rows = [("WHERE", "KIND", "DATABASE", "LABEL", "ENDED", "SIZE", "STATE")]
         for e in public:
-            state = e["state"] + (", published" if e["where"] == "local" and e["published"]
-                                  else "")
+            state = e["state"]
+            if e["state"] == "bad" and e.get("bad"):
+                state += f" since {str(e['bad'].get('time'))[:19]}"
+            if e["where"] == "local" and e["published"]:
+                state += ", published" + (" copy bad" if e.get("published_bad") else "")
             if e.get("error"):
-                state += f" ({e['error'][:60]})"
+                state += f" ({e['error'][:100 if e['state'] == 'bad' else 60]})"
+            elif e.get("published_bad"):
+                state += f" ({str(e['published_bad'].get('reason'))[:100]})"
             rows.append((e["where"], e["kind"], e["database"] or "-", e["label"],
                          (e["end_time"] or "-")[:19], human(e["size"]), state))
         widths = [max(len(r[i]) for r in rows) for i in range(6)]

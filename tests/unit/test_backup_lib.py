@@ -131,6 +131,115 @@ def test_s3_expiry_needs_a_newer_published_backup_and_age():
     assert lib.select_s3_expiry(backups, 365, now) == []
 
 
+# ---------------------------------------------------------------------------------------------
+# good and bad backups: one rule (is_good), the states it gives, and who follows them
+
+REASON = "base.tar.gz: sha256 0f, the manifest says 9e"
+
+
+def base_manifest(label: str, bad: bool = False, verified: bool = True, **extra) -> dict:
+    out = {"label": label, "kind": "base", "verified": verified, "error": None,
+           "end_time": lib.iso(lib.label_time(label) + timedelta(minutes=10)),
+           "start_wal_segment": f"00000001000000000000{label[6:8]}{label[9:11]}",
+           "files": {}, **extra}
+    if bad:
+        out["bad"] = lib.bad_mark(REASON, "local")
+    return out
+
+
+def entry_of(label: str, where: str = "local", **kw) -> dict:
+    m = base_manifest(label, **kw)
+    return lib._entry(where, "base", None, label, m, lib.backup_state(where, m))
+
+
+def test_a_backup_marked_bad_is_not_good_whatever_its_verified_says():
+    label = "20261101T000000Z"
+    good, bad = base_manifest(label), base_manifest(label, bad=True)
+    failed = base_manifest(label, verified=False, error="pg_basebackup exited with 1")
+    assert lib.is_good(good) and not lib.is_good(bad) and not lib.is_good(failed)
+    assert not lib.is_good({}) and not lib.is_good(None)
+    assert [lib.backup_state("local", m) for m in (good, bad, failed, {})] == [
+        "verified", "bad", "failed", "partial"]
+    assert lib.backup_state("local", good, complete=False) == "failed"
+    assert [lib.backup_state("s3", m) for m in (good, bad, {})] == [
+        "published", "bad", "unpublished"]
+    entry = entry_of("20261101T000000Z", bad=True)
+    assert entry["state"] == "bad" and entry["error"] == REASON and not lib.usable(entry)
+    assert entry["bad"]["by"] == "pginfra-backup verify" and lib.parse_time(entry["bad"]["time"])
+    assert lib.usable(entry_of("20261101T000000Z")) and entry_of("20261101T000000Z")["bad"] is None
+    assert lib.usable(entry_of("20261101T000000Z", where="s3"))
+    assert not lib.usable(entry_of("20261101T000000Z", where="s3", bad=True))
+
+
+def test_retention_never_counts_a_bad_backup_as_a_verified_one():
+    """The newest is bad: the good one before it is the one kept (keep=1), an older good one
+    goes, and the WAL cutoff is the kept good one's start, not the bad one's."""
+    entries = [entry_of("20261101T000000Z"), entry_of("20261108T000000Z"),
+               entry_of("20261115T000000Z", bad=True)]
+    kept, deleted = lib.select_local_retention(
+        [lib.Item(e["label"], lib.usable(e), e) for e in entries], keep=1)
+    assert [i.label for i in deleted] == ["20261101T000000Z"]
+    assert [i.label for i in kept if i.verified] == ["20261108T000000Z"]
+    assert [i.label for i in kept if not i.verified] == ["20261115T000000Z"]  # until a newer
+    assert lib.wal_cutoff(i.ref["start_wal_segment"] for i in kept if i.verified) == \
+        entries[1]["start_wal_segment"]
+    # in S3 too: a bad published copy is not "a newer published one"
+    s3 = [entry_of("20200101T000000Z", where="s3"),
+          entry_of("20261115T000000Z", where="s3", bad=True)]
+    assert lib.select_s3_expiry([lib.Item(e["label"], lib.usable(e), e) for e in s3], 30,
+                                datetime(2026, 11, 23, tzinfo=UTC)) == []
+
+
+def test_refresh_base_record_moves_off_a_bad_backup(tmp_path):
+    cfg = lib.load_config(job_config(tmp_path))
+    log = lib.JobLog("verify", None, stream=None)
+    old, good, newest = "20261101T000000Z", "20261108T000000Z", "20261115T000000Z"
+    for label in (old, good, newest):
+        (tmp_path / "b/base" / label).mkdir(parents=True)
+        lib.write_json(tmp_path / "b/base" / label / "pginfra.json", base_manifest(label))
+    record_path = tmp_path / "s/last-success/base.json"
+    lib.refresh_base_record(cfg, log)
+    assert not record_path.exists()  # no record: none is made up
+    lib.write_last_success(cfg.state_dir, "base", {"label": newest, "published": False})
+    before = record_path.read_text()
+    lib.refresh_base_record(cfg, log)
+    assert record_path.read_text() == before  # it names a good one: left alone
+
+    entry = next(e for e in lib.local_entries(cfg) if e["label"] == newest)
+    lib.mark_bad(cfg, entry, REASON)
+    assert json.loads((tmp_path / "b/base" / newest / "pginfra.json").read_text())[
+        "bad"]["reason"] == REASON
+    lib.refresh_base_record(cfg, log)
+    record = json.loads(record_path.read_text())
+    assert record["label"] == good and record["job"] == "base"
+    assert record["time"] == base_manifest(good)["end_time"]  # its age is the good one's
+    assert record["replaces"]["label"] == newest
+
+    # a published copy marked bad counts too (for the record); the older good one is next
+    m = base_manifest(good, published={"time": "x", "url": "s3://b/k",
+                                  "bad": lib.bad_mark(REASON, "s3")})
+    lib.write_json(tmp_path / "b/base" / good / "pginfra.json", m)
+    lib.refresh_base_record(cfg, log)
+    assert json.loads(record_path.read_text())["label"] == old
+    lib.mark_bad(cfg, next(e for e in lib.local_entries(cfg) if e["label"] == old), REASON)
+    lib.refresh_base_record(cfg, log)
+    assert not record_path.exists()  # none good: the health check says so (critical)
+
+
+def test_stale_archtemp_files_are_only_basic_archive_leftovers_older_than_an_hour():
+    now = 1_800_000_000.0
+    old_segment = "archtemp.000000010000000000000003.4242.1700000000000"
+    old_history = "archtemp.00000002.history.4242.1700000000001"
+    files = [(old_segment, now - 2 * 3600), (old_history, now - 3601),
+             ("archtemp.000000010000000000000004.4243.1800000000000", now - 60),
+             ("archtemp.000000010000000000000005.4244.1800000000001", now + 600),
+             ("000000010000000000000003", now - 7200), ("archtemp.notes", now - 7200),
+             ("xarchtemp.000000010000000000000003.1.2", now - 7200)]
+    assert lib.ARCHTEMP_STALE_SECONDS == 3600
+    assert lib.select_stale_archtemp(files, now) == sorted([old_segment, old_history])
+    assert lib.select_stale_archtemp(files, now, max_age=4000) == [old_segment]
+
+
 def test_batches_hold_at_most_1000_keys():
     assert [len(b) for b in lib.batches(list(range(2500)))] == [1000, 1000, 500]
     assert list(lib.batches([])) == []
@@ -322,6 +431,20 @@ def test_choose_base_for_a_target_time():
         lib.choose_base(entries, target, "20261109T000000Z")
     with pytest.raises(lib.Failed, match="no verified base backup ended before"):
         lib.choose_base(entries, datetime(2026, 11, 1, 0, 5, tzinfo=UTC))
+
+
+def test_choose_base_never_picks_one_marked_bad():
+    """The newest before the target is bad (local or its published copy in S3): the one
+    before it is chosen, and naming the bad one is refused with its reason."""
+    target = datetime(2026, 11, 20, tzinfo=UTC)
+    for where in ("local", "s3"):
+        entries = [entry_of("20261108T000000Z", where=where),
+                   entry_of("20261115T000000Z", where=where, bad=True)]
+        assert lib.choose_base(entries, target)["label"] == "20261108T000000Z"
+        with pytest.raises(lib.Failed, match=f"marked bad \\({REASON}"):
+            lib.choose_base(entries, target, "20261115T000000Z")
+        with pytest.raises(lib.Failed, match="0 verified in all, 1 marked bad"):
+            lib.choose_base(entries[1:], target)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,9 +3,8 @@
 archiving with basic_archive). The programs run as postgres through runuser, as from cron;
 ``pitr`` runs as root, with pg_ctl as its stop and start commands.
 
-The interpreter is this test run's (PGINFRA_TEST_PYTHON overrides it, e.g. /usr/bin/python3
-with Debian's python3-psycopg and python3-boto3); the server's restore_command runs
-files/pginfra-restore through its own #!/usr/bin/python3.
+The programs run from throwaway_pg's world-readable copy of files/ with Debian's
+/usr/bin/python3 and its modules, as on a host (PGINFRA_TEST_PYTHON overrides the interpreter).
 """
 
 import contextlib
@@ -27,6 +26,8 @@ import pytest
 from botocore.config import Config as BotoConfig
 from throwaway_pg import (
     ENV,
+    FILES,
+    HOST_PYTHON,
     Cluster,
     drop_cluster,
     free_port,
@@ -35,11 +36,8 @@ from throwaway_pg import (
 )
 from throwaway_pg import new_cluster as _new_cluster
 
-from pginfra import ROOT
+from pginfra.programs import host_program
 from pginfra.s3_local import MOTO, local_s3
-
-FILES = ROOT / "files"
-PYTHON = os.environ.get("PGINFRA_TEST_PYTHON", sys.executable)
 
 _spec = importlib.util.spec_from_file_location("pginfra_backup_lib",
                                                FILES / "pginfra_backup_lib.py")
@@ -57,14 +55,14 @@ _spec.loader.exec_module(lib)
     ("pginfra-restore", ["list", "dump", "pitr", "fetch-wal"])])
 def test_help_explains_the_options_and_exit_codes(program, subcommands):
     for words in ([], *([sub] for sub in subcommands)):
-        proc = subprocess.run([PYTHON, str(FILES / program), *words, "--help"],
+        proc = subprocess.run([HOST_PYTHON, str(FILES / program), *words, "--help"],
                               capture_output=True, text=True, env=ENV)
         assert proc.returncode == 0, proc.stderr
         assert "Exit codes: 0" in proc.stdout and "75 another run" in proc.stdout
-    proc = subprocess.run([PYTHON, str(FILES / program), "nonsense"], capture_output=True,
+    proc = subprocess.run([HOST_PYTHON, str(FILES / program), "nonsense"], capture_output=True,
                           text=True, env=ENV)
     assert proc.returncode == 2
-    proc = subprocess.run([PYTHON, str(FILES / program), "--config", "/nonexistent.json",
+    proc = subprocess.run([HOST_PYTHON, str(FILES / program), "--config", "/nonexistent.json",
                            "list"], capture_output=True, text=True, env=ENV)
     assert proc.returncode == 2 and "/nonexistent.json: no such file" in proc.stderr
 
@@ -279,7 +277,7 @@ def credentials(pg):
 
 
 def run(program: str, config: Path, *args, root: bool = False, timeout: float = 180):
-    cmd = [PYTHON, str(FILES / program), "--config", str(config), *map(str, args)]
+    cmd = [HOST_PYTHON, str(FILES / program), "--config", str(config), *map(str, args)]
     if not root:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout,
@@ -584,6 +582,43 @@ def test_retention_keeps_the_previous_good_backup_when_the_newest_failed(
 
 
 @needs_postgres
+def test_retention_removes_only_stale_basic_archive_temporary_files(pg):
+    """archtemp.* files a failed basic_archive attempt left behind go once an hour old; a
+    fresh one (an attempt in progress), the segments and any other name stay."""
+    pg.switch_wal()
+    work = pg.root / "archtemp-archive"
+    work.mkdir()
+    segment = max(n for n in os.listdir(pg.archive) if lib.WAL_SEGMENT_RE.match(n))
+    shutil.copy(pg.archive / segment, work / segment)
+    stale = work / f"archtemp.{segment}.4242.1700000000000"
+    fresh = work / f"archtemp.{segment}.4243.{int(time.time() * 1000)}"
+    other = work / "archtemp-notes.txt"  # not basic_archive's pattern
+    stale.write_bytes(b"half a segment")
+    fresh.write_bytes(b"being written")
+    other.write_text("notes")
+    two_hours_ago = time.time() - 2 * 3600
+    for path in (stale, other, work / segment):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    subprocess.run(["chown", "-R", "postgres:", str(work)], check=True)
+    config = pg.config("archtemp", None, wal_archive_dir=str(work))
+
+    proc = run("pginfra-backup", config, "retention", "--local", "--dry-run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sweep = next(line for line in proc.lines if line["stage"] == "sweep-archtemp")
+    assert sweep["status"] == "dry-run" and stale.name in sweep["detail"]
+    assert stale.exists()
+
+    proc = run("pginfra-backup", config, "retention", "--local")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(os.listdir(work)) == sorted([segment, fresh.name, other.name])
+    sweep = next(line for line in proc.lines if line["stage"] == "sweep-archtemp")
+    assert sweep["status"] == "ok" and sweep["bytes"] == len(b"half a segment")
+    assert f"1 basic_archive temporary file(s) older than 60 min removed: {stale.name}" \
+        in sweep["detail"]
+    assert fresh.name not in sweep["detail"]
+
+
+@needs_postgres
 def test_a_standby_does_nothing(pg):
     standby = pg.standby()
     try:
@@ -596,6 +631,197 @@ def test_a_standby_does_nothing(pg):
         assert not backups(config).exists()
     finally:
         drop_cluster(standby)
+
+
+# ---------------------------------------------------------------------------------------------
+# a base backup that fails verify is bad everywhere
+
+health = host_program("pginfra-health")
+
+
+def backup_base_check(config: Path) -> dict:
+    """pginfra-health's backup_base check (as postgres, as from cron) on what this backup
+    configuration's jobs recorded."""
+    backup = json.loads(config.read_text())
+    work = Path(backup["state_dir"]).parent
+    raw = {"host": "pg1", "version": 15, "cluster": "main", "port": backup["port"],
+           "socket_dir": backup["socket_dir"], "data_directory": backup["data_directory"],
+           "wal_archive_dir": backup["wal_archive_dir"], "state_dir": str(work / "health"),
+           "query_timeout": 5, "run_timeout": 30, "pgbouncer": None,
+           "backup": {"state_dir": backup["state_dir"]}, "textfile": None,
+           "thresholds": {name: list(default)
+                          for name, (default, _low, _high) in health.THRESHOLDS.items()}}
+    path = work / "health.json"
+    path.write_text(json.dumps(raw))
+    proc = subprocess.run(["runuser", "-u", "postgres", "--", HOST_PYTHON,
+                           str(FILES / "pginfra-health"), "--config", str(path), "--json",
+                           "--check", "backup_base"], capture_output=True, text=True, env=ENV,
+                          cwd="/", timeout=60)
+    report = json.loads(proc.stdout.splitlines()[-1])
+    return next(c for c in report["checks"] if c["check"] == "backup_base")
+
+
+def flip_bytes(data: bytes) -> bytes:
+    """The same size, 64 bytes in the middle inverted: what a bad disk or a bad copy does."""
+    out = bytearray(data)
+    for i in range(len(out) // 2, min(len(out) // 2 + 64, len(out))):
+        out[i] ^= 0xFF
+    return bytes(out)
+
+
+def listed(config: Path, *args) -> dict:
+    proc = run("pginfra-backup", config, "list", "--json", *args)
+    assert proc.returncode == 0, proc.stderr
+    return {(b["where"], b["kind"], b["label"]): b for b in json.loads(proc.stdout)["backups"]}
+
+
+@needs_postgres
+def test_a_local_base_backup_that_fails_verify_is_bad_everywhere(pg):
+    work = pg.root / "bad-base-archive"
+    config = pg.config("bad-base", None, keep_local_base=1, wal_archive_dir=str(work))
+    labels = []
+    for _ in range(2):
+        proc = run("pginfra-backup", config, "base")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        labels.append(json.loads(state(config, "last-success", "base.json").read_text())[
+            "label"])
+    good, newest = labels
+    pg.switch_wal()
+    shutil.copytree(pg.archive, work)  # a copy of its own, for retention to delete from
+    subprocess.run(["chown", "-R", "postgres:", str(work)], check=True)
+    good_manifest = json.loads(backups(config, "base", good, "pginfra.json").read_text())
+    good_start = good_manifest["start_wal_segment"]
+    needed = [n for n in os.listdir(work) if lib.WAL_SEGMENT_RE.match(n)
+              and lib.wal_position(n) >= good_start[8:24]]
+    assert good_start in needed
+    assert backup_base_check(config)["data"]["label"] == newest
+
+    tar = backups(config, "base", newest, "base.tar.gz")
+    tar.write_bytes(flip_bytes(tar.read_bytes()))
+    proc = run("pginfra-backup", config, "verify", "--kind", "base")
+    assert proc.returncode == 1
+    assert failed(proc)[0]["stage"] == "verify"
+    assert "base.tar.gz: sha256" in failed(proc)[0]["detail"]
+    mark = next(line for line in proc.lines if line["stage"] == "mark-bad")
+    assert newest in mark["detail"] and "base.tar.gz: sha256" in mark["detail"]
+    manifest = json.loads(backups(config, "base", newest, "pginfra.json").read_text())
+    assert manifest["bad"]["reason"].startswith("base.tar.gz: sha256")
+    assert manifest["bad"]["where"] == "local" and lib.parse_time(manifest["bad"]["time"])
+
+    # the health check's record now names the newest good one, with its age
+    record = json.loads(state(config, "last-success", "base.json").read_text())
+    assert record["label"] == good and record["time"] == good_manifest["end_time"]
+    check = backup_base_check(config)
+    assert check["status"] == "ok" and check["data"]["label"] == good
+    assert check["data"]["time"] == good_manifest["end_time"]
+
+    found = listed(config, "--local")
+    assert found[("local", "base", newest)]["state"] == "bad"
+    assert found[("local", "base", newest)]["error"].startswith("base.tar.gz: sha256")
+    assert found[("local", "base", good)]["state"] == "verified"
+    text = run("pginfra-backup", config, "list", "--local").stdout
+    row = next(line for line in text.splitlines() if newest in line)
+    assert "bad since" in row and "base.tar.gz: sha256" in row and "verified" not in row
+
+    # verify's "newest" is now the good one, which passes; pitr picks it, and not the bad one
+    proc = run("pginfra-backup", config, "verify", "--kind", "base")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert any(line["stage"] == "verify" and good in line["detail"] for line in proc.lines)
+    target = pg.sql("SELECT now()")
+    proc = run("pginfra-restore", config, "pitr", "--target-time", target, "--dry-run",
+               root=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    choose = next(line for line in proc.lines if line["stage"] == "choose")
+    assert choose["detail"].startswith(f"base backup {good} (local)")
+    proc = run("pginfra-restore", config, "pitr", "--target-time", target, "--dry-run",
+               "--backup", newest, root=True)
+    assert proc.returncode == 1 and "it is marked bad" in failed(proc)[0]["detail"]
+
+    # retention (keep 1): the good one is the one kept, with the WAL it needs; the bad one
+    # does not count (it stays, like a failed one, until a newer good one exists)
+    proc = run("pginfra-backup", config, "retention", "--local")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in backups(config, "base").iterdir()) == [good, newest]
+    assert all((work / n).exists() for n in needed)
+    proc = run("pginfra-backup", config, "base")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    third = json.loads(state(config, "last-success", "base.json").read_text())["label"]
+    proc = run("pginfra-backup", config, "retention", "--local")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [p.name for p in backups(config, "base").iterdir()] == [third]
+
+
+@needs_postgres
+def test_a_published_copy_that_fails_verify_s3_is_bad_there(pg, s3_endpoint, bucket,
+                                                            credentials):
+    work = pg.root / "bad-s3-archive"
+    work.mkdir()
+    shutil.chown(work, pg.uid, pg.gid)
+    config = pg.config("bad-s3", s3_settings(s3_endpoint, bucket, credentials),
+                       wal_archive_dir=str(work))
+    proc = run("pginfra-backup", config, "base")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    label = json.loads(state(config, "last-success", "base.json").read_text())["label"]
+    client = s3_client(s3_endpoint)
+    sysid = pg.sql("SELECT system_identifier FROM pg_control_system()")
+    root = f"pginfra/pg1/{sysid}/"
+    old = "20200101T000000Z"  # an old good published one, long past keep_days
+    client.put_object(Bucket=bucket, Key=f"{root}base/{old}/pginfra.json", Body=json.dumps(
+        {"label": old, "kind": "base", "verified": True, "end_time": "2020-01-01T00:10:00Z",
+         "start_wal_segment": "000000010000000000000001", "files": {}}).encode())
+
+    key = f"{root}base/{label}/base.tar.gz"  # other bytes, the same size and metadata
+    obj = client.get_object(Bucket=bucket, Key=key)
+    client.put_object(Bucket=bucket, Key=key, Body=flip_bytes(obj["Body"].read()),
+                      Metadata=obj["Metadata"])
+    proc = run("pginfra-backup", config, "verify", "--s3", "--kind", "base")
+    assert proc.returncode == 1
+    assert failed(proc)[0]["stage"] == "verify"
+    assert "base.tar.gz: sha256" in failed(proc)[0]["detail"]
+    published = json.loads(client.get_object(
+        Bucket=bucket, Key=f"{root}base/{label}/pginfra.json")["Body"].read())
+    assert published["bad"]["where"] == "s3"
+    assert published["bad"]["reason"].startswith("base.tar.gz: sha256")
+    local = json.loads(backups(config, "base", label, "pginfra.json").read_text())
+    assert "bad" not in local and local["published"]["bad"] == published["bad"]
+
+    found = listed(config)
+    assert found[("s3", "base", label)]["state"] == "bad"
+    assert found[("s3", "base", label)]["error"].startswith("base.tar.gz: sha256")
+    assert found[("s3", "base", old)]["state"] == "published"
+    assert found[("local", "base", label)]["state"] == "verified"  # the local copy is fine
+    assert found[("local", "base", label)]["published_bad"]["reason"] == \
+        published["bad"]["reason"]
+    text = run("pginfra-backup", config, "list").stdout
+    assert "published copy bad" in next(line for line in text.splitlines()
+                                        if label in line and line.startswith("local"))
+
+    # the record named it and no other local base backup is good: gone, and critical
+    assert not state(config, "last-success", "base.json").exists()
+    check = backup_base_check(config)
+    assert check["status"] == "critical" and "no verified base backup" in check["detail"]
+
+    target = pg.sql("SELECT now()")
+    proc = run("pginfra-restore", config, "pitr", "--target-time", target, "--from-s3",
+               "--dry-run", root=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    choose = next(line for line in proc.lines if line["stage"] == "choose")
+    assert choose["detail"].startswith(f"base backup {old} (s3)")
+
+    # retention: the bad copy is not "a newer published one", so the old good one stays
+    proc = run("pginfra-backup", config, "retention")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    remaining = keys(client, bucket, root)
+    assert f"{root}base/{old}/pginfra.json" in remaining
+    assert f"{root}base/{label}/pginfra.json" in remaining
+
+    # upload publishes the good local copy again; then it verifies
+    proc = run("pginfra-backup", config, "upload")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run("pginfra-backup", config, "verify", "--s3", label)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert listed(config)[("s3", "base", label)]["state"] == "published"
+    assert listed(config)[("local", "base", label)]["published_bad"] is None
 
 
 # ---------------------------------------------------------------------------------------------
