@@ -1,9 +1,12 @@
-"""files/pginfra-apply-config: install, check, revert. The server side is proven end to end."""
+"""files/pginfra-apply-config: install, check, revert on any failure; a syntax error on a
+throwaway PostgreSQL 15. The rest of the server side is proven end to end."""
 
 import importlib.machinery
 import importlib.util
+import os
 
 import pytest
+from throwaway_pg import drop_cluster, needs_postgres, new_cluster
 
 from pginfra import ROOT
 
@@ -89,3 +92,79 @@ def test_unchanged_file_neither_reloads_nor_restarts(pair):
     server = FakeServer()
     assert apply_config.apply([pair], "15/main", server, log=lambda m: None) == 0
     assert "SELECT pg_reload_conf()" not in server.sql
+
+
+class BrokenServer(FakeServer):
+    """Fails the way a psql that cannot run, or this program's own crash, would."""
+
+    def __init__(self, failing: str, exc: BaseException):
+        super().__init__()
+        self.failing, self.exc = failing, exc
+
+    def rows(self, sql):
+        if self.failing in sql:
+            raise self.exc
+        return super().rows(sql)
+
+
+@pytest.mark.parametrize("failing, exc", [
+    ("FROM pg_file_settings f", RuntimeError("invalid line 30 in postgresql-production.conf")),
+    ("FROM pg_file_settings f", ValueError("the program's own bug")),
+    ("pg_reload_conf", RuntimeError("connection lost")),
+])
+def test_any_failure_after_install_puts_the_previous_file_back(pair, failing, exc):
+    staged, target = pair
+    lines = []
+    server = BrokenServer(failing, exc)
+    assert apply_config.apply([pair], "15/main", server, log=lines.append) == 1
+    assert target.read_text() == "work_mem = '4MB'\n"
+    assert not staged.exists()
+    assert not target.with_name("target.conf.pginfra-prev").exists()
+    assert any("previous files restored" in line for line in lines)
+
+
+def test_a_signal_puts_the_previous_file_back_and_still_stops_the_program(pair):
+    staged, target = pair
+    server = BrokenServer("FROM pg_file_settings f", KeyboardInterrupt("signal SIGTERM"))
+    with pytest.raises(KeyboardInterrupt):
+        apply_config.apply([pair], "15/main", server, log=lambda m: None)
+    assert target.read_text() == "work_mem = '4MB'\n"
+
+
+def test_a_failure_half_way_through_install_is_undone(tmp_path):
+    first = (tmp_path / "a.staged", tmp_path / "a.conf")
+    second = (tmp_path / "b.staged", tmp_path / "b.conf")
+    first[0].write_text("new a\n")
+    first[1].write_text("old a\n")
+    second[1].write_text("old b\n")  # its staged file is missing
+    lines = []
+    assert apply_config.apply([first, second], "15/main", FakeServer(), log=lines.append) == 1
+    assert any("b.staged is missing" in line for line in lines), lines
+    assert first[1].read_text() == "old a\n"
+    assert second[1].read_text() == "old b\n"
+
+
+@needs_postgres
+def test_a_syntax_error_on_a_real_server_is_refused_and_reverted(tmp_path):
+    """A value with a newline in it, as a bad postgres_parameters once wrote (settings now
+    refuse it): the running server reports the syntax error, the file is put back, and the
+    server reads its configuration without error afterwards."""
+    cluster = new_cluster()
+    try:
+        with open(cluster.data / "postgresql.conf", "a") as conf:
+            conf.write("include_if_exists = 'production.conf'\n")
+        target = cluster.data / "production.conf"
+        target.write_text("work_mem = '4MB'\n")
+        staged = cluster.root / "staged.conf"
+        staged.write_text("work_mem = '8MB\nssl = off'\n")
+        for path in (target, staged):
+            os.chown(path, cluster.uid, cluster.gid)
+        psql = apply_config.Psql(cluster.port, host=str(cluster.root))
+        lines = []
+        assert apply_config.apply([(staged, target)], "15/main", psql, log=lines.append) == 1
+        assert target.read_text() == "work_mem = '4MB'\n"
+        assert any("production.conf:1: syntax error" in line for line in lines), lines
+        assert cluster.sql("SELECT count(*) FROM pg_file_settings WHERE error IS NOT NULL") \
+            == "0"
+    finally:
+        drop_cluster(cluster)
