@@ -122,12 +122,13 @@ class PostgresDatabases(_JsonQuery):
 
 class PostgresDatabaseState(_JsonQuery):
     """
-    Inside one database: whether PUBLIC may create in schema public, the extensions, and who
-    may read pg_stat_statements.
+    Inside one database: whether PUBLIC may create in schema public, who has USAGE on it, the
+    extensions, and who may read pg_stat_statements.
 
     .. code:: python
 
-        {"public_create": False, "extensions": ["plpgsql", "pg_stat_statements"],
+        {"public_create": False, "usage_roles": ["pg_database_owner", "app"],
+         "extensions": ["plpgsql", "pg_stat_statements"],
          "stats_public": False, "stats_granted": True}
     """
 
@@ -136,6 +137,10 @@ class PostgresDatabaseState(_JsonQuery):
         "'public_create', coalesce((SELECT bool_or(a.grantee = 0) FROM pg_namespace n, "
         "aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a "
         "WHERE n.nspname = 'public' AND a.privilege_type = 'CREATE'), false), "
+        "'usage_roles', coalesce((SELECT json_agg(CASE a.grantee WHEN 0 THEN 'PUBLIC' "
+        "ELSE a.grantee::regrole::text END ORDER BY a.grantee) FROM pg_namespace n, "
+        "aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a "
+        "WHERE n.nspname = 'public' AND a.privilege_type = 'USAGE'), '[]'), "
         "'extensions', (SELECT json_agg(extname ORDER BY extname) FROM pg_extension), "
         "'stats_public', coalesce((SELECT bool_or(a.grantee = 0) FROM pg_class c, "
         "aclexplode(c.relacl) a WHERE c.relname IN ('pg_stat_statements', "
@@ -229,3 +234,220 @@ class DatabaseHasTable(FactBase):
 
     def process(self, output):
         return "\n".join(output).strip() == "t"
+
+
+class PathStates(FactBase):
+    """
+    Where each path resolves, and, when it exists, its type and owner: what pginfra checks
+    before it makes a directory and hands it to postgres.
+
+    .. code:: python
+
+        {"/srv/wal": {"resolved": "/srv/wal", "exists": True, "type": "directory",
+                      "owner": "postgres"},
+         "/srv/new": {"resolved": "/srv/new", "exists": False, "type": None, "owner": None}}
+    """
+
+    default = dict
+
+    def command(self, paths: tuple[str, ...]) -> str:
+        lines = []
+        for path in paths:
+            q = shlex.quote(path)
+            lines.append(
+                f'printf "%s\\t%s\\t" {q} "$(realpath -m -- {q})"; '
+                f'if [ -e {q} ] || [ -L {q} ]; then stat --printf "%U\\t%F\\n" -- {q}; '
+                'else printf -- "-\\t-\\n"; fi')
+        return "; ".join(lines) or "true"
+
+    def process(self, output):
+        states = {}
+        for line in output:
+            fields = line.split("\t")
+            if len(fields) != 4:
+                continue
+            path, resolved, owner, kind = fields
+            exists = kind != "-"
+            states[path] = {"resolved": resolved, "exists": exists,
+                            "type": kind if exists else None, "owner": owner if exists else None}
+        return states
+
+
+class HostAddresses(FactBase):
+    """
+    The IP addresses of the host's interfaces (``ip -o addr``), without prefix lengths.
+
+    .. code:: python
+
+        ["127.0.0.1", "10.77.0.10", "::1"]
+    """
+
+    default = list
+
+    def requires_command(self, *args, **kwargs) -> str:
+        return "ip"
+
+    def command(self) -> str:
+        return "ip -o addr show"
+
+    def process(self, output):
+        addresses = []
+        for line in output:
+            fields = line.split()
+            if len(fields) >= 4 and fields[2] in ("inet", "inet6"):
+                addresses.append(fields[3].split("/")[0])
+        return addresses
+
+
+class ResolvedNames(FactBase):
+    """
+    The addresses each host name resolves to on the host (``getent ahosts``).
+
+    .. code:: python
+
+        {"db1.internal": ["10.0.0.5"], "nowhere.invalid": []}
+    """
+
+    default = dict
+
+    def command(self, names: tuple[str, ...]) -> str:
+        return "; ".join(
+            f"for a in $(getent ahosts {shlex.quote(n)} | cut -d' ' -f1 | sort -u); do "
+            f"printf '%s\\t%s\\n' {shlex.quote(n)} \"$a\"; done; printf '%s\\t\\n' "
+            f"{shlex.quote(n)}" for n in names) or "true"
+
+    def process(self, output):
+        found: dict[str, list[str]] = {}
+        for line in output:
+            name, _, address = line.partition("\t")
+            found.setdefault(name, [])
+            if address:
+                found[name].append(address)
+        return found
+
+
+class AptSecuritySources(FactBase):
+    """
+    The lines of the host's APT sources (one-line and deb822 formats) that name a security
+    archive: empty when the host gets no security updates.
+
+    .. code:: python
+
+        ["deb http://deb.debian.org/debian-security bookworm-security main"]
+    """
+
+    default = list
+
+    def command(self) -> str:
+        return ("cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list "
+                "/etc/apt/sources.list.d/*.sources 2>/dev/null | grep -v '^[[:space:]]*#' "
+                "| grep -i 'security' || true")
+
+    def process(self, output):
+        return [line.strip() for line in output if line.strip()]
+
+
+# The deploy lock: held for as long as the SSH connection of the run that took it lives.
+DEPLOY_LOCK = "/run/pginfra/deploy.lock"
+_TAKE_LOCK = r"""
+lock=%(lock)s
+mkdir -p "$(dirname "$lock")" && chmod 700 "$(dirname "$lock")"
+field() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f"$2"; }
+p=$$; session=""
+while [ -n "$p" ] && [ "$p" -gt 1 ]; do
+  case "$(cat "/proc/$p/comm" 2>/dev/null)" in sshd*|pyinfra) session=$p; break ;; esac
+  p=$(field "$p" 2)
+done
+[ -n "$session" ] || session=$PPID
+me="$session $(field "$session" 20)"
+exec 9>>"$lock.guard"
+flock 9
+if [ -s "$lock" ]; then
+  read -r pid start info < "$lock"
+  if [ "$pid $start" != "$me" ] && [ "$(field "$pid" 20)" = "$start" ]; then
+    echo "held $info"; exit 0
+  fi
+  [ "$pid $start" = "$me" ] || echo "stale $info"
+fi
+printf '%%s %%s\n' "$me" %(info)s > "$lock.tmp" && mv "$lock.tmp" "$lock"
+echo "taken"
+"""
+
+
+class DeployLock(FactBase):
+    """
+    Takes the host's deploy lock for this run, or reports who holds it. The lock belongs to
+    the process that carries this run's commands on the host (the SSH session, or pyinfra for
+    ``@local``): it is held until that connection ends, and a lock whose process is gone (a
+    killed run) is taken over. A fact, not an operation, so that it is taken before anything
+    is read to plan the run, and a run that changes nothing reports no change.
+
+    .. code:: python
+
+        {"state": "taken"}            # or "held", with "by": "run ... since ..."
+        {"state": "taken", "stale": "run ... since ..."}
+    """
+
+    def command(self, info: str) -> str:
+        return _TAKE_LOCK % {"lock": shlex.quote(DEPLOY_LOCK), "info": shlex.quote(info)}
+
+    def process(self, output):
+        result: dict = {}
+        for line in output:
+            word, _, rest = line.partition(" ")
+            if word == "held":
+                result = {"state": "held", "by": rest}
+            elif word == "stale":
+                result["stale"] = rest
+            elif word == "taken":
+                result["state"] = "taken"
+        return result
+
+
+class Listeners(FactBase):
+    """
+    The TCP addresses and ports something listens on (``ss -Hltn``), as ``address:port``
+    strings, IPv6 addresses without brackets.
+
+    .. code:: python
+
+        ["127.0.0.1:5432", "10.77.0.10:5432", "*:22", "::1:5432"]
+    """
+
+    default = list
+
+    def requires_command(self, *args, **kwargs) -> str:
+        return "ss"
+
+    def command(self) -> str:
+        return "ss -Hltn"
+
+    def process(self, output):
+        found = []
+        for line in output:
+            fields = line.split()
+            if len(fields) >= 4:
+                address, _, port = fields[3].rpartition(":")
+                found.append(f"{address.strip('[]').split('%')[0]}:{port}")
+        return found
+
+
+class PostgresListenAddresses(FactBase):
+    """
+    ``listen_addresses`` of the running server (empty when it does not answer).
+
+    .. code:: python
+
+        ["localhost", "10.77.0.10"]
+    """
+
+    default = list
+
+    def requires_command(self, *args, **kwargs) -> str:
+        return "psql"
+
+    def command(self, port: int = 5432) -> str:
+        return psql_command("SHOW listen_addresses", port)
+
+    def process(self, output):
+        return [a.strip() for line in output for a in line.split(",") if a.strip()]

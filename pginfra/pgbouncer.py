@@ -75,7 +75,7 @@ def check_capacity(settings: Settings, params: dict[str, str]) -> None:
     need = server_connection_ceiling(settings)
     if need > room:
         raise SettingsError(
-            f"PgBouncer could open {need} server connections (pools of "
+            f"{settings.host_name}: PgBouncer could open {need} server connections (pools of "
             f"{settings.pgbouncer_default_pool_size} + {settings.pgbouncer_reserve_pool_size} "
             f"reserve for {len(pooled_pairs(settings))} database/role pairs), more than the "
             f"{room} the server has: max_connections {max_connections} - "

@@ -19,7 +19,13 @@ from pginfra.scram import make_verifier, verify
 
 ROLE_KEYS = {"name", "login", "connection_limit", "member_of", "createdb", "createrole"}
 DATABASE_KEYS = {"name", "owner", "connect", "extensions"}
-IDENT = re.compile(r"[a-z_][a-z0-9_$]{0,62}")
+# Lower-case letters, digits and underscores: names every tool on the path takes unquoted
+# (PgBouncer's configuration, its userlist, shells, cron lines). "$" is refused: PostgreSQL
+# allows it, PgBouncer's ini parser does not.
+IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# Names PostgreSQL gives a meaning of its own in GRANT and ALTER ROLE.
+RESERVED_ROLES = {"public", "none", "current_role", "current_user", "session_user", "postgres"}
+MAX_CONNECTION_LIMIT = 10000  # postgres_max_connections' own maximum
 STATS_RELATIONS = ("pg_stat_statements", "pg_stat_statements_info")
 
 
@@ -45,8 +51,9 @@ def role_spec(raw: dict) -> dict:
 
 
 def check_roles(roles: list) -> str | None:
-    """Validation for the ``postgres_roles`` setting."""
-    names = set()
+    """Validation for the ``postgres_roles`` setting: each role well formed, every name once,
+    memberships naming roles of the list (or pg_ roles) without a cycle."""
+    names: dict[str, int] = {}
     for i, role in enumerate(roles):
         where = f"role {i + 1}"
         if not isinstance(role, dict) or "name" not in role:
@@ -55,28 +62,64 @@ def check_roles(roles: list) -> str | None:
         if unknown:
             return f"{where} ({role['name']}): unknown key(s) {', '.join(sorted(unknown))}"
         if not isinstance(role["name"], str) or not IDENT.fullmatch(role["name"]):
-            return f"{where}: name {role['name']!r} is not a lower-case role name"
-        if role["name"] == "postgres" or role["name"].startswith("pg_"):
+            return (f"{where}: name {role['name']!r} is not a role name of lower-case letters, "
+                    "digits and underscores")
+        if role["name"] in RESERVED_ROLES or role["name"].startswith("pg_"):
             return f"{where}: {role['name']} is reserved"
+        if role["name"] in names:
+            return (f"{where}: {role['name']} is already role {names[role['name']]}: each role "
+                    "once (a second entry would silently replace the first)")
+        names[role["name"]] = i + 1
         for key in ("login", "createdb", "createrole"):
             if key in role and not isinstance(role[key], bool):
                 return f"{where} ({role['name']}): {key} must be true or false"
         limit = role.get("connection_limit", -1)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < -1:
-            return f"{where} ({role['name']}): connection_limit must be -1 or more"
+        if (isinstance(limit, bool) or not isinstance(limit, int)
+                or not -1 <= limit <= MAX_CONNECTION_LIMIT):
+            return (f"{where} ({role['name']}): connection_limit must be -1 (no limit) to "
+                    f"{MAX_CONNECTION_LIMIT}, got {limit!r}")
         member_of = role.get("member_of", [])
         if not isinstance(member_of, list) or not all(isinstance(m, str) for m in member_of):
             return f"{where} ({role['name']}): member_of must be a list of role names"
-        names.add(role["name"])
+        if role["name"] in member_of:
+            return f"{where} ({role['name']}): a role cannot be a member of itself"
+    groups = {r["name"]: list(r.get("member_of", [])) for r in roles}
     for role in roles:
         for group in role.get("member_of", []):
             if group not in names and not group.startswith("pg_"):
                 return f"role {role['name']}: member_of names {group!r}, not in postgres_roles"
+    cycle = _membership_cycle(groups)
+    if cycle:
+        return f"member_of makes a cycle: {' -> '.join(cycle)}"
+    return None
+
+
+def _membership_cycle(groups: dict[str, list[str]]) -> list[str] | None:
+    """A membership cycle (``[a, b, a]``: a is in b, b is in a), or None."""
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> list[str] | None:
+        if name in path:
+            return path[path.index(name):] + [name]
+        if name in done:
+            return None
+        for group in groups.get(name, []):
+            found = visit(group, [*path, name])
+            if found:
+                return found
+        done.add(name)
+        return None
+
+    for name in groups:
+        found = visit(name, [])
+        if found:
+            return found
     return None
 
 
 def check_databases(databases: list) -> str | None:
-    """Validation for the ``postgres_databases`` setting."""
+    """Validation for the ``postgres_databases`` setting: each database once, well formed."""
+    seen: dict[str, int] = {}
     for i, db in enumerate(databases):
         where = f"database {i + 1}"
         if not isinstance(db, dict) or "name" not in db or "owner" not in db:
@@ -86,9 +129,14 @@ def check_databases(databases: list) -> str | None:
             return f"{where} ({db['name']}): unknown key(s) {', '.join(sorted(unknown))}"
         for key in ("name", "owner"):
             if not isinstance(db[key], str) or not IDENT.fullmatch(db[key]):
-                return f"{where}: {key} {db[key]!r} is not a lower-case name"
+                return (f"{where}: {key} {db[key]!r} is not a name of lower-case letters, "
+                        "digits and underscores")
         if db["name"] in ("postgres", "template0", "template1"):
             return f"{where}: {db['name']} is managed by PostgreSQL itself"
+        if db["name"] in seen:
+            return (f"{where}: {db['name']} is already database {seen[db['name']]}: each "
+                    "database once (a second entry would change its owner and CONNECT grants)")
+        seen[db["name"]] = i + 1
         for key in ("connect", "extensions"):
             value = db.get(key, [])
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -119,7 +167,8 @@ def _password_sql(name: str, verifier: str | None, current: str | None) -> str |
 def plan_roles(wanted: list[dict], current: dict[str, dict],
                verifiers: dict[str, str]) -> list[str]:
     """Statements that create or change roles (and the postgres superuser's password)."""
-    statements = []
+    statements: list[str] = []
+    memberships: list[str] = []
     managed = {r["name"] for r in wanted}
     pg = current.get("postgres", {})
     sql = _password_sql("postgres", verifiers.get("postgres"), pg.get("password"))
@@ -155,13 +204,14 @@ def plan_roles(wanted: list[dict], current: dict[str, dict],
         sql = _password_sql(name, verifiers.get(name), have.get("password"))
         if sql:
             statements.append(sql)
+        # Memberships once every role exists, whatever the order of the list.
         for group in role["member_of"]:
             if group not in have["member_of"]:
-                statements.append(f"GRANT {ident(group)} TO {ident(name)}")
+                memberships.append(f"GRANT {ident(group)} TO {ident(name)}")
         for group in have["member_of"]:
             if group in managed and group not in role["member_of"]:
-                statements.append(f"REVOKE {ident(group)} FROM {ident(name)}")
-    return statements
+                memberships.append(f"REVOKE {ident(group)} FROM {ident(name)}")
+    return statements + memberships
 
 
 def plan_databases(wanted: list[dict], current: dict[str, dict]) -> list[str]:
@@ -186,12 +236,19 @@ def plan_databases(wanted: list[dict], current: dict[str, dict]) -> list[str]:
     return statements
 
 
-def plan_database_objects(wanted_extensions: list[str], state: dict) -> list[str]:
-    """Statements inside one database: extensions, a public schema PUBLIC cannot create in,
-    and pg_stat_statements readable through pg_read_all_stats only."""
+def plan_database_objects(wanted_extensions: list[str], state: dict,
+                          connect: list[str] = ()) -> list[str]:
+    """Statements inside one database: extensions, a public schema PUBLIC can neither create
+    in nor use (USAGE for the roles that may connect, ``connect``; its owner has it through
+    pg_database_owner), and pg_stat_statements readable through pg_read_all_stats only."""
     statements = []
     if state.get("public_create"):
         statements.append("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    usage = state.get("usage_roles", ["PUBLIC"])
+    if "PUBLIC" in usage:
+        statements.append("REVOKE USAGE ON SCHEMA public FROM PUBLIC")
+    for role in sorted(set(connect) - set(usage)):
+        statements.append(f"GRANT USAGE ON SCHEMA public TO {ident(role)}")
     for ext in ["pg_stat_statements", *wanted_extensions]:
         if ext not in state.get("extensions", []):
             statements.append(f"CREATE EXTENSION IF NOT EXISTS {ident(ext)}")

@@ -66,8 +66,16 @@ BASE_PARAMETERS: dict[str, tuple[str, str]] = {
     "log_checkpoints": ("on", "checkpoint timing"),
     "log_autovacuum_min_duration": ("0", "every autovacuum run"),
     "log_min_duration_statement": ("", "from postgres_slow_statement_ms"),
+    "log_statement": ("ddl", "every change to the schema (CIS PostgreSQL benchmark)"),
+    # audit (pgAudit) and login guessing (auth_delay)
+    "pgaudit.log": ("", "from postgres_audit_log"),
+    "pgaudit.log_catalog": ("off", "no entries for catalog reads of psql and tools"),
+    "pgaudit.log_parameter": ("off", "bind parameters may carry secrets"),
+    "pgaudit.log_relation": ("off", "one entry a statement"),
+    "auth_delay.milliseconds": ("", "from postgres_auth_delay_ms"),
     # statistics
-    "shared_preload_libraries": ("pg_stat_statements,auto_explain", "query statistics, plans"),
+    "shared_preload_libraries": ("pg_stat_statements,auto_explain,pgaudit,auth_delay",
+                                 "query statistics, plans, audit, a delay after failed logins"),
     "pg_stat_statements.max": ("10000", "distinct statements tracked"),
     "pg_stat_statements.track": ("top", "statements issued by clients"),
     "track_io_timing": ("on", "I/O time in pg_stat_statements and EXPLAIN"),
@@ -99,7 +107,10 @@ SECTIONS: list[tuple[str, list[str]]] = [
                  "log_truncate_on_rotation", "log_rotation_age", "log_rotation_size",
                  "log_file_mode", "log_line_prefix", "log_timezone", "log_connections",
                  "log_disconnections", "log_lock_waits", "log_temp_files", "log_checkpoints",
-                 "log_autovacuum_min_duration", "log_min_duration_statement"]),
+                 "log_autovacuum_min_duration", "log_min_duration_statement",
+                 "log_statement"]),
+    ("Audit and failed logins", ["pgaudit.log", "pgaudit.log_catalog", "pgaudit.log_parameter",
+                                 "pgaudit.log_relation", "auth_delay.milliseconds"]),
     ("Statistics", ["shared_preload_libraries", "pg_stat_statements.max",
                     "pg_stat_statements.track", "track_io_timing",
                     "auto_explain.log_min_duration", "auto_explain.log_format"]),
@@ -135,6 +146,8 @@ def server_parameters(settings: Settings, memory: int, cpus: int) -> dict[str, s
         "log_directory": settings.postgres_log_directory,
         "log_min_duration_statement": f"{slow}ms" if slow >= 0 else "-1",
         "auto_explain.log_min_duration": f"{slow * 4}ms" if slow >= 0 else "-1",
+        "pgaudit.log": settings.postgres_audit_log,
+        "auth_delay.milliseconds": str(settings.postgres_auth_delay_ms),
     })
     params.update(tune(memory, cpus, settings.postgres_profile, settings.postgres_storage,
                        settings.postgres_max_connections or None))
@@ -142,7 +155,7 @@ def server_parameters(settings: Settings, memory: int, cpus: int) -> dict[str, s
     problems = contradictions(params, memory, settings.postgres_replicas)
     if problems:
         raise SettingsError("contradictory server settings, nothing was changed:\n"
-                            + "\n".join(f"  {p}" for p in problems))
+                            + "\n".join(f"  {settings.host_name}: {p}" for p in problems))
     return params
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import posixpath
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -38,7 +39,7 @@ _ABS_PATH = r"/[A-Za-z0-9_./-]+"
 _DEB_PACKAGE = r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$"
 
 
-_NAME = r"[a-z_][a-z0-9_$]{0,62}"
+_NAME = r"[a-z_][a-z0-9_]{0,62}"  # as pginfra.roles.IDENT: no "$" (PgBouncer)
 _DURATION = r"0|[1-9][0-9]*(ms|s|min|h)"
 _HBA_KEYS = {"database", "user", "address", "comment"}
 
@@ -130,6 +131,120 @@ def _duration_ms(zero: bool = True):
     return check
 
 
+# postgresql.conf names postgres_parameters may not set: directives that read other files, the
+# cluster's own file locations, and values that have a setting of their own (checked there).
+_PARAMETERS_REFUSED = {
+    **dict.fromkeys(("include", "include_dir", "include_if_exists"),
+                    "a directive that reads another file, not a parameter"),
+    **dict.fromkeys(("data_directory", "config_file", "hba_file", "ident_file",
+                     "external_pid_file"), "the cluster's own layout, kept by Debian and pginfra"),
+    "unix_socket_directories": "pginfra's programs and PgBouncer reach the server in "
+                               "/var/run/postgresql",
+    "listen_addresses": "use postgres_listen_addresses",
+    "port": "use postgres_port",
+    "log_directory": "use postgres_log_directory",
+    "basic_archive.archive_directory": "use postgres_wal_archive_dir",
+    "ssl_cert_file": "use postgres_tls_cert_file",
+    "ssl_key_file": "use postgres_tls_key_file",
+    "ssl_ca_file": "use postgres_tls_ca_file",
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_parameters(params: dict) -> str | None:
+    """postgres_parameters: names pginfra does not own, values one line of printable text (a
+    newline or another control character would end or break the line in postgresql.conf)."""
+    for name, value in params.items():
+        if name in _PARAMETERS_REFUSED:
+            return f"{name}: cannot be set here: {_PARAMETERS_REFUSED[name]}"
+        text = str(value)
+        if _CONTROL.search(text):
+            return (f"{name}: the value {text!r} holds a control character (newline, tab...): "
+                    "a postgresql.conf value is one line of text")
+        if len(text) > 1024:
+            return f"{name}: the value is {len(text)} characters long, at most 1024"
+    return None
+
+
+# The directories pginfra makes and hands to the postgres user (owner postgres, mode 0700).
+POSTGRES_DIRECTORIES = ("postgres_wal_archive_dir", "postgres_log_directory", "backup_dir",
+                        "pginfra_migrate_dump_dir")
+# Nothing at or under these may be handed to postgres: what root runs, reads or trusts.
+_SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32",
+                 "/proc", "/root", "/run", "/sbin", "/sys", "/tmp", "/usr", "/var/cache",
+                 "/var/lib/apt", "/var/lib/dpkg", "/var/lib/pginfra", "/var/lib/systemd",
+                 "/var/lock", "/var/log/pginfra", "/var/mail", "/var/run", "/var/spool",
+                 "/var/tmp")
+# These themselves are not handed to postgres; a directory of its own below them may be.
+_SYSTEM_DIRS = ("/", "/home", "/media", "/mnt", "/opt", "/srv", "/var", "/var/backups",
+                "/var/lib", "/var/local", "/var/log", "/var/opt", "/var/lib/postgresql",
+                "/var/log/postgresql")
+
+
+def _inside(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def directory_problem(path: str, data_directory: str) -> str | None:
+    """Why ``path`` may not become a directory owned by postgres, mode 0700, or None.
+
+    >>> directory_problem("/etc", "/var/lib/postgresql/15/main")
+    "/etc is a system directory: postgres would own what root trusts"
+    """
+    if posixpath.normpath(path) != path or path.startswith("//"):
+        return f"{path} is not a normalised absolute path (no '..', '.', '//' or trailing '/')"
+    for top in _SYSTEM_TREES:
+        if _inside(path, top):
+            return (f"{path} is a system directory: postgres would own what root trusts"
+                    if path == top else
+                    f"{path} is inside {top}, a system directory: postgres would own what root"
+                    " trusts")
+    if path in _SYSTEM_DIRS:
+        return (f"{path} is a system directory: it would become postgres' own, mode 0700; "
+                "use a directory of its own below it")
+    for top in _SYSTEM_TREES + _SYSTEM_DIRS:
+        if top != "/" and _inside(top, path):
+            return f"{path} holds the system directory {top}"
+    if _inside(path, data_directory):
+        return f"{path} is inside the data directory {data_directory}"
+    if _inside(data_directory, path):
+        return f"{path} holds the data directory {data_directory}"
+    return None
+
+
+def _directory_problems(values: Mapping[str, Any]) -> list[str]:
+    data = f"/var/lib/postgresql/{values['postgres_version']}/{values['postgres_cluster']}"
+    found = []
+    for key in POSTGRES_DIRECTORIES:
+        problem = directory_problem(values[key], data)
+        if problem:
+            found.append(f"{key}: {problem}")
+    for i, key in enumerate(POSTGRES_DIRECTORIES):
+        for other in POSTGRES_DIRECTORIES[i + 1:]:
+            a, b = values[key], values[other]
+            if _inside(a, b) or _inside(b, a):
+                found.append(f"{key}: {a} and {other} {b} overlap: each needs a directory of "
+                             "its own (backups and WAL are expired by what each holds)")
+    return found
+
+
+def _port_problems(values: Mapping[str, Any]) -> list[str]:
+    """Every port pginfra opens on a host is distinct."""
+    ports = [("postgres_port", values["postgres_port"])]
+    if values["pgbouncer_enabled"]:
+        ports.append(("pgbouncer_port", values["pgbouncer_port"]))
+    if values["health_prometheus"]:
+        ports += [("health_prometheus_postgres_port", values["health_prometheus_postgres_port"]),
+                  ("health_prometheus_node_port", values["health_prometheus_node_port"])]
+    found, seen = [], {}
+    for key, port in ports:
+        if port in seen:
+            found.append(f"{key}: port {port} is already {seen[port]}'s: every port pginfra "
+                         "opens on a host must be its own")
+        seen.setdefault(port, key)
+    return found
+
+
 def _ip_problem(value: str) -> str | None:
     try:
         ipaddress.ip_address(value)
@@ -182,7 +297,7 @@ def _cross_problems(values: Mapping[str, Any]) -> list[str]:
             if role not in known:
                 found.append(f"postgres_databases: {db['name']}: role {role!r} is not in "
                              "postgres_roles")
-    return found
+    return found + _directory_problems(values) + _port_problems(values)
 
 
 class SettingsError(PyinfraError):
@@ -330,6 +445,11 @@ SETTINGS: tuple[Setting, ...] = (
         item_type=dict, validator=lambda v: _roles().check_roles(v),
     ),
     Setting(
+        "postgres_password_min_length", 12, int,
+        "Shortest password a role may have; shorter than 20 it must mix 3 character classes.",
+        minimum=8, maximum=128,
+    ),
+    Setting(
         "postgres_databases", [], list,
         "Databases: {name, owner, connect: [roles], extensions: [names]}; PUBLIC never connects.",
         item_type=dict, validator=lambda v: _roles().check_databases(v),
@@ -357,7 +477,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "postgres_parameters", {}, dict,
         "postgresql.conf parameters overriding the computed and pginfra's values.",
-        pattern=r"[a-z_][a-z0-9_.]*",
+        pattern=r"[a-z_][a-z0-9_.]*", validator=_check_parameters,
     ),
     Setting(
         "postgres_wal_archive_dir", "/var/lib/postgresql/wal-archive", str,
@@ -368,6 +488,17 @@ SETTINGS: tuple[Setting, ...] = (
         "postgres_log_directory", "/var/log/postgresql/pginfra", str,
         "Server log directory, outside the data directory (owner postgres, mode 0700).",
         pattern=_ABS_PATH,
+    ),
+    Setting(
+        "postgres_audit_log", "ddl, role", str,
+        "pgaudit.log: statement classes pgAudit writes to the server log ('none' for none).",
+        pattern=r"none|-?(read|write|function|role|ddl|misc|misc_set|all)"
+                r"(, ?-?(read|write|function|role|ddl|misc|misc_set|all))*",
+    ),
+    Setting(
+        "postgres_auth_delay_ms", 500, int,
+        "auth_delay: milliseconds a failed login waits before its answer (0: none).",
+        minimum=0, maximum=60000,
     ),
     Setting(
         "postgres_slow_statement_ms", 500, int,
@@ -398,7 +529,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "pgbouncer_pool_modes", {}, dict,
         "Per-database pool mode overrides, e.g. {'reports': 'session'}.",
-        pattern=r"[a-z_][a-z0-9_$]*",
+        pattern=r"[a-z_][a-z0-9_]*",
         validator=lambda v: next((f"{db}: pool mode {m!r} is not session, transaction or "
                                   "statement" for db, m in v.items()
                                   if m not in ("session", "transaction", "statement")), None),
@@ -446,7 +577,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "postgres_sql_bundles", {"*": ["baseline"]}, dict,
         "SQL bundles (directories under sql/) per database, in order; '*' is every database.",
-        pattern=r"\*|[a-z_][a-z0-9_$]*", item_type=list,
+        pattern=r"\*|[a-z_][a-z0-9_]*", item_type=list,
         validator=lambda v: _sql_bundles().check_bundles(v),
     ),
     Setting(
@@ -748,8 +879,9 @@ BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 class Settings:
     """The validated settings of one host, as attributes: ``settings.postgres_port``."""
 
-    def __init__(self, values: Mapping[str, Any]):
+    def __init__(self, values: Mapping[str, Any], host_name: str = "host"):
         self._values = dict(values)
+        self.host_name = host_name  # for messages: every problem names its host
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -802,7 +934,7 @@ def resolve(data: Mapping[str, Any], host_name: str = "host") -> Settings:
     if found:
         lines = "\n".join(f"  {host_name}: {p}" for p in found)
         raise SettingsError(f"invalid inventory data, nothing was changed:\n{lines}")
-    return Settings(values)
+    return Settings(values, host_name)
 
 
 def _copy(value: Any) -> Any:
@@ -812,10 +944,15 @@ def _copy(value: Any) -> Any:
 
 
 def load_settings() -> Settings:
-    """Validate and return the settings of pyinfra's current host."""
+    """Validate and return the settings of pyinfra's current host: its data on its own, then
+    against the host (``pginfra.preflight``), before any operation."""
     from pyinfra import host
 
-    return resolve(host.data.dict(), host.name)
+    from pginfra.preflight import check_host
+
+    settings = resolve(host.data.dict(), host.name)
+    check_host(settings)
+    return settings
 
 
 def reference(settings: Iterable[Setting] = SETTINGS) -> str:

@@ -17,6 +17,7 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from pginfra.facts import psql_command
+from pginfra.pgbouncer import listen_addresses as pgbouncer_listen_addresses
 from pginfra.settings import Settings
 from pginfra.steps.backups import BIN, LOG_DIR, STATE_DIR, install_programs
 from pginfra.templating import render, render_io
@@ -54,7 +55,9 @@ def health_config(settings: Settings, host_name: str) -> dict:
         "state_dir": HEALTH_STATE,
         "query_timeout": settings.health_query_timeout,
         "run_timeout": max(60, 6 * settings.health_query_timeout),
-        "pgbouncer": {"port": settings.pgbouncer_port} if settings.pgbouncer_enabled else None,
+        "pgbouncer": {"port": settings.pgbouncer_port,
+                      "listen": pgbouncer_listen_addresses(settings)}
+        if settings.pgbouncer_enabled else None,
         "backup": {"state_dir": STATE_DIR} if settings.backup_enabled else None,
         "textfile": TEXTFILE if settings.health_prometheus else None,
         "thresholds": {name: list(getattr(settings, f"health_{name}")) for name in THRESHOLDS},

@@ -5,27 +5,43 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
-from pyinfra.facts.hardware import Cpus, Memory
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from pginfra.facts import Listeners
 from pginfra.pgbouncer import (
     INI,
     USERLIST,
-    check_capacity,
     ini_sections,
     needs_restart,
+    parse_ini,
     userlist_roles,
 )
+from pginfra.programs import host_program
 from pginfra.scram import make_verifier, verify
-from pginfra.secrets import require_password
-from pginfra.server_config import server_parameters, tls_paths
+from pginfra.secrets import require_strong_password
+from pginfra.server_config import tls_paths
 from pginfra.settings import Settings
 from pginfra.steps.roles import credentials
 from pginfra.templating import render_io
-from pginfra.tuning import MB
 
 LIMITS_DROPIN = "/etc/systemd/system/pgbouncer.service.d/pginfra.conf"
+LOG = "/var/log/postgresql/pgbouncer.log"
+# PgBouncer answers a reload (SIGHUP) at once and reads its files afterwards: a file it refuses
+# shows only in its log. Read what the reload added to the log; an ERROR or FATAL fails the run.
+RELOAD_AND_CHECK = f"""set -e
+log={LOG}
+before=$(stat -c %s "$log" 2>/dev/null || echo 0)
+systemctl reload pgbouncer.service
+for i in $(seq 1 50); do
+  tail -c +$((before + 1)) "$log" 2>/dev/null | grep -q 'got SIGHUP' && break
+  sleep 0.2
+done
+sleep 0.5
+if tail -c +$((before + 1)) "$log" | grep -E ' (ERROR|FATAL) '; then
+  echo "PgBouncer refused its new configuration (above, from $log)" >&2
+  exit 1
+fi"""
 
 
 def userlist_verifiers(settings: Settings, new_cluster: bool) -> list[tuple[str, str]]:
@@ -38,7 +54,7 @@ def userlist_verifiers(settings: Settings, new_cluster: bool) -> list[tuple[str,
         if role in server:
             lines.append((role, server[role]))
             continue
-        password = require_password(role, host.name)
+        password = require_strong_password(role, host.name, settings.postgres_password_min_length)
         have = old.get(role)
         lines.append((role, have if have and verify(password, have) else make_verifier(password)))
     return lines
@@ -59,8 +75,9 @@ def run_pgbouncer(settings: Settings, new_cluster: bool = False, tls_changed=Non
     """
     Install PgBouncer, write pgbouncer.ini and a userlist.txt whose SCRAM verifiers are the
     ones in pg_authid (computed in the same run as the roles), and reload it on a change;
-    restart only when a listen or socket setting changed. Pools that could exhaust the server's
-    connection slots stop the run before anything changes.
+    restart only when a listen or socket setting changed, or when it does not listen where its
+    file says. (Pools that could exhaust the server's connection slots stopped the run before
+    anything changed: ``pginfra.preflight``.)
 
     .. code:: python
 
@@ -68,14 +85,22 @@ def run_pgbouncer(settings: Settings, new_cluster: bool = False, tls_changed=Non
     """
     if not settings.pgbouncer_enabled:
         return
-    params = server_parameters(settings, host.get_fact(Memory) * MB, host.get_fact(Cpus))
-    check_capacity(settings, params)  # before any operation
     sections = ini_sections(settings, tls_paths(settings))
     old_ini = host.get_fact(FileContents, path=INI)
+    force_restart = False
     restart_for = needs_restart("\n".join(old_ini) if old_ini else None, sections)
     users = userlist_verifiers(settings, new_cluster)
     if set(_userlist_names()) - {role for role, _ in users}:
         restart_for = [*restart_for, "users removed from userlist.txt"]
+    if old_ini and not restart_for:
+        # Running, but not where its current file says (it started before an address existed).
+        running = parse_ini("\n".join(old_ini)).get("pgbouncer", {})
+        missing = host_program("pginfra-health").missing_listeners(
+            running.get("listen_addr", "").split(","), int(running.get("listen_port", 0) or 0),
+            set(host.get_fact(Listeners)))
+        if missing:
+            restart_for = [f"nothing listens on {', '.join(missing)}"]
+            force_restart = True
 
     apt.packages(name="Install PgBouncer", packages=["pgbouncer"],
                  _env={"DEBIAN_FRONTEND": "noninteractive"})
@@ -99,14 +124,15 @@ def run_pgbouncer(settings: Settings, new_cluster: bool = False, tls_changed=Non
     systemd.daemon_reload(name="systemd picks up the PgBouncer drop-in", _if=limits.did_change)
     # A restart drops client connections: only for the settings PgBouncer cannot reload.
     restart_if = any_changed(ini, limits) if restart_for else any_changed(limits)
+    if force_restart:
+        restart_if = None  # whatever else changes
     systemd.service(
         name="Restart PgBouncer for: " + ", ".join(restart_for or ["LimitNOFILE"]),
         service="pgbouncer.service", restarted=True, _if=restart_if,
     )
-    systemd.service(
-        name="Reload PgBouncer (re-reads pgbouncer.ini and userlist.txt)",
-        service="pgbouncer.service", reloaded=True,
-        _if=any_changed(ini, userlist, *(tls_changed or [])),
+    server.shell(
+        name="Reload PgBouncer (re-reads pgbouncer.ini and userlist.txt) and check it took",
+        commands=[RELOAD_AND_CHECK], _if=any_changed(ini, userlist, *(tls_changed or [])),
     )
     systemd.service(name="PgBouncer enabled and running", service="pgbouncer.service",
                     running=True, enabled=True)

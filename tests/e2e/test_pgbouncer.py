@@ -50,8 +50,8 @@ def test_reload_keeps_established_clients(lab, first_deploy, secret):
     with bouncer(secret("app")) as conn:
         conn.execute("SELECT 1")
         result = deploy_ok(lab, "--data", "pgbouncer_default_pool_size=21")
-        assert "PgBouncer | Reload PgBouncer (re-reads pgbouncer.ini and userlist.txt)" in \
-            result.changed
+        assert ("PgBouncer | Reload PgBouncer (re-reads pgbouncer.ini and userlist.txt) and "
+                "check it took") in result.changed
         assert not [op for op in result.changed if "Restart PgBouncer" in op]
         assert conn.execute("SELECT 2").fetchone() == (2,)  # the same client connection
     deploy_ok(lab)

@@ -6,8 +6,8 @@ whose replay is paused, a restart-only parameter changed, an INVALID index left 
 CREATE UNIQUE INDEX CONCURRENTLY, backup records of the wrong age. The program runs as
 postgres through runuser, as from cron or NRPE.
 
-The interpreter is this test run's (PGINFRA_TEST_PYTHON overrides it, e.g. /usr/bin/python3
-with Debian's python3-psycopg 3.1).
+The programs run from throwaway_pg's world-readable copy of files/ with Debian's
+/usr/bin/python3 and its modules, as on a host (PGINFRA_TEST_PYTHON overrides the interpreter).
 """
 
 import contextlib
@@ -18,7 +18,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -26,13 +25,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from throwaway_pg import ENV, PGBIN, drop_cluster, free_port, needs_postgres, new_cluster
+from throwaway_pg import (
+    ENV,
+    FILES,
+    HOST_PYTHON,
+    PGBIN,
+    drop_cluster,
+    free_port,
+    needs_postgres,
+    new_cluster,
+)
 
-from pginfra import ROOT
 from pginfra.programs import host_program
 
-PROGRAM = ROOT / "files" / "pginfra-health"
-PYTHON = os.environ.get("PGINFRA_TEST_PYTHON", sys.executable)
+PROGRAM = FILES / "pginfra-health"
 
 
 health = host_program("pginfra-health")
@@ -100,7 +106,7 @@ def write_config(cluster, name: str, *, port=None, backup: Path | None = None,
 
 
 def run(config, *args, timeout: float = 60) -> subprocess.CompletedProcess:
-    cmd = [PYTHON, str(PROGRAM), "--config", str(config), *args]
+    cmd = [HOST_PYTHON, str(PROGRAM), "--config", str(config), *args]
     if os.geteuid() == 0:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd="/",
@@ -212,7 +218,7 @@ def confdir():
 # usage, configuration, pure functions
 
 def test_help_explains_every_check_option_and_exit_code():
-    proc = subprocess.run([PYTHON, str(PROGRAM), "--help"], capture_output=True, text=True,
+    proc = subprocess.run([HOST_PYTHON, str(PROGRAM), "--help"], capture_output=True, text=True,
                           env=ENV, cwd="/")
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())
@@ -220,7 +226,7 @@ def test_help_explains_every_check_option_and_exit_code():
     for word in [*ALL, "--config", "--check", "--json", "--verbose", "--alerts-only",
                  "--textfile", "--no-textfile", "run_timeout", "query_timeout"]:
         assert word in proc.stdout, word
-    proc = subprocess.run([PYTHON, str(PROGRAM), "--check", "nonsense"], capture_output=True,
+    proc = subprocess.run([HOST_PYTHON, str(PROGRAM), "--check", "nonsense"], capture_output=True,
                           text=True, env=ENV, cwd="/")
     assert proc.returncode == 3  # UNKNOWN for Nagios, not argparse's 2 (CRITICAL)
     assert proc.stdout.startswith("PGINFRA UNKNOWN - ") and "nonsense" in proc.stdout
@@ -725,7 +731,7 @@ def test_the_backstop_ends_a_run_the_alarm_cannot_interrupt(pg, hang_db):
     """SIGALRM blocked (the mask survives exec): the thread that waits run_timeout + 5 s
     prints the report and ends the process."""
     config = write_config(pg, "backstop", query_timeout=20, run_timeout=1)
-    cmd = [PYTHON, str(PROGRAM), "--config", str(config), "--json"]
+    cmd = [HOST_PYTHON, str(PROGRAM), "--config", str(config), "--json"]
     if os.geteuid() == 0:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
     started = time.monotonic()
@@ -883,3 +889,48 @@ def test_disk_usage_thresholds_and_missing_directories(pg):
     assert checks["archiver"]["status"] == "critical"
     assert f"wal_archive_dir {pg.root / 'nope-archive'} is missing" in \
         checks["archiver"]["detail"]
+
+
+def test_listening_sockets_are_read_from_the_kernels_tables(tmp_path):
+    tcp = tmp_path / "tcp"
+    tcp.write_text(
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+        "   0: 0100007F:1538 00000000:0000 0A 00000000:00000000 00:00000000 00000000   108\n"
+        "   1: 0A014D0A:1920 00000000:0000 0A 00000000:00000000 00:00000000 00000000   108\n"
+        "   2: 0A014D0A:1538 0B014D0A:D431 01 00000000:00000000 00:00000000 00000000   108\n")
+    tcp6 = tmp_path / "tcp6"
+    tcp6.write_text(
+        "  sl  local_address                         remote_address                        st\n"
+        "   0: 00000000000000000000000001000000:1538 00000000000000000000000000000000:0000 0A\n")
+    sockets = health.listening_sockets((str(tcp), str(tcp6), str(tmp_path / "absent")))
+    assert sockets == {"127.0.0.1:5432", "10.77.1.10:6432", "::1:5432"}
+    assert health.missing_listeners(["localhost", "10.77.1.10", "::1"], 5432, sockets) == [
+        "10.77.1.10:5432"]
+    assert health.missing_listeners(["10.77.1.10"], 6432, sockets) == []
+    assert health.missing_listeners(["10.9.9.9"], 5432, sockets | {"0.0.0.0:5432"}) == []
+
+
+@needs_postgres
+def test_an_address_the_server_could_not_listen_on_is_critical(tmp_path):
+    """The server started while one of its listen_addresses did not exist (192.0.2.77, an
+    address no interface here has): it runs on the others, and the check says so."""
+    cluster = new_cluster()
+    try:
+        with open(cluster.data / "postgresql.conf", "a") as conf:
+            conf.write("listen_addresses = '127.0.0.1, 192.0.2.77'\n")
+        subprocess.run([*cluster.pg_ctl, "-l", str(cluster.pg_log), "-m", "fast", "-w",
+                        "restart"], check=True, capture_output=True, cwd="/")
+        report, checks, proc = run_json(write_config(cluster, "listen"), "--check", "postgres")
+        assert checks["postgres"]["status"] == "critical", checks["postgres"]
+        assert f"does not listen on 192.0.2.77:{cluster.port} of its listen_addresses" in \
+            checks["postgres"]["detail"]
+        assert checks["postgres"]["data"]["not_listening"] == [f"192.0.2.77:{cluster.port}"]
+        with open(cluster.data / "postgresql.conf", "a") as conf:
+            conf.write("listen_addresses = '127.0.0.1'\n")
+        subprocess.run([*cluster.pg_ctl, "-l", str(cluster.pg_log), "-m", "fast", "-w",
+                        "restart"], check=True, capture_output=True, cwd="/")
+        report, checks, proc = run_json(write_config(cluster, "listen-ok"), "--check",
+                                        "postgres")
+        assert checks["postgres"]["status"] == "ok", checks["postgres"]
+    finally:
+        drop_cluster(cluster)

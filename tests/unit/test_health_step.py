@@ -37,7 +37,7 @@ def test_health_config_carries_the_thresholds_of_the_settings():
     assert config["thresholds"]["wraparound_percent"] == [50, 75]
     assert config["thresholds"]["archive_failing_seconds"] == [0, 300]
     assert config["thresholds"]["backup_base_age_hours"][0] == 180  # 7.5 days
-    assert config["pgbouncer"] == {"port": 6432}
+    assert config["pgbouncer"] == {"port": 6432, "listen": ["127.0.0.1"]}
     assert config["backup"] == {"state_dir": "/var/lib/pginfra/backup"}
     assert config["textfile"] is None
     off = health_config(settings(pgbouncer_enabled=False, backup_enabled=False,

@@ -53,10 +53,10 @@ def test_console_users_cannot_be_server_roles():
 
 
 def test_capacity():
-    settings = resolve(DATA)
+    settings = resolve(DATA, "db7")
     assert server_connection_ceiling(settings) == 3 * (20 + 5)
     check_capacity(settings, {"max_connections": "100"})
-    with pytest.raises(SettingsError, match="could open 75 server connections"):
+    with pytest.raises(SettingsError, match="^db7: PgBouncer could open 75 server connections"):
         check_capacity(settings, {"max_connections": "80"})  # 80 - 3 - 10 = 67 < 75
     capped = resolve({**DATA, "pgbouncer_max_db_connections": 10})
     assert server_connection_ceiling(capped) == 20

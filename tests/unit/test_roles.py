@@ -65,9 +65,14 @@ def test_database_objects():
     assert "CREATE EXTENSION IF NOT EXISTS \"pg_stat_statements\"" in fresh
     assert "REVOKE SELECT ON pg_stat_statements FROM PUBLIC" in fresh
     assert "GRANT SELECT ON pg_stat_statements TO pg_read_all_stats" in fresh
+    assert "REVOKE USAGE ON SCHEMA public FROM PUBLIC" in fresh
     done = {"public_create": False, "extensions": ["pg_stat_statements", "plpgsql"],
-            "stats_public": False, "stats_granted": True}
+            "stats_public": False, "stats_granted": True,
+            "usage_roles": ["pg_database_owner", "app"]}
     assert plan_database_objects([], done) == []
+    assert plan_database_objects([], done, ["app"]) == []
+    assert plan_database_objects([], done, ["app", "reports"]) == [
+        'GRANT USAGE ON SCHEMA public TO "reports"']
 
 
 def test_validation_messages():
@@ -78,3 +83,35 @@ def test_validation_messages():
     assert check_roles([{"name": "a", "login": True, "member_of": ["pg_monitor"]}]) is None
     assert "name and owner" in check_databases([{"name": "x"}])
     assert "managed by PostgreSQL" in check_databases([{"name": "postgres", "owner": "x"}])
+
+
+def test_roles_are_refused_before_anything_changes():
+    assert "app is already role 1" in check_roles([{"name": "app", "login": True},
+                                                   {"name": "app"}])
+    assert "a member of itself" in check_roles([{"name": "a", "member_of": ["a"]}])
+    assert check_roles([{"name": "a", "member_of": ["b"]}, {"name": "b", "member_of": ["c"]},
+                        {"name": "c", "member_of": ["a"]}]) == \
+        "member_of makes a cycle: a -> b -> c -> a"
+    for reserved in ("public", "none", "current_user", "session_user", "pg_anything"):
+        assert "reserved" in check_roles([{"name": reserved}]), reserved
+    message = check_roles([{"name": "a", "connection_limit": 10**12}])
+    assert "connection_limit must be -1 (no limit) to 10000, got 1000000000000" in message
+    assert check_roles([{"name": "a", "connection_limit": 10000}]) is None
+    assert "lower-case letters, digits and underscores" in check_roles([{"name": "d$home"}])
+
+
+def test_databases_are_refused_before_anything_changes():
+    assert "app is already database 1" in check_databases(
+        [{"name": "app", "owner": "a"}, {"name": "app", "owner": "b"}])
+    assert "lower-case letters, digits and underscores" in check_databases(
+        [{"name": "d$home", "owner": "a"}])
+
+
+def test_memberships_follow_every_role_whatever_the_order():
+    wanted = [{"name": "app", "login": True, "member_of": ["late_group"]},
+              {"name": "late_group"}]
+    sql = plan_roles(wanted, {}, {})
+    assert sql.index('GRANT "late_group" TO "app"') > sql.index(
+        'CREATE ROLE "late_group" WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT '
+        "CONNECTION LIMIT -1")
+    assert sql[-1] == 'GRANT "late_group" TO "app"'

@@ -35,8 +35,8 @@ def test_inventory_parameters_win():
     ({"postgres_replicas": 12}, "below the 12 replicas planned"),
 ])
 def test_contradictions_stop_the_run(data, fragment):
-    with pytest.raises(SettingsError, match=fragment):
-        server_parameters(resolve(data), 16 * GB, 4)
+    with pytest.raises(SettingsError, match=f"  db7: .*{fragment}"):
+        server_parameters(resolve(data, "db7"), 16 * GB, 4)
 
 
 def test_conf_template_mirrors_sections_and_quotes_values():

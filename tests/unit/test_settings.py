@@ -80,3 +80,49 @@ def test_settings_reference_in_docs_is_current():
     )
     for name in BY_NAME:
         assert f"`{name}`" in doc
+
+
+@pytest.mark.parametrize(("data", "fragment"), [
+    ({"postgres_parameters": {"work_mem": "8MB\nssl = off"}},
+     "postgres_parameters: work_mem: the value '8MB\\nssl = off' holds a control character"),
+    ({"postgres_parameters": {"search_path": "a\tb"}}, "holds a control character"),
+    ({"postgres_parameters": {"include": "/etc/shadow"}},
+     "include: cannot be set here: a directive that reads another file"),
+    ({"postgres_parameters": {"data_directory": "/srv/x"}}, "the cluster's own layout"),
+    ({"postgres_parameters": {"log_directory": "/etc"}}, "use postgres_log_directory"),
+    ({"postgres_parameters": {"basic_archive.archive_directory": "/etc"}},
+     "use postgres_wal_archive_dir"),
+    ({"postgres_parameters": {"application_name": "x" * 2000}}, "at most 1024"),
+    ({"postgres_log_directory": "/etc"},
+     "postgres_log_directory: /etc is a system directory: postgres would own what root trusts"),
+    ({"postgres_log_directory": "/etc/cron.d"}, "inside /etc, a system directory"),
+    ({"backup_dir": "/var/lib"}, "backup_dir: /var/lib is a system directory"),
+    ({"backup_dir": "/"}, "backup_dir: '/' does not match"),
+    ({"backup_dir": "/usr/local/backups"}, "inside /usr"),
+    ({"pginfra_migrate_dump_dir": "/var/spool/cron/x"}, "inside /var/spool"),
+    ({"postgres_wal_archive_dir": "/var/lib/postgresql/15/main/pg_wal"},
+     "inside the data directory /var/lib/postgresql/15/main"),
+    ({"postgres_wal_archive_dir": "/var/lib/postgresql/15"},
+     "holds the data directory /var/lib/postgresql/15/main"),
+    ({"postgres_wal_archive_dir": "/srv/../etc"}, "not a normalised absolute path"),
+    ({"backup_dir": "/srv/pg", "postgres_wal_archive_dir": "/srv/pg/wal"},
+     "postgres_wal_archive_dir: /srv/pg/wal and backup_dir /srv/pg overlap"),
+    ({"pgbouncer_port": 5432}, "pgbouncer_port: port 5432 is already postgres_port's"),
+    ({"health_prometheus": True, "health_prometheus_node_port": 6432},
+     "health_prometheus_node_port: port 6432 is already pgbouncer_port's"),
+])
+def test_inputs_that_could_wedge_or_open_a_host_are_refused(data, fragment):
+    with pytest.raises(SettingsError) as err:
+        resolve(data, "db1.example.com")
+    message = str(err.value)
+    assert "nothing was changed" in message
+    line = next(line for line in message.splitlines() if fragment in line)
+    assert line.startswith("  db1.example.com: ") and ": " in line.removeprefix("  db1"), line
+
+
+def test_usual_directories_and_ports_pass():
+    resolve({"postgres_wal_archive_dir": "/srv/pg/wal", "backup_dir": "/srv/pg/backups",
+             "postgres_log_directory": "/var/log/postgresql/main",
+             "pginfra_migrate_dump_dir": "/data/pre-migrate",
+             "pgbouncer_enabled": False, "pgbouncer_port": 5432,  # off: its port is free
+             "postgres_parameters": {"search_path": '"$user", public', "work_mem": 8}})

@@ -1,0 +1,141 @@
+"""Inventory data checked against the host itself, before any operation runs.
+
+``pginfra.settings`` validates what can be judged from the data alone. What needs the host is
+judged here, from facts, still before the first operation of the run:
+
+- each directory pginfra hands to postgres must not reach anywhere else through a symbolic
+  link, and an existing one must already be postgres' (pginfra made it, or the operator gave
+  it to postgres): pginfra never takes a directory from another owner;
+- every address PostgreSQL and PgBouncer are told to listen on is one the host has;
+- the server's parameters for this host's RAM and CPUs contradict nothing, and PgBouncer's
+  pools fit the server's connection slots;
+- a host without Debian's security archive in its APT sources is warned about.
+
+First of all, the run takes the host's deploy lock (``pginfra.facts.DeployLock``), held until
+its connection ends: a second deploy to the same host stops here, before it has read anything
+to plan from, naming the run that holds the host.
+
+Every problem names the host and the setting::
+
+    settings = load_settings()   # resolve() the data, then check_host(settings)
+"""
+
+from __future__ import annotations
+
+import getpass
+import ipaddress
+import os
+import socket
+import time
+
+from pginfra.settings import POSTGRES_DIRECTORIES, Settings, SettingsError
+
+# Who holds a host's deploy lock, as a second run is told.
+RUN_INFO = (f"run by {getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()}) since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+
+LOCAL_NAMES = {"localhost"}
+ANY_ADDRESS = {"*", "0.0.0.0", "::"}
+
+
+def directory_problems(settings: Settings, states: dict[str, dict]) -> list[str]:
+    """Problems of the directories pginfra would hand to postgres, from ``PathStates``."""
+    found = []
+    for key in POSTGRES_DIRECTORIES:
+        path = getattr(settings, key)
+        state = states.get(path)
+        if not state:
+            continue
+        if state["resolved"] != path:
+            found.append(f"{key}: {path} resolves to {state['resolved']} through a symbolic "
+                         "link: give the real path")
+        elif state["exists"] and state["type"] != "directory":
+            found.append(f"{key}: {path} exists and is a {state['type']}, not a directory")
+        elif state["exists"] and state["owner"] != "postgres":
+            found.append(f"{key}: {path} exists and belongs to {state['owner']}: pginfra hands "
+                         "postgres only directories it makes; if this one is meant for "
+                         f"PostgreSQL, 'chown postgres: {path}' first")
+    return found
+
+
+def listen_problems(settings: Settings, addresses: list[str],
+                    resolved: dict[str, list[str]]) -> list[str]:
+    """Listen addresses the host does not have, for PostgreSQL and PgBouncer."""
+    from pginfra.pgbouncer import listen_addresses as pgbouncer_addresses
+
+    have = {str(ipaddress.ip_address(a)) for a in addresses}
+    wanted = [("postgres_listen_addresses", a) for a in settings.postgres_listen_addresses]
+    if settings.pgbouncer_enabled:
+        key = ("pgbouncer_listen_addresses" if settings.pgbouncer_listen_addresses
+               else "postgres_listen_addresses (PgBouncer's too)")
+        wanted += [(key, a) for a in pgbouncer_addresses(settings)
+                   if (key, a) not in wanted]
+    found = []
+    for key, address in wanted:
+        if address in ANY_ADDRESS or address in LOCAL_NAMES:
+            continue
+        try:
+            ours = str(ipaddress.ip_address(address)) in have
+            what = "address"
+        except ValueError:
+            ours = any(str(ipaddress.ip_address(a)) in have for a in resolved.get(address, []))
+            what = "name, which resolves to " + (
+                ", ".join(resolved.get(address, [])) or "nothing") + ","
+        if not ours:
+            found.append(f"{key}: {address} is not an address of this host ({what} while the "
+                         f"host has {', '.join(sorted(have))}): nothing would listen there")
+    return found
+
+
+def hostnames(settings: Settings) -> tuple[str, ...]:
+    """Listen addresses that are names to resolve on the host."""
+    names = set()
+    for address in [*settings.postgres_listen_addresses, *settings.pgbouncer_listen_addresses]:
+        if address in ANY_ADDRESS or address in LOCAL_NAMES:
+            continue
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            names.add(address)
+    return tuple(sorted(names))
+
+
+def check_host(settings: Settings) -> None:
+    """Raise SettingsError naming the host, the setting and the problem; warn where the host
+    lacks something that is not pginfra's to change."""
+    from pyinfra import host, logger
+    from pyinfra.facts.hardware import Cpus, Memory
+
+    from pginfra.facts import (
+        AptSecuritySources,
+        DeployLock,
+        HostAddresses,
+        PathStates,
+        ResolvedNames,
+    )
+    from pginfra.pgbouncer import check_capacity
+    from pginfra.server_config import server_parameters
+    from pginfra.tuning import MB
+
+    lock = host.get_fact(DeployLock, info=RUN_INFO)
+    if lock.get("state") != "taken":
+        raise SettingsError(f"{settings.host_name}: another pginfra deploy is running on this "
+                            f"host ({lock.get('by', 'unknown')}); nothing was changed: run "
+                            "again once it has finished")
+    paths = tuple(getattr(settings, key) for key in POSTGRES_DIRECTORIES)
+    problems = directory_problems(settings, host.get_fact(PathStates, paths=paths))
+    names = hostnames(settings)
+    resolved = host.get_fact(ResolvedNames, names=names) if names else {}
+    problems += listen_problems(settings, host.get_fact(HostAddresses), resolved)
+    if problems:
+        lines = "\n".join(f"  {settings.host_name}: {p}" for p in problems)
+        raise SettingsError(f"invalid inventory data for this host, nothing was changed:\n"
+                            f"{lines}")
+    # These raise SettingsError naming the host themselves.
+    params = server_parameters(settings, host.get_fact(Memory) * MB, host.get_fact(Cpus))
+    if settings.pgbouncer_enabled:
+        check_capacity(settings, params)
+    if not host.get_fact(AptSecuritySources):
+        logger.warning(f"{settings.host_name}: no Debian security archive in the APT sources "
+                       "(/etc/apt/sources.list*): this host gets no security updates; add "
+                       "'deb http://deb.debian.org/debian-security bookworm-security main'")
