@@ -83,6 +83,45 @@ def require_password(role: str, host_name: str) -> str:
     return password
 
 
+# A few passwords every guessing tool tries first; the length rule stops most of the rest.
+COMMON = ("password", "postgres", "changeme", "letmein", "welcome", "qwerty", "123456",
+          "abcdef", "default", "passw0rd")
+
+
+def password_problem(role: str, password: str, min_length: int = 12) -> str | None:
+    """Why ``password`` is too weak for ``role``, or None. The server cannot judge it (its
+    passwordcheck module sees only the verifier pginfra sends), so it is judged here.
+
+    .. code:: python
+
+        password_problem("app", "app-2024")  # "is shorter than 12 characters"
+    """
+    classes = sum(bool(re.search(pattern, password))
+                  for pattern in (r"[a-z]", r"[A-Z]", r"[0-9]", r"[^A-Za-z0-9]"))
+    lowered = password.lower()
+    if len(password) < min_length:
+        return f"is shorter than {min_length} characters"
+    if len(set(password)) < 4:
+        return "repeats too few characters"
+    if (len(role) >= 4 and role.lower() in lowered) or any(w in lowered for w in COMMON):
+        return "contains the role's name or a common password"
+    if len(password) < 20 and classes < 3:
+        return ("mixes fewer than three of lower case, upper case, digits and symbols (a "
+                "passphrase of 20 characters or more need not)")
+    return None
+
+
+def require_strong_password(role: str, host_name: str, min_length: int = 12) -> str:
+    """``role``'s password (as require_password), refused with a SecretsError that names the
+    host, the role and the rule it breaks, never the password, when it is too weak."""
+    password = require_password(role, host_name)
+    problem = password_problem(role, password, min_length)
+    if problem:
+        raise SecretsError(f"{host_name}: the password of role {role!r} {problem} "
+                           f"(postgres_password_min_length {min_length}); nothing was changed")
+    return password
+
+
 def _read_file(path: Path) -> dict[str, str]:
     """The file's passwords, read once per file version; {} when the default file is absent."""
     try:

@@ -18,6 +18,7 @@ def server_packages(settings: Settings) -> list[str]:
     return [
         f"postgresql-{version}",
         f"postgresql-client-{version}",
+        f"postgresql-{version}-pgaudit",  # audit logging (pgaudit.log)
         "postgresql-common",
         "python3",  # host-side programs in files/ run on it
         "python3-psycopg",

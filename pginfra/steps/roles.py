@@ -17,7 +17,7 @@ from pginfra.roles import (
     role_spec,
     wanted_verifiers,
 )
-from pginfra.secrets import require_password
+from pginfra.secrets import require_strong_password
 from pginfra.settings import Settings
 
 _CREDENTIALS: dict[str, dict[str, str]] = {}
@@ -36,10 +36,12 @@ def credentials(settings: Settings, new_cluster: bool = False) -> dict[str, str]
     login role; computed once per host and run, so the server and PgBouncer's userlist get the
     same strings."""
     if host.name not in _CREDENTIALS:
-        passwords = {"postgres": require_password("postgres", host.name)}
+        strength = settings.postgres_password_min_length
+        passwords = {"postgres": require_strong_password("postgres", host.name, strength)}
         for role in server_roles(settings):
             if role["login"]:
-                passwords[role["name"]] = require_password(role["name"], host.name)
+                passwords[role["name"]] = require_strong_password(role["name"], host.name,
+                                                                  strength)
         current = {} if new_cluster else host.get_fact(
             PostgresRoles, port=settings.postgres_port) or {}
         _CREDENTIALS[host.name] = wanted_verifiers(passwords, current)
@@ -65,9 +67,10 @@ def psql_stdin(settings: Settings, database: str = "postgres", atomic: bool = Tr
     return shlex.join(args)
 
 
-# Statements carrying SCRAM verifiers must not reach the server log, even when slow or failing.
+# Statements carrying SCRAM verifiers must not reach the server log, even when slow or failing,
+# nor pgAudit's entries (its role class logs ALTER ROLE ... PASSWORD).
 QUIET = ("SET log_min_duration_statement = -1;\nSET log_min_error_statement = panic;\n"
-         "SET log_statement = 'none';\n")
+         "SET log_statement = 'none';\nSET pgaudit.log = 'none';\n")
 
 
 def _sql(statements: list[str]) -> str:
@@ -108,11 +111,13 @@ def manage_roles(settings: Settings, new_cluster: bool = False):
         server.shell(name="Create databases, set owners and CONNECT grants",
                      commands=[psql_stdin(settings, atomic=False)], _stdin=_sql(statements))
 
+    connect_roles = {db["name"]: [db["owner"], *db.get("connect", [])] for db in databases}
     for db in [{"name": "postgres"}, *settings.postgres_databases]:
         state = {}
         if db["name"] in existing:
             state = fact(PostgresDatabaseState, database=db["name"]) or {}
-        statements = plan_database_objects(db.get("extensions", []), state)
+        statements = plan_database_objects(db.get("extensions", []), state,
+                                           connect_roles.get(db["name"], []))
         if db["name"] != "postgres" and needs_auth_function(settings, state):
             statements += auth_function_sql()
         if statements:

@@ -71,7 +71,8 @@ def test_production_values(psql, name, value):
 
 
 def test_preloaded_statistics_and_slow_log(psql, settings):
-    assert setting(psql, "shared_preload_libraries") == "pg_stat_statements,auto_explain"
+    assert setting(psql, "shared_preload_libraries") == \
+        "pg_stat_statements,auto_explain,pgaudit,auth_delay"
     assert setting(psql, "log_min_duration_statement") == f"{settings.postgres_slow_statement_ms}ms"
     prefix = setting(psql, "log_line_prefix")
     for escape in ("%m", "%p", "%u", "%d", "%a", "%h"):
@@ -143,7 +144,7 @@ def test_every_login_role_and_postgres_have_a_scram_password(psql):
                 "AND coalesce(rolpassword, '') NOT LIKE 'SCRAM-SHA-256$%'") == "0"
 
 
-def test_databases_refuse_public_connect_and_public_schema_create(host, psql):
+def test_databases_refuse_public_connect_and_public_schema_create_and_usage(host, psql):
     dbs = psql("SELECT string_agg(datname, ' ') FROM pg_database WHERE NOT datistemplate "
                "AND datname <> 'postgres'").split()
     for db in dbs:
@@ -154,9 +155,27 @@ def test_databases_refuse_public_connect_and_public_schema_create(host, psql):
         assert public_connect == "0", db
     for db in ["postgres", *dbs]:
         assert psql("SELECT has_schema_privilege('public', 'public', 'CREATE')", db) == "f"
+        # USAGE on schema public: only the roles that may connect (and the owner)
+        assert psql("SELECT has_schema_privilege('public', 'public', 'USAGE')", db) == "f"
         assert psql("SELECT extname FROM pg_extension WHERE extname = 'pg_stat_statements'",
                     db) == "pg_stat_statements"
         assert psql("SELECT has_table_privilege('public', 'pg_stat_statements', 'SELECT')",
                     db) == "f"
         assert psql("SELECT has_table_privilege('pg_read_all_stats', 'pg_stat_statements', "
                     "'SELECT')", db) == "t"
+
+
+def test_audit_logging_and_a_delay_after_failed_logins(host, psql, settings):
+    assert host.package("postgresql-15-pgaudit").is_installed
+    assert setting(psql, "pgaudit.log") == settings.postgres_audit_log
+    assert setting(psql, "pgaudit.log_parameter") == "off"
+    assert setting(psql, "log_statement") == "ddl"
+    assert setting(psql, "auth_delay.milliseconds") == f"{settings.postgres_auth_delay_ms}ms"
+
+
+def test_units_start_after_the_network_with_a_private_umask(host, settings):
+    unit = f"postgresql@{settings.postgres_version}-{settings.postgres_cluster}.service"
+    for name in (unit, "pgbouncer.service"):
+        show = host.check_output(f"systemctl show -p After -p Wants -p UMask {name}")
+        assert "network-online.target" in show.split("After=")[1].split("\n")[0], name
+        assert "UMask=0077" in show, name

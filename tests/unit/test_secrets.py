@@ -138,3 +138,27 @@ def test_passwords_never_in_errors(secrets_path, monkeypatch):
     with pytest.raises(SecretsError) as err:
         require_password("app", "db1")
     assert SECRET not in str(err.value) and SECRET not in repr(err.value)
+
+
+@pytest.mark.parametrize(("role", "password", "problem"), [
+    ("app", "Short1!", "is shorter than 12 characters"),
+    ("app", "aaaaaaaaaaaaaaaa", "repeats too few characters"),
+    ("reporting", "my-Reporting-9xyz", "contains the role's name"),
+    ("app", "Postgres-2026-xy", "a common password"),
+    ("app", "alllowercaseletters", "mixes fewer than three"),
+    ("app", "correct horse battery staple", None),  # a passphrase
+    ("app", "Tr0ub4dor&3xyz", None),
+    ("a", "a-Random-pass-9", None),  # a one-letter role name is no clue
+])
+def test_password_strength(role, password, problem):
+    found = secrets.password_problem(role, password, 12)
+    assert found == problem if problem is None else problem in found
+
+
+def test_a_weak_password_stops_the_run_without_showing_it(monkeypatch):
+    monkeypatch.setenv("PGINFRA_PASSWORD_APP", "app-2024")
+    with pytest.raises(secrets.SecretsError) as err:
+        secrets.require_strong_password("app", "db1", 12)
+    message = str(err.value)
+    assert message.startswith("db1: the password of role 'app' is shorter than 12 characters")
+    assert "app-2024" not in message and "nothing was changed" in message
