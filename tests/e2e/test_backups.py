@@ -205,6 +205,51 @@ def test_retention_keeps_the_last_good_backup_when_the_newest_failed(lab, s3):
 
 
 
+def test_a_base_backup_that_fails_verify_is_bad_everywhere(lab, s3):
+    """On the host: bytes of the newest base backup flipped on disk; verify fails and marks it
+    bad; list says so; the health check's backup_base moves to the older good one; retention
+    with one to keep keeps the good one; pitr's choice skips it."""
+    ok(lab, BACKUP, "base", timeout=900)
+    ok(lab, BACKUP, "base", timeout=900)
+    labels = sorted(lab.ssh("pgt1", ["ls", f"{BACKUP_DIR}/base"]).stdout.split())
+    older, newest = labels[-2], labels[-1]
+    tarball = f"{BACKUP_DIR}/base/{newest}/base.tar.gz"
+    lab.ssh("pgt1", ["printf", "'corrupt'", "|", "dd", f"of={tarball}", "bs=1", "seek=4096",
+                     "conv=notrunc", "status=none"])
+    result = run(lab, BACKUP, "verify")
+    assert result.returncode == 1, result.stdout + result.stderr
+    listing = {e["label"]: e for e in json.loads(ok(lab, BACKUP, "list", "--json",
+                                                    "--local").stdout)["backups"]
+               if e["kind"] == "base" and e["where"] == "local"}
+    assert listing[newest]["state"] == "bad", listing[newest]
+    record = json.loads(lab.ssh("pgt1", ["cat", f"{STATE}/last-success/base.json"]).stdout)
+    assert record["label"] == older
+    now = sql(lab, "SELECT now()")
+    dry = ok(lab, RESTORE, "pitr", "--dry-run", "--target-time", repr(now), user="root").stdout
+    assert older in dry and newest not in dry
+    config = json.loads(lab.ssh("pgt1", ["cat", CONFIG]).stdout)
+    config["keep_local_base"] = 1
+    lab.ssh("pgt1", ["sh", "-c", "'cat > /tmp/keep-one.json && chown postgres "
+                     "/tmp/keep-one.json'"], input=json.dumps(config))
+    ok(lab, BACKUP, "--config", "/tmp/keep-one.json", "retention")
+    kept = lab.ssh("pgt1", ["ls", f"{BACKUP_DIR}/base"]).stdout.split()
+    assert older in kept, "the good one is kept in place of the bad newer one"
+    lab.ssh("pgt1", ["rm", "-rf", f"{BACKUP_DIR}/base/{newest}"])
+    ok(lab, BACKUP, "base", timeout=900)  # a good newest one again, for the tests after
+
+
+def test_stale_archive_temp_files_are_swept_on_the_host(lab, s3):
+    archive = "/var/lib/postgresql/wal-archive"
+    stale, fresh = f"{archive}/archtemp.000000010000000000000099.123.1", \
+        f"{archive}/archtemp.000000010000000000000098.124.2"
+    lab.ssh("pgt1", ["runuser", "-u", "postgres", "--", "sh", "-c", repr(
+        f"echo x > {stale} && touch -d '2 hours ago' {stale} && echo x > {fresh}")])
+    ok(lab, BACKUP, "retention")
+    assert lab.ssh("pgt1", ["test", "-e", stale], check=False).returncode != 0
+    assert lab.ssh("pgt1", ["test", "-e", fresh], check=False).returncode == 0
+    lab.ssh("pgt1", ["rm", "-f", fresh])
+
+
 def test_an_unreachable_endpoint_stops_the_deploy_before_anything(lab, s3):
     result = run_pyinfra(lab, "--data", f"backup_s3_bucket={BUCKET}", "--data",
                          f"backup_s3_endpoint_url=http://{GATEWAY}:9",

@@ -1,11 +1,15 @@
 """The rehearsal command itself: idempotent up, status, ssh, refusals, and a clean down."""
 
 import json
+import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from conftest import BIN, E2E, GATEWAY, HOST
 
+from pginfra import ROOT
 from pginfra.rehearsal import BOOT_ID, Lab, free_subnet, plan_addresses
 
 
@@ -114,13 +118,23 @@ def test_a_second_lab_comes_up_and_down_leaves_the_machine_as_found(lab, tmp_pat
 
 
 def test_non_root_is_refused_before_anything_changes(tmp_path):
+    """As nobody, who may not read the checkout (a clone in root's 0700 home): the command runs
+    from a copy of the package that nobody can read, with Debian's python3 (what it imports
+    for this is the standard library)."""
     state_dir = tmp_path / "lab"
-    before = machine_snapshot()
-    proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(BIN / "pginfra"),
-         "rehearsal", f"--state-dir={state_dir}", "up"],
-        capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
+    copy = Path(tempfile.mkdtemp(prefix="pginfra-nobody-"))
+    try:
+        copy.chmod(0o755)
+        shutil.copytree(ROOT / "pginfra", copy / "pginfra")
+        before = machine_snapshot()
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+             "-m", "pginfra.cli", "rehearsal", f"--state-dir={state_dir}", "up"],
+            capture_output=True, text=True, timeout=60, cwd="/",
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(copy)})
+    finally:
+        shutil.rmtree(copy)
+    assert proc.returncode == 2, proc.stderr
     assert "rehearsal hosts need root" in proc.stderr
     assert machine_snapshot() == before
     assert not state_dir.exists()
