@@ -183,6 +183,16 @@ def test_an_overlapping_run_exits_with_the_lock_code(lab, s3):
         holder.wait(timeout=30)
 
 
+def retention_keeping_one(lab) -> list[str]:
+    """Run retention with keep_local_base 1; the base backups left."""
+    config = json.loads(lab.ssh("pgt1", ["cat", CONFIG]).stdout)
+    config["keep_local_base"] = 1
+    lab.ssh("pgt1", ["sh", "-c", "'cat > /tmp/keep-one.json && chown postgres "
+                     "/tmp/keep-one.json'"], input=json.dumps(config))
+    ok(lab, BACKUP, "--config", "/tmp/keep-one.json", "retention")
+    return lab.ssh("pgt1", ["ls", f"{BACKUP_DIR}/base"]).stdout.split()
+
+
 def test_retention_keeps_the_last_good_backup_when_the_newest_failed(lab, s3):
     ok(lab, BACKUP, "base", timeout=900)
     good = sorted(lab.ssh("pgt1", ["ls", f"{BACKUP_DIR}/base"]).stdout.split())[-1]
@@ -193,12 +203,7 @@ def test_retention_keeps_the_last_good_backup_when_the_newest_failed(lab, s3):
     lab.ssh("pgt1", ["sh", "-c", f"'mkdir -p {BACKUP_DIR}/base/{failed} && cat > "
                      f"{BACKUP_DIR}/base/{failed}/pginfra.json && chown -R postgres "
                      f"{BACKUP_DIR}/base/{failed}'"], input=manifest)
-    config = json.loads(lab.ssh("pgt1", ["cat", CONFIG]).stdout)
-    config["keep_local_base"] = 1
-    lab.ssh("pgt1", ["sh", "-c", "'cat > /tmp/keep-one.json && chown postgres "
-                     "/tmp/keep-one.json'"], input=json.dumps(config))
-    ok(lab, BACKUP, "--config", "/tmp/keep-one.json", "retention")
-    kept = lab.ssh("pgt1", ["ls", f"{BACKUP_DIR}/base"]).stdout.split()
+    kept = retention_keeping_one(lab)
     assert good in kept, "the newest verified backup survives a newer failed one"
     assert [k for k in kept if k not in (good, failed)] == [], "older ones expired"
     lab.ssh("pgt1", ["rm", "-rf", f"{BACKUP_DIR}/base/{failed}"])
@@ -227,12 +232,7 @@ def test_a_base_backup_that_fails_verify_is_bad_everywhere(lab, s3):
     now = sql(lab, "SELECT now()")
     dry = ok(lab, RESTORE, "pitr", "--dry-run", "--target-time", repr(now), user="root").stdout
     assert older in dry and newest not in dry
-    config = json.loads(lab.ssh("pgt1", ["cat", CONFIG]).stdout)
-    config["keep_local_base"] = 1
-    lab.ssh("pgt1", ["sh", "-c", "'cat > /tmp/keep-one.json && chown postgres "
-                     "/tmp/keep-one.json'"], input=json.dumps(config))
-    ok(lab, BACKUP, "--config", "/tmp/keep-one.json", "retention")
-    kept = lab.ssh("pgt1", ["ls", f"{BACKUP_DIR}/base"]).stdout.split()
+    kept = retention_keeping_one(lab)
     assert older in kept, "the good one is kept in place of the bad newer one"
     lab.ssh("pgt1", ["rm", "-rf", f"{BACKUP_DIR}/base/{newest}"])
     ok(lab, BACKUP, "base", timeout=900)  # a good newest one again, for the tests after
