@@ -367,7 +367,6 @@ if [ -s "$lock" ]; then
   if [ "$pid $start" != "$me" ] && [ "$(field "$pid" 20)" = "$start" ]; then
     echo "held $info"; exit 0
   fi
-  [ "$pid $start" = "$me" ] || echo "stale $info"
 fi
 printf '%%s %%s\n' "$me" %(info)s > "$lock.tmp" && mv "$lock.tmp" "$lock"
 echo "taken"
@@ -379,13 +378,12 @@ class DeployLock(FactBase):
     Takes the host's deploy lock for this run, or reports who holds it. The lock belongs to
     the process that carries this run's commands on the host (the SSH session, or pyinfra for
     ``@local``): it is held until that connection ends, and a lock whose process is gone (a
-    killed run) is taken over. A fact, not an operation, so that it is taken before anything
-    is read to plan the run, and a run that changes nothing reports no change.
+    finished or killed run) is simply taken. A fact, not an operation, so that it is taken
+    before anything is read to plan the run, and a run that changes nothing reports no change.
 
     .. code:: python
 
-        {"state": "taken"}            # or "held", with "by": "run ... since ..."
-        {"state": "taken", "stale": "run ... since ..."}
+        {"state": "taken"}            # or {"state": "held", "by": "run ... since ..."}
     """
 
     def command(self, info: str) -> str:
@@ -397,8 +395,6 @@ class DeployLock(FactBase):
             word, _, rest = line.partition(" ")
             if word == "held":
                 result = {"state": "held", "by": rest}
-            elif word == "stale":
-                result["stale"] = rest
             elif word == "taken":
                 result["state"] = "taken"
         return result

@@ -58,26 +58,42 @@ def directory_problems(settings: Settings, states: dict[str, dict]) -> list[str]
     return found
 
 
-def listen_problems(settings: Settings, addresses: list[str],
-                    resolved: dict[str, list[str]]) -> list[str]:
-    """Listen addresses the host does not have, for PostgreSQL and PgBouncer."""
+def _listen_wanted(settings: Settings) -> list[tuple[str, str]]:
+    """(setting, address) for every address PostgreSQL or PgBouncer is told to listen on that
+    must be one of the host's: not "*" and not localhost."""
     from pginfra.pgbouncer import listen_addresses as pgbouncer_addresses
 
-    have = {str(ipaddress.ip_address(a)) for a in addresses}
     wanted = [("postgres_listen_addresses", a) for a in settings.postgres_listen_addresses]
     if settings.pgbouncer_enabled:
         key = ("pgbouncer_listen_addresses" if settings.pgbouncer_listen_addresses
                else "postgres_listen_addresses (PgBouncer's too)")
-        wanted += [(key, a) for a in pgbouncer_addresses(settings)
-                   if (key, a) not in wanted]
+        wanted += [(key, a) for a in pgbouncer_addresses(settings) if (key, a) not in wanted]
+    return [(k, a) for k, a in wanted if a not in ANY_ADDRESS and a not in LOCAL_NAMES]
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def hostnames(settings: Settings) -> tuple[str, ...]:
+    """Listen addresses that are names to resolve on the host."""
+    return tuple(sorted({a for _, a in _listen_wanted(settings) if not _is_ip(a)}))
+
+
+def listen_problems(settings: Settings, addresses: list[str],
+                    resolved: dict[str, list[str]]) -> list[str]:
+    """Listen addresses the host does not have, for PostgreSQL and PgBouncer."""
+    have = {str(ipaddress.ip_address(a)) for a in addresses}
     found = []
-    for key, address in wanted:
-        if address in ANY_ADDRESS or address in LOCAL_NAMES:
-            continue
-        try:
+    for key, address in _listen_wanted(settings):
+        if _is_ip(address):
             ours = str(ipaddress.ip_address(address)) in have
             what = "address"
-        except ValueError:
+        else:
             ours = any(str(ipaddress.ip_address(a)) in have for a in resolved.get(address, []))
             what = "name, which resolves to " + (
                 ", ".join(resolved.get(address, [])) or "nothing") + ","
@@ -85,19 +101,6 @@ def listen_problems(settings: Settings, addresses: list[str],
             found.append(f"{key}: {address} is not an address of this host ({what} while the "
                          f"host has {', '.join(sorted(have))}): nothing would listen there")
     return found
-
-
-def hostnames(settings: Settings) -> tuple[str, ...]:
-    """Listen addresses that are names to resolve on the host."""
-    names = set()
-    for address in [*settings.postgres_listen_addresses, *settings.pgbouncer_listen_addresses]:
-        if address in ANY_ADDRESS or address in LOCAL_NAMES:
-            continue
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            names.add(address)
-    return tuple(sorted(names))
 
 
 def check_host(settings: Settings) -> None:
