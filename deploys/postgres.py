@@ -17,11 +17,13 @@ from pginfra.steps import (
     install_packages,
     install_tls,
     manage_roles,
+    replicate,
     run_pgbouncer,
     run_service,
 )
 
-settings = load_settings()  # 0. validate this host's inventory data
+settings = load_settings()  # 0. validate this host's inventory data and its place in the
+#                               cluster (the group 'primary'; every other host a standby)
 
 install_packages(settings)  # 1. PostgreSQL from Debian's packages
 new_cluster = create_cluster(settings)  # 2. the cluster, created with data checksums
@@ -29,9 +31,11 @@ run_service(settings)  # 3. running under systemd, started at boot
 tls_files = install_tls(settings)  # 4. the host's own key and certificate
 configure_server(settings, tls_files)  # 5. tuned config and pg_hba: checked, reloaded, and
 #                                           restarted only when a changed parameter needs it
-manage_roles(settings, new_cluster)  # 6. roles, passwords, databases, pg_stat_statements
-run_pgbouncer(settings, new_cluster, tls_files)  # 7. PgBouncer, its userlist in step with 6.
-install_backups(settings)  # 8. base backups, dumps, S3 copies, retention, drills
-install_health(settings)  # 9. health checks, maintenance, metrics; /etc/cron.d/pginfra
-harden_databases(settings, new_cluster)  # 10. SQL bundles as tracked migrations: monitoring
+replicate(settings, new_cluster)  # 6. the primary's replication role and slots; standbys
+#                                     made from it over TLS, streaming; a named promotion
+manage_roles(settings, new_cluster)  # 7. roles, passwords, databases, pg_stat_statements
+run_pgbouncer(settings, new_cluster, tls_files)  # 8. PgBouncer, its userlist in step with 7.
+install_backups(settings)  # 9. base backups, dumps, S3 copies, retention, drills (primary)
+install_health(settings)  # 10. health checks, maintenance, metrics; /etc/cron.d/pginfra
+harden_databases(settings, new_cluster)  # 11. SQL bundles as tracked migrations: monitoring
 #                                           views, constraints and indexes, safely on a live db

@@ -2,8 +2,8 @@
 Rehearsal hosts booted on this machine by ``pginfra rehearsal up``, reached over SSH with the
 lab's own key and known_hosts, exactly as production hosts are reached.
 
-    pginfra rehearsal up --hosts 2
-    pginfra secrets init postgres app pgbouncer_admin    # random passwords, git-ignored
+    pginfra rehearsal up --hosts 3      # pg1 the primary, pg2 and pg3 its standbys
+    pginfra secrets init postgres app pgbouncer_admin replicator    # random, git-ignored
     pyinfra -y inventories/rehearsal.py deploys/postgres.py
 
 ``PGINFRA_REHEARSAL_DIR`` chooses another lab (default /var/lib/pginfra/rehearsal).
@@ -12,9 +12,13 @@ lab's own key and known_hosts, exactly as production hosts are reached.
 from pginfra.inventory import rehearsal_hosts, rehearsal_lab
 
 lab = rehearsal_lab()
+_hosts = rehearsal_hosts(lab)
+
+# The first host is the primary; every other host becomes its streaming standby.
+primary = [_hosts[0][0]] if _hosts else []
 
 postgres_servers = (
-    rehearsal_hosts(lab),
+    _hosts,
     {
         # An application as production would have one: an owner role that cannot log in, an
         # application role that can, and its database.

@@ -86,6 +86,7 @@ class PostgresRoles(_JsonQuery):
         "SELECT coalesce(json_object_agg(r.rolname, json_build_object("
         "'login', r.rolcanlogin, 'superuser', r.rolsuper, 'createdb', r.rolcreatedb, "
         "'createrole', r.rolcreaterole, 'inherit', r.rolinherit, "
+        "'replication', r.rolreplication, 'bypassrls', r.rolbypassrls, "
         "'connection_limit', r.rolconnlimit, 'password', r.rolpassword, "
         "'member_of', coalesce((SELECT json_agg(g.rolname ORDER BY g.rolname) "
         "FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid), "
@@ -447,3 +448,58 @@ class PostgresListenAddresses(FactBase):
 
     def process(self, output):
         return [a.strip() for line in output for a in line.split(",") if a.strip()]
+
+
+class ReplicationState(FactBase):
+    """
+    Where a server stands in replication: in recovery or not, its system identifier and
+    timeline, the WAL position it has reached, its WAL receiver (a standby), its physical
+    replication slots, whether it holds user data, and whether its data directory has a
+    ``standby.signal``. ``server`` is None when the server does not answer.
+
+    .. code:: python
+
+        {"standby_signal": True,
+         "server": {"in_recovery": True, "system_identifier": "7301...", "timeline": 1,
+                    "lsn": "0/3000148", "user_databases": 2, "user_tables": 0,
+                    "user_roles": 3,
+                    "receiver": {"status": "streaming", "sender_host": "10.77.0.10",
+                                 "sender_port": 5432, "slot_name": "pg2"},
+                    "slots": [{"name": "pg3", "active": True, "wal_status": "reserved"}]}}
+    """
+
+    sql = (
+        "SELECT json_build_object("
+        "'in_recovery', pg_is_in_recovery(), "
+        "'system_identifier', (SELECT system_identifier::text FROM pg_control_system()), "
+        "'timeline', (SELECT timeline_id FROM pg_control_checkpoint()), "
+        "'lsn', (CASE WHEN pg_is_in_recovery() THEN greatest(pg_last_wal_receive_lsn(), "
+        "pg_last_wal_replay_lsn()) ELSE pg_current_wal_lsn() END)::text, "
+        "'user_databases', (SELECT count(*) FROM pg_database WHERE NOT datistemplate "
+        "AND datname <> 'postgres'), "
+        "'user_tables', (SELECT count(*) FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'm') "
+        "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+        "AND n.nspname NOT LIKE 'pg_toast%'), "
+        "'user_roles', (SELECT count(*) FROM pg_roles WHERE rolname !~ '^pg_' "
+        "AND rolname <> 'postgres'), "
+        "'receiver', (SELECT json_build_object('status', status, 'sender_host', sender_host, "
+        "'sender_port', sender_port, 'slot_name', slot_name) FROM pg_stat_wal_receiver), "
+        "'slots', coalesce((SELECT json_agg(json_build_object('name', slot_name, "
+        "'active', active, 'wal_status', wal_status) ORDER BY slot_name) "
+        "FROM pg_replication_slots WHERE slot_type = 'physical'), '[]'))"
+    )
+
+    def requires_command(self, *args, **kwargs) -> str:
+        return "psql"
+
+    def command(self, data_directory: str, port: int = 5432) -> str:
+        signal = shlex.quote(f"{data_directory}/standby.signal")
+        return (f"echo \"signal=$(test -e {signal} && echo yes)\"; "
+                + psql_command(self.sql, port))
+
+    def process(self, output):
+        lines = [line for line in output if line.strip()]
+        signal = bool(lines) and lines[0] == "signal=yes"
+        text = "\n".join(lines[1:]).strip()
+        return {"standby_signal": signal, "server": json.loads(text) if text else None}

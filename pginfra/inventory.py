@@ -26,11 +26,17 @@ def rehearsal_hosts(lab: dict | str | os.PathLike | None = None) -> list[tuple[s
     """
     pyinfra host entries for the hosts of a rehearsal lab: SSH with the lab's key and
     known_hosts, and the server listening on the host's lab address too.
+    ``$PGINFRA_REHEARSAL_HOSTS`` (names, comma or space separated) keeps only those hosts.
 
     >>> rehearsal_hosts()  # doctest: +SKIP
     [('pg1', {'ssh_hostname': '10.77.0.10', 'ssh_user': 'root', ...})]
     """
     state = lab if isinstance(lab, dict) else rehearsal_lab(lab)
+    only = os.environ.get("PGINFRA_REHEARSAL_HOSTS", "").replace(",", " ").split()
+    unknown = [name for name in only if name not in state["hosts"]]
+    if unknown:
+        raise PyinfraError(f"PGINFRA_REHEARSAL_HOSTS names {', '.join(unknown)}: the lab has "
+                           f"{', '.join(sorted(state['hosts']))}")
     return [
         (
             name,
@@ -46,4 +52,5 @@ def rehearsal_hosts(lab: dict | str | os.PathLike | None = None) -> list[tuple[s
             },
         )
         for name, h in sorted(state["hosts"].items())
+        if not only or name in only
     ]

@@ -5,7 +5,7 @@ Planning is pure: it compares what inventory data wants with what the server has
 converged server gets none. Passwords are checked against the stored SCRAM verifier; a new
 verifier is computed on the control machine only when the password changed.
 
-    >>> plan_roles([{"name": "app", "login": True}], {}, {})[0][:31]
+    >>> plan_roles([{"name": "app", "login": True}], {}, {})[0][:32]
     'CREATE ROLE "app" WITH LOGIN NOS'
 
 pginfra never drops a role or a database, and leaves roles it does not manage alone.
@@ -259,3 +259,49 @@ def plan_database_objects(wanted_extensions: list[str], state: dict,
         for rel in STATS_RELATIONS:
             statements.append(f"GRANT SELECT ON {rel} TO pg_read_all_stats")
     return statements
+
+
+REPLICATION_ATTRIBUTES = ("LOGIN", "REPLICATION", "NOSUPERUSER", "NOCREATEDB", "NOCREATEROLE",
+                          "NOINHERIT", "NOBYPASSRLS")
+
+
+def plan_replication_role(name: str, have: dict | None, verifier: str) -> list[str]:
+    """Statements that make ``name`` the streaming replication role: LOGIN and REPLICATION,
+    nothing else (no membership either), with the SCRAM ``verifier``.
+
+    >>> plan_replication_role("replicator", None, "SCRAM-SHA-256$x")[0]
+    'CREATE ROLE "replicator" WITH LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE \
+NOINHERIT NOBYPASSRLS'
+    """
+    if have is None:
+        return [f"CREATE ROLE {ident(name)} WITH {' '.join(REPLICATION_ATTRIBUTES)}",
+                f"ALTER ROLE {ident(name)} PASSWORD {literal(verifier)}"]
+    now = ("LOGIN" if have["login"] else "NOLOGIN",
+           "REPLICATION" if have.get("replication") else "NOREPLICATION",
+           "SUPERUSER" if have["superuser"] else "NOSUPERUSER",
+           "CREATEDB" if have["createdb"] else "NOCREATEDB",
+           "CREATEROLE" if have["createrole"] else "NOCREATEROLE",
+           "INHERIT" if have["inherit"] else "NOINHERIT",
+           "BYPASSRLS" if have.get("bypassrls") else "NOBYPASSRLS")
+    statements = []
+    changed = [a for a, b in zip(REPLICATION_ATTRIBUTES, now, strict=True) if a != b]
+    if changed:
+        statements.append(f"ALTER ROLE {ident(name)} WITH {' '.join(changed)}")
+    sql = _password_sql(name, verifier, have.get("password"))
+    if sql:
+        statements.append(sql)
+    statements += [f"REVOKE {ident(group)} FROM {ident(name)}" for group in have["member_of"]]
+    return statements
+
+
+def plan_slots(wanted: list[str], have: list[dict], keep: list[str]) -> tuple[list[str], list[str]]:
+    """(slots to create, slots to drop): a physical slot for each host in ``wanted``; every
+    other physical slot is pginfra's and goes, unless it is in ``keep``.
+
+    >>> plan_slots(["pg2", "pg3"], [{"name": "pg3"}, {"name": "pg4"}], [])
+    (['pg2'], ['pg4'])
+    """
+    names = [slot["name"] for slot in have]
+    create = [name for name in wanted if name not in names]
+    drop = [name for name in names if name not in wanted and name not in keep]
+    return create, drop

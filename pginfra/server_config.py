@@ -13,6 +13,7 @@ inventory data. The result is checked for contradictions before anything is writ
 from __future__ import annotations
 
 from pginfra.settings import Settings, SettingsError
+from pginfra.topology import synchronous_standby_names
 from pginfra.tuning import contradictions, tune
 
 CONF_NAME = "postgresql-production.conf"
@@ -46,6 +47,17 @@ BASE_PARAMETERS: dict[str, tuple[str, str]] = {
     "basic_archive.archive_directory": ("", "from postgres_wal_archive_dir"),
     "archive_timeout": ("5min", "a quiet server still archives at least every 5 minutes"),
     "wal_compression": ("lz4", "smaller WAL for full-page writes"),
+    # streaming replication
+    "max_slot_wal_keep_size": ("", "from postgres_max_slot_wal_keep_size: a lost standby's slot "
+                                   "cannot fill the disk"),
+    "synchronous_standby_names": ("", "from the primary's postgres_synchronous_standbys"),
+    "hot_standby": ("on", "a standby answers read-only queries"),
+    "hot_standby_feedback": ("", "from postgres_hot_standby_feedback"),
+    "primary_conninfo": ("", "a standby's upstream: TLS verify-full, the password in a "
+                             "passfile (postgres, 0600)"),
+    "primary_slot_name": ("", "a standby's slot on its upstream, named after it"),
+    "recovery_target_timeline": ("latest", "a standby follows a promoted primary"),
+    "log_replication_commands": ("on", "replication connections are logged like the others"),
     # checkpoints
     "checkpoint_timeout": ("15min", "fewer full-page writes than the 5min default"),
     # logging
@@ -101,6 +113,10 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("WAL and archiving", ["wal_level", "max_wal_senders", "wal_keep_size", "wal_buffers",
                            "wal_compression", "archive_mode", "archive_library",
                            "basic_archive.archive_directory", "archive_timeout"]),
+    ("Streaming replication", ["max_slot_wal_keep_size", "synchronous_standby_names",
+                               "hot_standby", "hot_standby_feedback", "primary_conninfo",
+                               "primary_slot_name", "recovery_target_timeline",
+                               "log_replication_commands"]),
     ("Checkpoints", ["checkpoint_timeout", "checkpoint_completion_target", "min_wal_size",
                      "max_wal_size"]),
     ("Logging", ["logging_collector", "log_directory", "log_filename",
@@ -120,6 +136,33 @@ SECTIONS: list[tuple[str, list[str]]] = [
 def tls_paths(settings: Settings) -> dict[str, str]:
     base = f"/etc/postgresql/{settings.postgres_version}/{settings.postgres_cluster}/tls"
     return {"cert": f"{base}/server.crt", "key": f"{base}/server.key", "ca": f"{base}/ca.crt"}
+
+
+def passfile_path(settings: Settings) -> str:
+    """The replication user's passfile on a standby (postgres, 0600, in the 0700 config
+    directory): libpq reads the password from it, so it is in no command line or setting."""
+    return (f"/etc/postgresql/{settings.postgres_version}/{settings.postgres_cluster}/"
+            "replication.pgpass")
+
+
+def primary_conninfo(settings: Settings) -> str:
+    """A standby's connection to its upstream, or '' on a primary."""
+    upstream = settings.upstream
+    if upstream is None:
+        return ""
+    return " ".join([
+        f"host={upstream.address}", f"port={upstream.port}",
+        f"user={settings.postgres_replication_user}", f"application_name={settings.node.slot}",
+        "sslmode=verify-full", f"sslrootcert={tls_paths(settings)['ca']}",
+        f"passfile={passfile_path(settings)}", "connect_timeout=5",
+        "keepalives_idle=30", "keepalives_interval=10", "keepalives_count=3",
+    ])
+
+
+def passfile_text(settings: Settings, password: str) -> str:
+    """The passfile line: any host, replication connections, the replication user."""
+    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+    return f"*:*:replication:{settings.postgres_replication_user}:{escaped}\n"
 
 
 def _conf_value(value) -> str:
@@ -148,11 +191,18 @@ def server_parameters(settings: Settings, memory: int, cpus: int) -> dict[str, s
         "auto_explain.log_min_duration": f"{slow * 4}ms" if slow >= 0 else "-1",
         "pgaudit.log": settings.postgres_audit_log,
         "auth_delay.milliseconds": str(settings.postgres_auth_delay_ms),
+        "max_slot_wal_keep_size": settings.postgres_max_slot_wal_keep_size,
+        "synchronous_standby_names": "" if settings.is_standby else synchronous_standby_names(
+            settings.postgres_synchronous_standbys),
+        "hot_standby_feedback": _conf_value(settings.postgres_hot_standby_feedback),
+        "primary_conninfo": primary_conninfo(settings),
+        "primary_slot_name": settings.node.slot if settings.is_standby else "",
     })
     params.update(tune(memory, cpus, settings.postgres_profile, settings.postgres_storage,
                        settings.postgres_max_connections or None))
     params.update({k: _conf_value(v) for k, v in settings.postgres_parameters.items()})
-    problems = contradictions(params, memory, settings.postgres_replicas)
+    standbys = len(settings.node.downstream) if settings.node else 0
+    problems = contradictions(params, memory, max(settings.postgres_replicas, standbys))
     if problems:
         raise SettingsError("contradictory server settings, nothing was changed:\n"
                             + "\n".join(f"  {settings.host_name}: {p}" for p in problems))

@@ -268,6 +268,12 @@ def _cross_problems(values: Mapping[str, Any]) -> list[str]:
     """Problems that involve more than one setting."""
     found = []
     known = {"postgres", *(r["name"] for r in values["postgres_roles"])}
+    replication_user = values["postgres_replication_user"]
+    if replication_user in known or replication_user.startswith("pg_") or \
+            replication_user in _roles().RESERVED_ROLES:
+        found.append(f"postgres_replication_user: {replication_user!r} must be a role of its own "
+                     "(REPLICATION and LOGIN only), not postgres, a pg_ role or one of "
+                     "postgres_roles")
     for key in ("pgbouncer_admin_users", "pgbouncer_stats_users"):
         for role in values[key]:
             if role == "postgres" or role in known:
@@ -428,6 +434,46 @@ SETTINGS: tuple[Setting, ...] = (
         "postgres_replicas", 0, int,
         "Streaming replicas planned for this server; max_wal_senders must cover them.",
         minimum=0, maximum=100,
+    ),
+    Setting(
+        "postgres_replication_user", "replicator", str,
+        "Role the standbys stream as: REPLICATION and LOGIN only, its password a secret.",
+        pattern=_NAME,
+    ),
+    Setting(
+        "postgres_replication_address", "", str,
+        "Address other hosts reach this server at and it connects from; empty: first listen IP.",
+        pattern=r"([0-9.]+|[0-9a-fA-F:]+)?",
+        validator=lambda v: _ip_problem(v) if v else None,
+    ),
+    Setting(
+        "postgres_upstream", "", str,
+        "Host this standby streams from; empty: the primary (another standby: a cascade).",
+        pattern=r"[A-Za-z0-9@/._:-]*",
+    ),
+    Setting(
+        "postgres_synchronous_standbys", "", str,
+        "On the primary: 'ANY n (host, ...)' or 'FIRST n (host, ...)'; empty: asynchronous.",
+        pattern=r"((ANY|FIRST) [1-9][0-9]* \([A-Za-z0-9@/._:-]+(, ?[A-Za-z0-9@/._:-]+)*\))?",
+    ),
+    Setting(
+        "postgres_hot_standby_feedback", True, bool,
+        "Standbys tell the primary which rows their queries need (fewer cancelled queries).",
+    ),
+    Setting(
+        "postgres_max_slot_wal_keep_size", "10GB", str,
+        "Most WAL a replication slot may hold on the primary (-1: no cap; the disk may fill).",
+        pattern=r"-1|[1-9][0-9]*(MB|GB|TB)",
+    ),
+    Setting(
+        "postgres_replication_slots_keep", [], list,
+        "Physical slots on the primary that are not pginfra's (pg_receivewal...): never dropped.",
+        item_type=str, pattern=r"[a-z0-9_]{1,63}",
+    ),
+    Setting(
+        "postgres_former_primary", "", str,
+        "Set on the host named primary to promote it: the primary it replaces, gone for good.",
+        pattern=r"[A-Za-z0-9@/._:-]*",
     ),
     Setting(
         "postgres_listen_addresses", ["localhost"], list,
@@ -882,6 +928,39 @@ class Settings:
     def __init__(self, values: Mapping[str, Any], host_name: str = "host"):
         self._values = dict(values)
         self.host_name = host_name  # for messages: every problem names its host
+        # This host's place in the inventory's cluster (pginfra.topology): set by
+        # load_settings(); None is a server on its own, a primary without standbys.
+        self.node = None
+        self.cluster: dict = {}
+
+    @property
+    def is_standby(self) -> bool:
+        return self.node is not None and self.node.role == "standby"
+
+    @property
+    def upstream(self):
+        """The Node this standby streams from, or None."""
+        return self.cluster.get(self.node.upstream) if self.is_standby else None
+
+    @property
+    def runs_backups(self) -> bool:
+        """Backups, dumps and drills run on the primary only: a standby's are the primary's."""
+        return self.backup_enabled and not self.is_standby
+
+    @property
+    def runs_maintenance(self) -> bool:
+        """VACUUM, ANALYZE, REINDEX and refreshes write: on the primary only."""
+        return self.maintenance_enabled and not self.is_standby
+
+    @property
+    def runs_bundles(self) -> bool:
+        """SQL bundles are applied on the primary; standbys replay them."""
+        return bool(self.postgres_sql_bundles) and not self.is_standby
+
+    @property
+    def replicated(self) -> bool:
+        """Whether this host is part of a cluster of more than one server."""
+        return len(self.cluster) > 1
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -949,8 +1028,14 @@ def load_settings() -> Settings:
     from pyinfra import host
 
     from pginfra.preflight import check_host
+    from pginfra.topology import TopologyError, current
 
     settings = resolve(host.data.dict(), host.name)
+    settings.cluster = current()
+    settings.node = settings.cluster.get(host.name)
+    if settings.node is None:
+        raise TopologyError(f"{host.name} is not in the inventory's group postgres_servers, "
+                            "nothing was changed: pginfra deploys to the hosts of that group")
     check_host(settings)
     return settings
 

@@ -123,7 +123,7 @@ def install_backups(settings: Settings):
         install_backups(load_settings())
     """
     credentials = s3_credentials(settings, host.name)  # may refuse: before any operation
-    if not settings.backup_enabled:
+    if not settings.runs_backups:  # off, or a standby: the primary's backups are its own
         return  # the next step leaves the backup jobs out of /etc/cron.d/pginfra
 
     install_programs(PROGRAMS)

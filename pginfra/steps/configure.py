@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import ipaddress
 import shlex
 
 from pyinfra import host, logger
@@ -14,7 +16,15 @@ from pyinfra.operations.util import any_changed
 
 from pginfra import ROOT
 from pginfra.pgbouncer import AUTH_USER
-from pginfra.server_config import CONF_NAME, quote, render_sections, server_parameters
+from pginfra.secrets import require_strong_password
+from pginfra.server_config import (
+    CONF_NAME,
+    passfile_path,
+    passfile_text,
+    quote,
+    render_sections,
+    server_parameters,
+)
 from pginfra.settings import Settings
 from pginfra.steps.health import EXPORTER_ROLE
 from pginfra.templating import render_io
@@ -86,10 +96,12 @@ def configure_server(settings: Settings, tls_changed=None):
         "pg_hba.conf": render_io("pg_hba.conf.j2", path=targets["pg_hba.conf"],
                                  rules=settings.postgres_hba, auth_query_user=auth_query_user,
                                  exporter_user=EXPORTER_ROLE if settings.health_prometheus
-                                 else ""),
+                                 else "", replication_user=settings.postgres_replication_user,
+                                 replication_peers=replication_peers(settings)),
         "pg_ident.conf": render_io("pg_ident.conf.j2", path=targets["pg_ident.conf"],
                                    auth_query_user=auth_query_user),
     }
+    passfile_ops = install_passfile(settings)
     staged_ops = [
         files.put(name=f"Stage {name}", src=rendered[name], dest=f"{staged_dir}/{name}",
                   user="postgres", group="postgres", mode="640")
@@ -104,8 +116,34 @@ def configure_server(settings: Settings, tls_changed=None):
         name="Check, reload, and restart only if needed (pginfra-apply-config)",
         function=run_reporting,
         command=apply_command(settings, [(f"{staged_dir}/{n}", t) for n, t in targets.items()]),
-        _if=any_changed(program, *staged_ops, *(tls_changed or [])) if not drifted else None,
+        _if=any_changed(program, *staged_ops, *passfile_ops, *(tls_changed or []))
+        if not drifted else None,
     )
+
+
+def replication_peers(settings: Settings) -> list[tuple[str, str]]:
+    """(host, network) of the other servers of the cluster: any of them may stream from this
+    one (its standbys now, every server once another is promoted)."""
+    peers = []
+    for name, node in sorted(settings.cluster.items()):
+        if name != settings.host_name and node.address:
+            ip = ipaddress.ip_address(node.address)
+            peers.append((name, f"{ip}/{ip.max_prefixlen}"))
+    return peers
+
+
+def install_passfile(settings: Settings) -> list:
+    """The replication user's password for libpq, on a standby only (postgres, 0600)."""
+    path = passfile_path(settings)
+    if not settings.is_standby:
+        files.file(name=f"No replication passfile {path} (not a standby)", path=path,
+                   present=False)
+        return []
+    password = require_strong_password(settings.postgres_replication_user, host.name,
+                                       settings.postgres_password_min_length)
+    return [files.put(name=f"Replication passfile {path} (postgres, 0600)",
+                      src=io.StringIO(passfile_text(settings, password)), dest=path,
+                      user="postgres", group="postgres", mode="600")]
 
 
 def run_reporting(state, host, command: str) -> bool:

@@ -89,8 +89,8 @@ def harden_databases(settings: Settings, new_cluster: bool = False):
 
         harden_databases(load_settings())
     """
-    if not databases_with_bundles(settings):
-        return
+    if not settings.runs_bundles or not databases_with_bundles(settings):
+        return  # none, or a standby: it replays what the primary applied
     pending = pending_by_database(settings, new_cluster)  # may refuse: before any operation
 
     files.directory(name="Directory of pginfra's host programs", path="/usr/local/lib/pginfra",

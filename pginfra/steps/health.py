@@ -58,7 +58,7 @@ def health_config(settings: Settings, host_name: str) -> dict:
         "pgbouncer": {"port": settings.pgbouncer_port,
                       "listen": pgbouncer_listen_addresses(settings)}
         if settings.pgbouncer_enabled else None,
-        "backup": {"state_dir": STATE_DIR} if settings.backup_enabled else None,
+        "backup": {"state_dir": STATE_DIR} if settings.runs_backups else None,
         "textfile": TEXTFILE if settings.health_prometheus else None,
         "thresholds": {name: list(getattr(settings, f"health_{name}")) for name in THRESHOLDS},
     }
@@ -85,14 +85,14 @@ def maintenance_config(settings: Settings, host_name: str) -> dict:
 def cron_file(settings: Settings) -> str | None:
     """/etc/cron.d/pginfra: every scheduled job of pginfra; None when nothing is scheduled."""
     backup = health = maintenance = None
-    if settings.backup_enabled:
+    if settings.runs_backups:
         backup = {key: getattr(settings, f"backup_schedule_{key}")
                   for key in ("base", "dump", "wal_ship", "retention", "drill")}
         backup["s3"] = bool(settings.backup_s3_bucket)
     if settings.health_enabled:
         health = {"schedule": settings.health_schedule,
                   "textfile": TEXTFILE if settings.health_prometheus else None}
-    if settings.maintenance_enabled:
+    if settings.runs_maintenance:
         maintenance = {key: getattr(settings, f"maintenance_schedule_{key}")
                        for key in ("vacuum", "reindex", "refresh")}
     if not (backup or health or maintenance):
@@ -167,14 +167,14 @@ def install_health(settings: Settings):
         install_health(load_settings())
     """
     programs = [name for name, wanted in (("pginfra-health", settings.health_enabled),
-                                          ("pginfra-maintenance", settings.maintenance_enabled))
+                                          ("pginfra-maintenance", settings.runs_maintenance))
                 if wanted]
     if programs:
         # the backup step installed what programs share, unless backups are off
-        install_programs(programs, shared=not settings.backup_enabled)
+        install_programs(programs, shared=not settings.runs_backups)
     for wanted, path, state, config in (
             (settings.health_enabled, HEALTH_CONFIG, HEALTH_STATE, health_config),
-            (settings.maintenance_enabled, MAINTENANCE_CONFIG, MAINTENANCE_STATE,
+            (settings.runs_maintenance, MAINTENANCE_CONFIG, MAINTENANCE_STATE,
              maintenance_config)):
         if wanted:
             files.put(name=f"Configuration {path}",

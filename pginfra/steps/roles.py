@@ -35,17 +35,29 @@ def credentials(settings: Settings, new_cluster: bool = False) -> dict[str, str]
     """Role name -> the SCRAM verifier it should have, for the postgres superuser and every
     login role; computed once per host and run, so the server and PgBouncer's userlist get the
     same strings."""
-    if host.name not in _CREDENTIALS:
+    # A standby has the primary's roles: its PgBouncer must offer the primary's verifiers.
+    source = _primary(settings) if settings.is_standby else host
+    if source.name not in _CREDENTIALS:
         strength = settings.postgres_password_min_length
         passwords = {"postgres": require_strong_password("postgres", host.name, strength)}
         for role in server_roles(settings):
             if role["login"]:
                 passwords[role["name"]] = require_strong_password(role["name"], host.name,
                                                                   strength)
-        current = {} if new_cluster else host.get_fact(
-            PostgresRoles, port=settings.postgres_port) or {}
-        _CREDENTIALS[host.name] = wanted_verifiers(passwords, current)
-    return _CREDENTIALS[host.name]
+        port = source.data.get("postgres_port", settings.postgres_port)
+        current = {} if new_cluster and source is host else source.get_fact(
+            PostgresRoles, port=port) or {}
+        # Hosts are planned side by side: the first to get here decides, so the primary and
+        # every standby use the same verifier for a new password.
+        _CREDENTIALS.setdefault(source.name, wanted_verifiers(passwords, current))
+    return _CREDENTIALS[source.name]
+
+
+def _primary(settings: Settings):
+    from pyinfra import inventory
+
+    name = next(n for n, node in settings.cluster.items() if node.role == "primary")
+    return inventory.get_host(name)
 
 
 def needs_auth_function(settings: Settings, state: dict) -> bool:
@@ -89,6 +101,8 @@ def manage_roles(settings: Settings, new_cluster: bool = False):
 
         manage_roles(load_settings())
     """
+    if settings.is_standby:
+        return  # read-only: roles and databases arrive from the primary
     roles = server_roles(settings)
     port = settings.postgres_port
 

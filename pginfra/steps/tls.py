@@ -16,6 +16,8 @@ from pginfra.settings import Settings, SettingsError
 def certificate_names(settings: Settings) -> tuple[list[str], list[str]]:
     """(DNS names, IP addresses) a client may use for this host, for the certificate's SAN."""
     names = [host.name, *settings.postgres_tls_names]
+    if settings.node is not None and settings.node.address:
+        names.append(settings.node.address)  # where the other servers reach this one
     ssh_hostname = host.data.get("ssh_hostname")
     if ssh_hostname:
         names.append(ssh_hostname)

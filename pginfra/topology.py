@@ -1,0 +1,249 @@
+"""Which host is the primary and which stream from whom: the cluster an inventory describes.
+
+The ``primary`` group names the primary (one host). Every other host of ``postgres_servers``
+is a standby: of the primary, or of the host its ``postgres_upstream`` names (a cascade). An
+inventory with one host and no ``primary`` group is that host, a primary.
+
+Planning is pure: :func:`plan` takes each host's data and the primary group and returns a
+:class:`Node` per host, or raises :class:`TopologyError` naming the hosts::
+
+    >>> nodes = plan({"pg1": {"postgres_listen_addresses": ["localhost", "10.0.0.1"]},
+    ...               "pg2": {"postgres_listen_addresses": ["localhost", "10.0.0.2"]}},
+    ...              ["pg1"])
+    >>> nodes["pg2"].role, nodes["pg2"].upstream, nodes["pg1"].downstream
+    ('standby', 'pg1', ['pg2'])
+
+:func:`current` does the same for the inventory of the pyinfra run, once per run.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pginfra.settings import BY_NAME, SettingsError
+
+PRIMARY_GROUP = "primary"
+SERVERS_GROUP = "postgres_servers"
+_SYNC = re.compile(r"(ANY|FIRST) ([1-9][0-9]*) \(([^()]+)\)")
+
+
+class TopologyError(SettingsError):
+    """The inventory does not describe one primary with standbys; nothing was changed."""
+
+
+@dataclass
+class Node:
+    """One host of the cluster, as the others see it."""
+
+    name: str
+    role: str  # "primary" or "standby"
+    address: str  # where the others reach its server, and where it connects from
+    port: int
+    upstream: str | None = None  # the host a standby streams from
+    downstream: list[str] = field(default_factory=list)  # hosts streaming from this one
+    former_primary: str = ""
+
+    @property
+    def slot(self) -> str:
+        """This host's physical replication slot on its upstream (and its application_name)."""
+        return slot_name(self.name)
+
+
+def slot_name(host_name: str) -> str:
+    """A host's replication slot and application_name: its name in lower case, every other
+    character an underscore, at most 63 bytes.
+
+    >>> slot_name("db2.example.com")
+    'db2_example_com'
+    """
+    return re.sub(r"[^a-z0-9_]", "_", host_name.lower())[:63]
+
+
+def _value(data: dict[str, Any], key: str) -> Any:
+    return data.get(key, BY_NAME[key].default)
+
+
+def replication_address(name: str, data: dict[str, Any]) -> str | None:
+    """``postgres_replication_address``, else the first listen address that is an IP and not
+    loopback, else ``ssh_hostname`` when it is an IP; None when there is none."""
+    given = _value(data, "postgres_replication_address")
+    if given:
+        return given
+    candidates = [*_value(data, "postgres_listen_addresses"), data.get("ssh_hostname") or ""]
+    for candidate in candidates:
+        try:
+            ip = ipaddress.ip_address(candidate)
+        except ValueError:
+            continue
+        if not ip.is_loopback and not ip.is_unspecified:
+            return str(ip)
+    return None
+
+
+def plan(hosts: dict[str, dict[str, Any]], primary_group: list[str]) -> dict[str, Node]:
+    """The cluster of ``hosts`` (name -> data), or TopologyError naming every problem."""
+    problems: list[str] = []
+    names = list(hosts)
+    primaries = [p for p in primary_group if p in hosts]
+    strangers = [p for p in primary_group if p not in hosts]
+    if strangers:
+        problems.append(f"the {PRIMARY_GROUP} group names {', '.join(strangers)}, not in "
+                        f"{SERVERS_GROUP}")
+    if len(primaries) > 1:
+        problems.append(f"the {PRIMARY_GROUP} group names {len(primaries)} hosts "
+                        f"({', '.join(primaries)}): a cluster has one primary")
+    if not primary_group and len(names) > 1:
+        problems.append(f"{len(names)} servers ({', '.join(names)}) and no {PRIMARY_GROUP} "
+                        f"group: name the primary in a group '{PRIMARY_GROUP}'; the other "
+                        "hosts become its standbys")
+    if problems:
+        raise TopologyError(_message(problems))
+    primary = primaries[0] if primaries else names[0]
+
+    nodes: dict[str, Node] = {}
+    for name, data in hosts.items():
+        address = replication_address(name, data)
+        if address is None and len(names) > 1:
+            problems.append(f"{name}: postgres_replication_address: none given and no listen "
+                            "address or ssh_hostname is an IP address other hosts can use; "
+                            "set it to the address this host has on the cluster's network")
+            address = ""
+        upstream = _value(data, "postgres_upstream") or None
+        if name == primary:
+            if upstream:
+                problems.append(f"{name}: postgres_upstream: {upstream!r}, but {name} is the "
+                                "primary: a primary streams from no one")
+            upstream = None
+        else:
+            upstream = upstream or primary
+            if upstream not in hosts:
+                problems.append(f"{name}: postgres_upstream: {upstream!r} is not a host of "
+                                f"{SERVERS_GROUP}")
+            elif upstream == name:
+                problems.append(f"{name}: postgres_upstream: a host cannot stream from itself")
+        nodes[name] = Node(name=name, role="primary" if name == primary else "standby",
+                           address=address or "", port=_value(data, "postgres_port"),
+                           upstream=upstream,
+                           former_primary=_value(data, "postgres_former_primary"))
+    problems += _loops(nodes)
+    problems += _uniform(hosts, "postgres_replication_user")
+    problems += _collisions(names)
+    for name, node in nodes.items():
+        if node.upstream in nodes:
+            nodes[node.upstream].downstream.append(name)
+    sync = _value(hosts[primary], "postgres_synchronous_standbys")
+    if sync:  # the primary's (as group data, the standbys have it too: it is not theirs)
+        problem = sync_problem(sync, nodes, primary)
+        if problem:
+            problems.append(f"{primary}: postgres_synchronous_standbys: {problem}")
+    for name in hosts:
+        former = nodes[name].former_primary
+        if former and former in hosts:
+            problems.append(f"{name}: postgres_former_primary: {former} is still in "
+                            f"{SERVERS_GROUP}: a former primary is one that is gone; remove it "
+                            "from the inventory (and make sure it is stopped) first")
+    if problems:
+        raise TopologyError(_message(problems))
+    return nodes
+
+
+def _message(problems: list[str]) -> str:
+    return ("the inventory's cluster is not one primary with standbys, nothing was changed:\n"
+            + "\n".join(f"  {p}" for p in problems))
+
+
+def _loops(nodes: dict[str, Node]) -> list[str]:
+    """Standbys whose chain of upstreams never reaches the primary."""
+    found, reported = [], set()
+    for name in nodes:
+        chain, current = [], name
+        while current in nodes and nodes[current].upstream and current not in chain:
+            chain.append(current)
+            current = nodes[current].upstream
+        if current in chain and not set(chain) & reported:
+            loop = chain[chain.index(current):] + [current]
+            reported.update(loop)
+            found.append(f"{name}: postgres_upstream makes a loop: {' -> '.join(loop)} never "
+                         "reaches the primary")
+    return found
+
+
+def _uniform(hosts: dict[str, dict[str, Any]], key: str) -> list[str]:
+    values = {name: _value(data, key) for name, data in hosts.items()}
+    if len(set(values.values())) > 1:
+        shown = ", ".join(f"{n}={v!r}" for n, v in values.items())
+        return [f"{key} differs between hosts ({shown}): it is one setting of the cluster"]
+    return []
+
+
+def _collisions(names: list[str]) -> list[str]:
+    seen: dict[str, str] = {}
+    found = []
+    for name in names:
+        slot = slot_name(name)
+        if slot in seen:
+            found.append(f"{seen[slot]} and {name} would share the replication slot {slot!r}: "
+                         "rename one")
+        seen.setdefault(slot, name)
+    return found
+
+
+def parse_sync(value: str) -> tuple[str, int, list[str]]:
+    """``"ANY 1 (pg2, pg3)"`` -> ("ANY", 1, ["pg2", "pg3"])."""
+    found = _SYNC.fullmatch(value.strip())
+    if not found:
+        raise ValueError(f"{value!r} is not 'ANY n (host, ...)' or 'FIRST n (host, ...)'")
+    names = [n.strip() for n in found.group(3).split(",")]
+    return found.group(1), int(found.group(2)), names
+
+
+def sync_problem(value: str, nodes: dict[str, Node], owner: str) -> str | None:
+    """Why ``value`` cannot be the primary's synchronous standbys, or None."""
+    try:
+        method, count, names = parse_sync(value)
+    except ValueError as exc:
+        return str(exc)
+    for name in names:
+        if name not in nodes:
+            return f"{name} is not a host of {SERVERS_GROUP}"
+        if nodes[name].upstream != owner:
+            return (f"{name} does not stream from the primary {owner} directly, so it cannot "
+                    "confirm its commits")
+    if len(set(names)) != len(names):
+        return f"a host is named twice in {value!r}"
+    if count > len(names):
+        return (f"{method} {count} of {len(names)} standbys: commits would wait forever; "
+                f"name at least {count}")
+    return None
+
+
+def synchronous_standby_names(value: str) -> str:
+    """The server parameter for ``postgres_synchronous_standbys`` (application names quoted).
+
+    >>> synchronous_standby_names("ANY 1 (pg2, db3.example.com)")
+    'ANY 1 ("pg2", "db3_example_com")'
+    """
+    if not value:
+        return ""
+    method, count, names = parse_sync(value)
+    return f"{method} {count} (" + ", ".join(f'"{slot_name(n)}"' for n in names) + ")"
+
+
+_CACHE: dict[int, dict[str, Node]] = {}
+
+
+def current() -> dict[str, Node]:
+    """The cluster of the running pyinfra inventory (``postgres_servers``, else every host),
+    planned once per inventory."""
+    from pyinfra import inventory
+
+    key = id(inventory._get_module())
+    if key not in _CACHE:
+        group = inventory.get_group(SERVERS_GROUP, None)
+        hosts = list(group) if group else list(inventory)
+        primary = [h.name for h in (inventory.get_group(PRIMARY_GROUP, None) or [])]
+        _CACHE[key] = plan({h.name: h.data.dict() for h in hosts}, primary)
+    return _CACHE[key]
