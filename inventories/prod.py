@@ -12,17 +12,22 @@ Adding a host is one entry: append ``("db3.example.com", {...})`` to ``postgres_
 SSH settings (``ssh_user``, ``ssh_key``, ``ssh_port``...) are pyinfra's own connector data.
 """
 
-# The primary: the server applications write to. Its group lets later steps (replication, SQL
-# hardening, backups) single it out; the host's own data is given once, in postgres_servers.
+# The primary: the server applications write to. Every other host of postgres_servers is its
+# streaming standby (or, with postgres_upstream, a standby's). The host's own data is given
+# once, in postgres_servers. Promoting a standby: README, "Promoting a standby".
 primary = ["db1.example.com"]
 
 postgres_servers = (
     [
         # Host data (the tuple's dict) overrides the group data below.
-        ("db1.example.com", {"ssh_hostname": "10.20.0.11"}),
-        ("db2.example.com", {"ssh_hostname": "10.20.0.12", "postgres_port": 5433}),
-        # Add a host here, e.g.:
-        # ("db3.example.com", {"ssh_hostname": "10.20.0.13"}),
+        # The server listens on the address the other servers (its standbys) reach it at.
+        ("db1.example.com", {"ssh_hostname": "10.20.0.11",
+                             "postgres_listen_addresses": ["localhost", "10.20.0.11"]}),
+        ("db2.example.com", {"ssh_hostname": "10.20.0.12", "postgres_port": 5433,
+                             "postgres_listen_addresses": ["localhost", "10.20.0.12"]}),
+        # Add a host here, and it becomes a streaming standby of the primary, e.g.:
+        # ("db3.example.com", {"ssh_hostname": "10.20.0.13",
+        #                      "postgres_listen_addresses": ["localhost", "10.20.0.13"]}),
     ],
     {
         # Group data: applies to every host above.
@@ -36,5 +41,7 @@ postgres_servers = (
         # SQL bundles (directories under sql/) per database; '*' is every managed database.
         # A pg_dump goes to pginfra_migrate_dump_dir before pending files are applied.
         "postgres_sql_bundles": {"*": ["baseline"]},
+        # Streaming replication (docs/settings.md): commits wait for one standby's flush.
+        "postgres_synchronous_standbys": "ANY 1 (db2.example.com)",
     },
 )

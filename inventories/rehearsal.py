@@ -6,16 +6,21 @@ lab's own key and known_hosts, exactly as production hosts are reached.
     pginfra secrets init postgres app pgbouncer_admin replicator    # random, git-ignored
     pyinfra -y inventories/rehearsal.py deploys/postgres.py
 
-``PGINFRA_REHEARSAL_DIR`` chooses another lab (default /var/lib/pginfra/rehearsal).
+``PGINFRA_REHEARSAL_DIR`` chooses another lab (default /var/lib/pginfra/rehearsal);
+``PGINFRA_REHEARSAL_HOSTS=pg1,pg2`` deploys to those hosts only (the others are not in the
+inventory: a standby taken out); ``PGINFRA_REHEARSAL_PRIMARY=pg2`` names another primary.
 """
+
+import os
 
 from pginfra.inventory import rehearsal_hosts, rehearsal_lab
 
 lab = rehearsal_lab()
 _hosts = rehearsal_hosts(lab)
 
-# The first host is the primary; every other host becomes its streaming standby.
-primary = [_hosts[0][0]] if _hosts else []
+# The first host is the primary (or the one $PGINFRA_REHEARSAL_PRIMARY names, to rehearse a
+# promotion); every other host becomes its streaming standby.
+primary = [os.environ.get("PGINFRA_REHEARSAL_PRIMARY") or (_hosts[0][0] if _hosts else "")]
 
 postgres_servers = (
     _hosts,

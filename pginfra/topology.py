@@ -111,6 +111,11 @@ def plan(hosts: dict[str, dict[str, Any]], primary_group: list[str]) -> dict[str
                             "address or ssh_hostname is an IP address other hosts can use; "
                             "set it to the address this host has on the cluster's network")
             address = ""
+        listen = _value(data, "postgres_listen_addresses")
+        if address and len(names) > 1 and not set(listen) & {address, "*", "0.0.0.0", "::"}:
+            problems.append(f"{name}: postgres_listen_addresses: the other servers reach {name} "
+                            f"at {address} (postgres_replication_address), but it listens on "
+                            f"{', '.join(listen)} only: add {address}")
         upstream = _value(data, "postgres_upstream") or None
         if name == primary:
             if upstream:

@@ -4,6 +4,8 @@
     pytest tests/host --hosts=pg1 --ssh-config=.vagrant/ssh-config
 """
 
+import re
+
 import pytest
 
 from pginfra.settings import resolve
@@ -36,3 +38,20 @@ def psql(host):
             return host.check_output(f"cd /tmp && psql -XAtq -d {database} -c {sql!r}")
 
     return run
+
+
+@pytest.fixture(scope="module")
+def standby(host, settings) -> bool:
+    """Whether the host is configured as a standby: its primary_conninfo names an upstream."""
+    conf = host.file(f"/etc/postgresql/{settings.postgres_version}/{settings.postgres_cluster}"
+                     "/conf.d/postgresql-production.conf").content_string
+    return bool(re.search(r"^primary_conninfo = '[^']+'$", conf, re.M))
+
+
+@pytest.fixture
+def primary_only(standby, host):
+    """Backups, maintenance and SQL bundles are the primary's: on a standby, test_replication.py
+    checks that they are absent instead."""
+    if standby:
+        pytest.skip("a standby: backups, maintenance and SQL bundles run on the primary "
+                    "(tests/host/test_replication.py checks they are absent here)")

@@ -3,6 +3,10 @@ log rotation, and a first verified base backup."""
 
 import json
 
+import pytest
+
+pytestmark = pytest.mark.usefixtures("primary_only")
+
 BIN = "/usr/local/lib/pginfra"
 
 

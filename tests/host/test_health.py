@@ -4,6 +4,8 @@ reports healthy."""
 
 import json
 
+import pytest
+
 BIN = "/usr/local/lib/pginfra"
 THRESHOLDS = ("connections_percent", "long_running_seconds", "idle_in_transaction_seconds",
               "lock_wait_seconds", "archive_failing_seconds", "archive_ready_segments",
@@ -12,6 +14,7 @@ THRESHOLDS = ("connections_percent", "long_running_seconds", "idle_in_transactio
               "pgbouncer_wait_seconds")
 
 
+@pytest.mark.usefixtures("primary_only")
 def test_programs_installed(host):
     for name in ("pginfra-health", "pginfra-maintenance"):
         f = host.file(f"{BIN}/{name}")
@@ -19,6 +22,7 @@ def test_programs_installed(host):
         assert "exit" in host.check_output(f"{BIN}/{name} --help").lower()
 
 
+@pytest.mark.usefixtures("primary_only")
 def test_configuration_carries_the_thresholds_readable_by_postgres_only(host, settings, psql):
     for path in ("/etc/pginfra/health.json", "/etc/pginfra/maintenance.json"):
         f = host.file(path)
@@ -32,12 +36,14 @@ def test_configuration_carries_the_thresholds_readable_by_postgres_only(host, se
     assert set(maintenance["databases"]) <= set(existing)  # the inventory's, all created
 
 
+@pytest.mark.usefixtures("primary_only")
 def test_state_directories_are_private(host):
     for path in ("/var/lib/pginfra/health", "/var/lib/pginfra/maintenance"):
         d = host.file(path)
         assert d.is_directory and (d.user, d.group, d.mode) == ("postgres", "postgres", 0o700)
 
 
+@pytest.mark.usefixtures("primary_only")
 def test_health_and_maintenance_are_scheduled_next_to_the_backups(host, settings):
     f = host.file("/etc/cron.d/pginfra")
     jobs = [line for line in f.content_string.splitlines() if line and line[0] in "0123456789*@"]

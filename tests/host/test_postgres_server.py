@@ -14,13 +14,14 @@ def test_debian_does_not_create_clusters_behind_our_back(host):
     assert (conf.user, conf.group, conf.mode) == ("root", "root", 0o644)
 
 
-def test_cluster_present(host, settings, cluster):
+def test_cluster_present(host, settings, cluster, standby):
     listing = host.check_output("pg_lsclusters --no-header")
     rows = [line.split() for line in listing.splitlines()]
     ours = [r for r in rows if f"{r[0]}/{r[1]}" == cluster]
     assert ours, listing
     version, name, port, status, owner, data_dir = ours[0][:6]
-    assert (int(port), status, owner) == (settings.postgres_port, "online", "postgres")
+    online = "online,recovery" if standby else "online"
+    assert (int(port), status, owner) == (settings.postgres_port, online, "postgres")
     assert data_dir == f"/var/lib/postgresql/{version}/{name}"
 
 
@@ -46,9 +47,9 @@ def test_data_directory_owned_by_postgres_0700(host, settings):
     assert (data.user, data.group, data.mode) == ("postgres", "postgres", 0o700)
 
 
-def test_server_answers_with_the_right_version(psql, settings):
+def test_server_answers_with_the_right_version(psql, settings, standby):
     assert psql("SHOW server_version_num").startswith(str(settings.postgres_version))
-    assert psql("SELECT pg_is_in_recovery()") == "f"
+    assert psql("SELECT pg_is_in_recovery()") == ("t" if standby else "f")
 
 
 def test_cluster_created_with_data_checksums(psql, settings):

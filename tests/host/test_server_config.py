@@ -95,6 +95,7 @@ def test_wal_archive_directory(host, psql, settings):
     assert setting(psql, "basic_archive.archive_directory") == settings.postgres_wal_archive_dir
 
 
+@pytest.mark.usefixtures("primary_only")
 def test_switched_segment_is_archived(host, psql, settings):
     before = psql("SELECT archived_count || ' ' || failed_count FROM pg_stat_archiver").split()
     psql("SELECT txid_current()")

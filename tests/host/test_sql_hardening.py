@@ -4,7 +4,11 @@ every database with the baseline bundle applied and nothing pending."""
 import hashlib
 import json
 
+import pytest
+
 from pginfra.sql_bundles import SQL_ROOT
+
+pytestmark = pytest.mark.usefixtures("primary_only")
 
 RUNNER = "/usr/local/lib/pginfra/pginfra-migrate"
 SQL_DIR = "/usr/local/share/pginfra/sql"
