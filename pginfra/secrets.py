@@ -99,6 +99,9 @@ def password_problem(role: str, password: str, min_length: int = 12) -> str | No
     classes = sum(bool(re.search(pattern, password))
                   for pattern in (r"[a-z]", r"[A-Z]", r"[0-9]", r"[^A-Za-z0-9]"))
     lowered = password.lower()
+    if re.search(r"[\x00-\x1f\x7f]", password):
+        return ("holds a line break or another control character (a passfile, userlist or "
+                "environment line would cut it)")
     if len(password) < min_length:
         return f"is shorter than {min_length} characters"
     if len(set(password)) < 4:

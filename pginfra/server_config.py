@@ -12,6 +12,8 @@ inventory data. The result is checked for contradictions before anything is writ
 
 from __future__ import annotations
 
+import re
+
 from pginfra.settings import Settings, SettingsError
 from pginfra.topology import synchronous_standby_names
 from pginfra.tuning import contradictions, tune
@@ -40,7 +42,8 @@ BASE_PARAMETERS: dict[str, tuple[str, str]] = {
     "ssl_prefer_server_ciphers": ("on", "the server's cipher order wins"),
     # WAL and archiving
     "wal_level": ("replica", "enough for archiving and streaming replicas"),
-    "max_wal_senders": ("10", "streaming replicas and pg_basebackup"),
+    "max_wal_senders": ("10", "streaming replicas and pg_basebackup; more in a larger cluster"),
+    "max_replication_slots": ("10", "a slot per standby; more in a larger cluster"),
     "wal_keep_size": ("1GB", "WAL kept for replicas that fall behind"),
     "archive_mode": ("on", "every segment goes to the WAL archive"),
     "archive_library": ("basic_archive", "durable copy: temp file, fsync, rename, fsync dir"),
@@ -110,7 +113,8 @@ SECTIONS: list[tuple[str, list[str]]] = [
                                    "max_parallel_maintenance_workers"]),
     ("Planner", ["random_page_cost", "effective_io_concurrency", "default_statistics_target",
                  "jit"]),
-    ("WAL and archiving", ["wal_level", "max_wal_senders", "wal_keep_size", "wal_buffers",
+    ("WAL and archiving", ["wal_level", "max_wal_senders", "max_replication_slots",
+                           "wal_keep_size", "wal_buffers",
                            "wal_compression", "archive_mode", "archive_library",
                            "basic_archive.archive_directory", "archive_timeout"]),
     ("Streaming replication", ["max_slot_wal_keep_size", "synchronous_standby_names",
@@ -161,8 +165,25 @@ def primary_conninfo(settings: Settings) -> str:
 
 def passfile_text(settings: Settings, password: str) -> str:
     """The passfile line: any host, replication connections, the replication user."""
+    if re.search(r"[\x00-\x1f\x7f]", password):
+        raise SettingsError(f"{settings.host_name}: the password of "
+                            f"{settings.postgres_replication_user} holds a line break or another "
+                            "control character: a passfile holds it on one line")
     escaped = password.replace("\\", "\\\\").replace(":", "\\:")
     return f"*:*:replication:{settings.postgres_replication_user}:{escaped}\n"
+
+
+# A hot standby will not start with less of these than its primary has: every server of a
+# cluster gets the largest value any of them would have (each may become the primary).
+HOT_STANDBY_MINIMUMS = {"max_connections": 100, "max_worker_processes": 8,
+                        "max_wal_senders": 10, "max_prepared_transactions": 0,
+                        "max_locks_per_transaction": 64}
+
+
+def hot_standby_floor(params: dict[str, str]) -> dict[str, int]:
+    """The values of ``HOT_STANDBY_MINIMUMS`` in a server's parameters (defaults if unset)."""
+    return {name: int(params.get(name, default)) for name, default in
+            HOT_STANDBY_MINIMUMS.items()}
 
 
 def _conf_value(value) -> str:
@@ -171,8 +192,11 @@ def _conf_value(value) -> str:
     return str(value)
 
 
-def server_parameters(settings: Settings, memory: int, cpus: int) -> dict[str, str]:
-    """Every parameter pginfra sets on a host with ``memory`` bytes and ``cpus`` CPUs.
+def server_parameters(settings: Settings, memory: int, cpus: int,
+                      floor: dict[str, int] | None = None) -> dict[str, str]:
+    """Every parameter pginfra sets on a host with ``memory`` bytes and ``cpus`` CPUs; with
+    ``floor`` (the other servers' ``hot_standby_floor``), no value of ``HOT_STANDBY_MINIMUMS``
+    below it.
 
     Raises SettingsError when the result contradicts itself or the host.
     """
@@ -198,9 +222,19 @@ def server_parameters(settings: Settings, memory: int, cpus: int) -> dict[str, s
         "primary_conninfo": primary_conninfo(settings),
         "primary_slot_name": settings.node.slot if settings.is_standby else "",
     })
+    if settings.node is not None:
+        # Any server may become the primary of all the others: a sender and a slot for each,
+        # the slots pginfra keeps, and two senders for a pg_basebackup with -X stream.
+        others = len(settings.cluster) - 1
+        keep = len(settings.postgres_replication_slots_keep)
+        params["max_wal_senders"] = str(max(10, others + keep + 2))
+        params["max_replication_slots"] = str(max(10, others + keep))
     params.update(tune(memory, cpus, settings.postgres_profile, settings.postgres_storage,
                        settings.postgres_max_connections or None))
     params.update({k: _conf_value(v) for k, v in settings.postgres_parameters.items()})
+    for name, least in (floor or {}).items():
+        if int(params.get(name, HOT_STANDBY_MINIMUMS[name])) < least:
+            params[name] = str(least)
     standbys = len(settings.node.downstream) if settings.node else 0
     problems = contradictions(params, memory, max(settings.postgres_replicas, standbys))
     if problems:

@@ -147,6 +147,13 @@ _PARAMETERS_REFUSED = {
     "ssl_cert_file": "use postgres_tls_cert_file",
     "ssl_key_file": "use postgres_tls_key_file",
     "ssl_ca_file": "use postgres_tls_ca_file",
+    "synchronous_standby_names": "use postgres_synchronous_standbys (checked against the "
+                                 "inventory's standbys)",
+    "primary_conninfo": "a standby's upstream comes from the inventory (the group 'primary', "
+                        "postgres_upstream)",
+    "primary_slot_name": "each standby's slot is named after it by pginfra",
+    "hot_standby_feedback": "use postgres_hot_standby_feedback",
+    "max_slot_wal_keep_size": "use postgres_max_slot_wal_keep_size",
 }
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 

@@ -78,7 +78,7 @@ def replication_address(name: str, data: dict[str, Any]) -> str | None:
             ip = ipaddress.ip_address(candidate)
         except ValueError:
             continue
-        if not ip.is_loopback and not ip.is_unspecified:
+        if not (ip.is_loopback or ip.is_unspecified or ip.is_link_local):
             return str(ip)
     return None
 
@@ -87,6 +87,8 @@ def plan(hosts: dict[str, dict[str, Any]], primary_group: list[str]) -> dict[str
     """The cluster of ``hosts`` (name -> data), or TopologyError naming every problem."""
     problems: list[str] = []
     names = list(hosts)
+    if not names:
+        return {}
     primaries = [p for p in primary_group if p in hosts]
     strangers = [p for p in primary_group if p not in hosts]
     if strangers:
@@ -129,6 +131,7 @@ def plan(hosts: dict[str, dict[str, Any]], primary_group: list[str]) -> dict[str
                                 f"{SERVERS_GROUP}")
             elif upstream == name:
                 problems.append(f"{name}: postgres_upstream: a host cannot stream from itself")
+                upstream = primary  # reported once: not a loop as well
         nodes[name] = Node(name=name, role="primary" if name == primary else "standby",
                            address=address or "", port=_value(data, "postgres_port"),
                            upstream=upstream,

@@ -19,13 +19,14 @@ from pginfra.pgbouncer import AUTH_USER
 from pginfra.secrets import require_strong_password
 from pginfra.server_config import (
     CONF_NAME,
+    hot_standby_floor,
     passfile_path,
     passfile_text,
     quote,
     render_sections,
     server_parameters,
 )
-from pginfra.settings import Settings
+from pginfra.settings import Settings, SettingsError, resolve
 from pginfra.steps.health import EXPORTER_ROLE
 from pginfra.templating import render_io
 from pginfra.tuning import MB, format_size
@@ -58,7 +59,8 @@ def configure_server(settings: Settings, tls_changed=None):
     """
     memory = host.get_fact(Memory) * MB  # the fact is in MB
     cpus = host.get_fact(Cpus)
-    params = server_parameters(settings, memory, cpus)  # refuses contradictions: no op yet
+    # refuses contradictions: no op yet
+    params = server_parameters(settings, memory, cpus, cluster_floor(settings))
     conf = config_dir(settings)
     staged_dir = f"{conf}/pginfra-staged"
 
@@ -119,6 +121,29 @@ def configure_server(settings: Settings, tls_changed=None):
         _if=any_changed(program, *staged_ops, *passfile_ops, *(tls_changed or []))
         if not drifted else None,
     )
+
+
+def cluster_floor(settings: Settings) -> dict[str, int]:
+    """The largest ``HOT_STANDBY_MINIMUMS`` values the other servers of the cluster get from
+    their own RAM, CPUs and data, so that a standby never has less than its primary (it would
+    not start) and any of them may be promoted."""
+    from pyinfra import inventory
+
+    floor: dict[str, int] = {}
+    for name in settings.cluster:
+        other = inventory.get_host(name, None)
+        if name == host.name or other is None:
+            continue
+        try:
+            theirs = resolve(other.data.dict(), name)
+            theirs.cluster, theirs.node = settings.cluster, settings.cluster[name]
+            params = server_parameters(theirs, other.get_fact(Memory) * MB,
+                                       other.get_fact(Cpus))
+        except SettingsError:
+            continue  # that host's own run reports it
+        for key, value in hot_standby_floor(params).items():
+            floor[key] = max(floor.get(key, 0), value)
+    return floor
 
 
 def replication_peers(settings: Settings) -> list[tuple[str, str]]:

@@ -268,8 +268,9 @@ def replicate(settings: Settings, new_cluster: bool = False):
         upstream = _other_state(node.upstream)
         cascade = settings.cluster[node.upstream].role == "standby"
         build = standby_needs_build(settings, state, new_cluster, upstream)
-        if node.downstream:  # a cascade's upstream: its standbys' slots, once it is a standby
-            names["cascade"], cascade_sql = slot_changes(settings, None if build else me)
+        # A cascade's upstream: its standbys' slots, once it is a standby; a standby that no
+        # longer has any drops those it kept.
+        names["cascade"], cascade_sql = slot_changes(settings, None if build else me)
 
     server.shell(name=f"Promote {host.name}: it replaces {node.former_primary}"
                  if promote else "Promote: not needed",

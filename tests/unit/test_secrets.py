@@ -162,3 +162,10 @@ def test_a_weak_password_stops_the_run_without_showing_it(monkeypatch):
     message = str(err.value)
     assert message.startswith("db1: the password of role 'app' is shorter than 12 characters")
     assert "app-2024" not in message and "nothing was changed" in message
+
+
+def test_a_password_with_a_line_break_is_refused():
+    from pginfra.secrets import password_problem
+
+    assert "line break" in password_problem("replicator", "Correct-Horse-9\nbattery")
+    assert password_problem("replicator", "Correct-Horse-9 battery") is None

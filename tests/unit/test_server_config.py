@@ -60,3 +60,22 @@ def test_hba_has_no_weak_methods_and_rejects_the_rest():
     assert lines[-1].split()[-1] == "reject"
     assert not FORBIDDEN_METHODS.search("\n".join(lines))
     assert not any(ln.split()[0] == "host" and ln.split()[-1] != "reject" for ln in lines)
+
+
+def test_a_floor_raises_the_hot_standby_minimums_and_nothing_else():
+    from pginfra.server_config import HOT_STANDBY_MINIMUMS, hot_standby_floor
+
+    settings = resolve({})
+    own = server_parameters(settings, memory=4 * 1024**3, cpus=2)
+    floor = {"max_connections": 500, "max_worker_processes": 16, "max_wal_senders": 3,
+             "max_prepared_transactions": 10, "max_locks_per_transaction": 128}
+    raised = server_parameters(settings, memory=4 * 1024**3, cpus=2, floor=floor)
+    assert raised["max_connections"] == "500"
+    assert raised["max_worker_processes"] == "16"
+    assert raised["max_wal_senders"] == own["max_wal_senders"] == "10"  # already above
+    assert raised["max_prepared_transactions"] == "10"
+    assert raised["max_locks_per_transaction"] == "128"
+    assert {k: v for k, v in raised.items() if k not in HOT_STANDBY_MINIMUMS} == \
+        {k: v for k, v in own.items() if k not in HOT_STANDBY_MINIMUMS}
+    assert hot_standby_floor(raised) == {**floor, "max_wal_senders": 10}
+    assert hot_standby_floor({}) == HOT_STANDBY_MINIMUMS
