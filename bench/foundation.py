@@ -45,11 +45,13 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
 
 def deploy(lab: Lab) -> dict:
     control = lab.state_dir.parent / "control"
+    # pgb2 is the bare-install baseline, not a server of the inventory (it would be pgb1's
+    # standby).
     env = dict(os.environ, PGINFRA_REHEARSAL_DIR=str(lab.state_dir),
                PGINFRA_SECRETS_FILE=str(control / "secrets.yaml"),
-               PGINFRA_CA_DIR=str(control / "ca"))
+               PGINFRA_CA_DIR=str(control / "ca"), PGINFRA_REHEARSAL_HOSTS="pgb1")
     proc = subprocess.run(
-        [str(BIN / "pyinfra"), "-y", "--json", "--limit", "pgb1", "inventories/rehearsal.py",
+        [str(BIN / "pyinfra"), "-y", "--json", "inventories/rehearsal.py",
          "deploys/postgres.py"],
         cwd=ROOT, env=env, capture_output=True, text=True, check=True,
     )
