@@ -109,6 +109,7 @@ def check_host(settings: Settings) -> None:
     from pyinfra import host, logger
     from pyinfra.facts.hardware import Cpus, Memory
 
+    from pginfra import factcache
     from pginfra.facts import (
         AptSecuritySources,
         DeployLock,
@@ -125,6 +126,8 @@ def check_host(settings: Settings) -> None:
         raise SettingsError(f"{settings.host_name}: another pginfra deploy is running on this "
                             f"host ({lock.get('by', 'unknown')}); nothing was changed: run "
                             "again once it has finished")
+    # The host is ours for this run: read every fact its last run read, in one command.
+    factcache.prefetch(host)
     paths = tuple(getattr(settings, key) for key in POSTGRES_DIRECTORIES)
     problems = directory_problems(settings, host.get_fact(PathStates, paths=paths))
     names = hostnames(settings)

@@ -1034,9 +1034,11 @@ def load_settings() -> Settings:
     against the host (``pginfra.preflight``), before any operation."""
     from pyinfra import host
 
+    from pginfra import factcache
     from pginfra.preflight import check_host
     from pginfra.topology import TopologyError, current
 
+    factcache.install()  # facts this host's last run read come in one command (preflight)
     settings = resolve(host.data.dict(), host.name)
     settings.cluster = current()
     settings.node = settings.cluster.get(host.name)

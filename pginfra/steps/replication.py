@@ -272,20 +272,20 @@ def replicate(settings: Settings, new_cluster: bool = False):
         # longer has any drops those it kept.
         names["cascade"], cascade_sql = slot_changes(settings, None if build else me)
 
-    server.shell(name=f"Promote {host.name}: it replaces {node.former_primary}"
-                 if promote else "Promote: not needed",
+    # One name each: pyinfra shows an operation that runs on every host under one name.
+    for what in filter(None, [promote and f"promote it: it replaces {node.former_primary}",
+                              names["primary"], names["cascade"],
+                              build and f"copy it from {node.upstream} with pg_basebackup"]):
+        logger.info(f"{host.print_prefix}streaming replication: {what}")
+    server.shell(name="Promote the standby the inventory names primary",
                  commands=[promote_command(settings)] if promote else [])
-    server.shell(name=f"Primary's replication {names['primary']}" if primary_sql
-                 else "Primary's replication role and slots: as they are",
+    server.shell(name="The primary's replication role and slots",
                  commands=[psql(settings, atomic=False)] if primary_sql else [],
                  _stdin=primary_sql or None)
-    server.shell(name=f"Make {host.name} a standby of {node.upstream} (pg_basebackup)"
-                 if build else "Standby copies: none to make",
+    server.shell(name="Copy new standbys from their upstream (pg_basebackup over TLS)",
                  commands=[build_command(settings, data, cascade)] if build else [])
-    server.shell(name=f"Cascade {cascade_sql and names['cascade']}" if cascade_sql
-                 else "Cascaded standbys' slots: as they are",
+    server.shell(name="Slots of cascaded standbys",
                  commands=[psql(settings, atomic=False)] if cascade_sql else [],
                  _stdin=cascade_sql or None)
-    server.shell(name=f"Wait for {host.name} to stream from {node.upstream}" if build
-                 else "Wait for new standbys: none",
+    server.shell(name="Wait for new standbys to stream",
                  commands=[wait_streaming_command(settings)] if build else [])
