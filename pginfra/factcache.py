@@ -4,7 +4,7 @@ A run that changes nothing spends its time on round trips: pyinfra reads every f
 remote command of its own (a no-op deploy of one host read 135 of them, 94 about single files),
 one after another. This module remembers, on the control machine, which read-only facts each
 host's last run read, and once the run holds the host's deploy lock it fetches them all in one
-command. While pyinfra plans the run, ``Host.get_fact`` answers those from the batch; anything
+command. ``Host.get_fact`` then answers those from the batch; anything
 else (a fact not read last time, a fact with side effects, a fact that failed) is read as
 pyinfra always reads it.
 
@@ -12,10 +12,10 @@ Why the answers are the same: until pyinfra runs a command on a host that is not
 operation's command, an upload, a ``python.call``), the host is as the batch found it, so a
 batched answer is what a read would return. The first such command on any host drops every
 host's batch (a change on one host can reach another: a role made on the primary is on its
-standbys a moment later): every later fact is read afresh. pyinfra 3 reads most facts while it runs the operations, one
-operation after another, so in a run that changes nothing every one of them comes from the
-batch. Only facts known to be pure reads are batched (``BATCHED``); the deploy lock guards the
-host against another pginfra run meanwhile.
+standbys a moment later): every later fact is read afresh. pyinfra 3 reads most facts while
+it runs the operations, one operation after another, so in a run that changes nothing every
+one of them comes from the batch. Only facts known to be pure reads are batched
+(``BATCHED``); the deploy lock guards the host against another pginfra run meanwhile.
 
     from pginfra import factcache
 

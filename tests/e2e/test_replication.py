@@ -161,6 +161,10 @@ def test_a_third_host_joins_while_pgbench_writes(lab):
     assert failed and sum(failed) == 0, log[-2000:]
     assert streaming_from(lab, "pgr3", "pgr1")
     assert slots(lab, "pgr1") == ["pgr2:true", "pgr3:true"]
+    # the row written before pgr3 existed is on both standbys now
+    for standby in ("pgr2", "pgr3"):
+        assert q(lab, standby, "SELECT v FROM public.repl_probe WHERE id = 1", db="app") \
+            == "from pgr1"
     count = q(lab, "pgr1", "SELECT count(*) FROM pgbench_history", db="app")
     wait_for(lambda: q(lab, "pgr3", "SELECT count(*) FROM pgbench_history", db="app") == count,
              "pgr3 to replay pgbench's writes")
