@@ -75,3 +75,17 @@ def test_health():
     reindex = figures["reindex_concurrently_under_load"]
     assert reindex["exit_code"] == 0
     assert reindex["size_ratio_after_to_before"] < 1, reindex
+
+
+def test_replication():
+    figures = run_short("replication")
+    assert positive(figures["cold_1_host_s"], figures["noop_1_host_s"],
+                    figures["cold_3_hosts_s"], figures["noop_3_hosts_s"],
+                    figures["plain_pg_basebackup_s"], figures["deploy_rebuilding_standby_s"],
+                    figures["tps_async"], figures["tps_sync_any_1"])
+    assert figures["noop_changed_ops"] == 0
+    assert figures["rebuild_changed_ops"] > 0  # the dropped standby was made again
+    for run in ("lag_async", "lag_sync_any_1"):
+        assert sorted(figures[run]) == ["pgq3", "pgq4"], figures[run]
+        for lag in figures[run].values():
+            assert lag["samples"] > 0 and lag["max_bytes"] >= lag["p50_bytes"] >= 0, lag

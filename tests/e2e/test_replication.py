@@ -210,7 +210,7 @@ def test_a_synchronous_standby_holds_commits_until_it_is_back(lab):
 def test_a_standby_taken_out_of_the_inventory_loses_its_slot(lab):
     out = deploy_ok(lab, "pgr1,pgr2")
     assert slots(lab, "pgr1") == ["pgr2:true"]
-    assert "The primary's replication role and slots" in out.changed
+    assert "Streaming replication | The primary's replication role and slots" in out.changed
     assert said(out, "pgr1", "streaming replication: slots: drop pgr3")
     # pgr3 may no longer connect: the primary's pg_hba.conf has no rule for it now
     hba = lab.ssh("pgr1", ["cat", "/etc/postgresql/15/main/pg_hba.conf"]).stdout
@@ -257,7 +257,8 @@ def test_promotion_drill(lab):
     started = time.monotonic()
     promoted = deploy_ok(lab, "pgr2,pgr3", "pgr2", "--data", "postgres_former_primary=pgr1")
     record_timing("replication_promote_deploy_seconds", time.monotonic() - started)
-    assert "Promote the standby the inventory names primary" in promoted.changed
+    assert "Streaming replication | Promote the standby the inventory names primary" \
+        in promoted.changed
     assert said(promoted, "pgr2", "streaming replication: promote it: it replaces pgr1")
     assert q(lab, "pgr2", "SELECT pg_is_in_recovery()") == "f"
     assert q(lab, "pgr2", "SELECT count(*), sum(id) FROM public.drill", db="app") == committed
