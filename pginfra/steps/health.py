@@ -61,6 +61,9 @@ def health_config(settings: Settings, host_name: str) -> dict:
         "backup": {"state_dir": STATE_DIR} if settings.runs_backups else None,
         "textfile": TEXTFILE if settings.health_prometheus else None,
         "thresholds": {name: list(getattr(settings, f"health_{name}")) for name in THRESHOLDS},
+        # the inventory's standbys of this server: each one not streaming is a warning
+        "standbys": [settings.cluster[name].slot for name in settings.node.downstream]
+        if settings.node else [],
     }
 
 

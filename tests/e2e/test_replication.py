@@ -194,6 +194,12 @@ def test_a_synchronous_standby_holds_commits_until_it_is_back(lab):
                            "WHERE wait_event = 'SyncRep'") == "1", "the commit to wait")
         time.sleep(2)
         assert writer.poll() is None, "the commit went through with its standby stopped"
+        # the primary's health check names the standby of the inventory that is missing
+        health = lab.ssh("pgr1", ["runuser", "-u", "postgres", "--",
+                                  "/usr/local/lib/pginfra/pginfra-health", "--json", "--check",
+                                  "replication"], check=False)
+        assert health.returncode == 1, health.stdout
+        assert "standby(s) pgr2 not streaming from this server" in health.stdout
         lab.ssh("pgr2", ["systemctl", "start", "postgresql@15-main"])
         out, err = writer.communicate(timeout=60)
         assert writer.returncode == 0, err

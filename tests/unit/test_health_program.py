@@ -279,6 +279,8 @@ BAD_CONFIGS = [
     (_bad(th_lock_wait_seconds=[-1, 300]), "key 'thresholds.lock_wait_seconds'"),
     (_bad(th_replication_lag_mb=[50]), "key 'thresholds.replication_lag_mb'"),
     (_bad(th_lag_mb=[1, 2]), "thresholds.lag_mb"),
+    (_bad(standbys=["db-2.example.com"]), "key 'standbys'"),
+    (_bad(standbys="pg2"), "key 'standbys'"),
     ({**_good_raw(), "thresholds": {"connections_percent": [75, 90]}},
      "key 'thresholds.long_running_seconds' is missing"),
 ]
@@ -770,12 +772,20 @@ def test_replication_on_the_primary_and_on_a_streaming_standby(pg):
         assert replication["data"]["role"] == "standby"
         assert replication["data"]["receiver"]["status"] == "streaming"
 
-        config = write_config(pg, "primary", th=thresholds(replication_lag_mb=[1, 1000]))
+        config = write_config(pg, "primary", th=thresholds(replication_lag_mb=[1, 1000]),
+                              standbys=["healthstandby"])
         report, checks, proc = run_json(config, "--check", "replication")
         replication = checks["replication"]
         assert replication["status"] == "ok", replication
         assert [r["application_name"] for r in replication["data"]["replicas"]] == [
             "healthstandby"]
+        # a standby the inventory has that does not stream from here is a warning
+        expecting = write_config(pg, "expecting", standbys=["healthstandby", "ghost_db2"])
+        report, checks, proc = run_json(expecting, "--check", "replication")
+        assert checks["replication"]["status"] == "warning" and proc.returncode == 1
+        assert "standby(s) ghost_db2 not streaming from this server" in \
+            checks["replication"]["detail"]
+        assert checks["replication"]["data"]["absent_standbys"] == ["ghost_db2"]
 
         standby.sql("SELECT pg_wal_replay_pause()")
         pg.sql("CREATE TABLE lag_filler AS SELECT g, repeat('x', 500) AS pad "
@@ -804,6 +814,10 @@ def test_replication_on_the_primary_and_on_a_streaming_standby(pg):
     report, checks, proc = run_json(write_config(pg, "primary-alone"), "--check",
                                     "replication")
     assert checks["replication"]["detail"] == "no replicas"
+    report, checks, proc = run_json(write_config(pg, "primary-lost", standbys=["db2"]),
+                                    "--check", "replication")
+    assert checks["replication"]["status"] == "warning", checks["replication"]
+    assert "standby(s) db2 not streaming" in checks["replication"]["detail"]
 
 
 @needs_postgres
