@@ -14,6 +14,7 @@ pginfra never drops a role or a database, and leaves roles it does not manage al
 from __future__ import annotations
 
 import re
+import shlex
 
 from pginfra.scram import make_verifier, verify
 
@@ -305,3 +306,23 @@ def plan_slots(wanted: list[str], have: list[dict], keep: list[str]) -> tuple[li
     create = [name for name in wanted if name not in names]
     drop = [name for name in names if name not in wanted and name not in keep]
     return create, drop
+
+
+# Statements carrying SCRAM verifiers must not reach the server log, even when slow or failing,
+# nor pgAudit's entries (its role class logs ALTER ROLE ... PASSWORD).
+QUIET = ("SET log_min_duration_statement = -1;\nSET log_min_error_statement = panic;\n"
+         "SET log_statement = 'none';\nSET pgaudit.log = 'none';\n")
+
+
+def quiet_sql(statements: list[str]) -> str:
+    """``statements`` as a script for ``psql_stdin``, kept out of the server log and pgAudit."""
+    return QUIET + "".join(f"{s};\n" for s in statements)
+
+
+def psql_stdin(port: int, database: str = "postgres", atomic: bool = True) -> str:
+    """psql as the postgres OS user, reading SQL from stdin, stopping at the first error."""
+    args = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+            "-p", str(port), "-d", database]
+    if atomic:
+        args.append("--single-transaction")
+    return shlex.join(args)

@@ -137,16 +137,20 @@ SECTIONS: list[tuple[str, list[str]]] = [
 ]
 
 
+def config_dir(settings: Settings) -> str:
+    """Debian's configuration directory of the cluster."""
+    return f"/etc/postgresql/{settings.postgres_version}/{settings.postgres_cluster}"
+
+
 def tls_paths(settings: Settings) -> dict[str, str]:
-    base = f"/etc/postgresql/{settings.postgres_version}/{settings.postgres_cluster}/tls"
+    base = f"{config_dir(settings)}/tls"
     return {"cert": f"{base}/server.crt", "key": f"{base}/server.key", "ca": f"{base}/ca.crt"}
 
 
 def passfile_path(settings: Settings) -> str:
     """The replication user's passfile on a standby (postgres, 0600, in the 0700 config
     directory): libpq reads the password from it, so it is in no command line or setting."""
-    return (f"/etc/postgresql/{settings.postgres_version}/{settings.postgres_cluster}/"
-            "replication.pgpass")
+    return f"{config_dir(settings)}/replication.pgpass"
 
 
 def primary_conninfo(settings: Settings) -> str:

@@ -19,6 +19,7 @@ from pginfra.pgbouncer import AUTH_USER
 from pginfra.secrets import require_strong_password
 from pginfra.server_config import (
     CONF_NAME,
+    config_dir,
     hot_standby_floor,
     passfile_path,
     passfile_text,
@@ -32,10 +33,6 @@ from pginfra.templating import render_io
 from pginfra.tuning import MB, format_size
 
 APPLY_CONFIG = "/usr/local/lib/pginfra/pginfra-apply-config"
-
-
-def config_dir(settings: Settings) -> str:
-    return f"/etc/postgresql/{settings.postgres_version}/{settings.postgres_cluster}"
 
 
 def apply_command(settings: Settings, pairs: list[tuple[str, str]]) -> str:

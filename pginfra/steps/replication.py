@@ -11,15 +11,19 @@ from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from pginfra.facts import PostgresClusters, PostgresRoles, ReplicationState
-from pginfra.roles import literal, plan_replication_role, plan_slots, wanted_verifiers
+from pginfra.roles import (
+    literal,
+    plan_replication_role,
+    plan_slots,
+    psql_stdin,
+    quiet_sql,
+    wanted_verifiers,
+)
 from pginfra.secrets import require_strong_password
 from pginfra.server_config import primary_conninfo
-from pginfra.settings import Settings
+from pginfra.settings import BY_NAME, Settings
 from pginfra.topology import TopologyError
 
-# Statements carrying a SCRAM verifier stay out of the server log and pgAudit's.
-QUIET = ("SET log_min_duration_statement = -1;\nSET log_min_error_statement = panic;\n"
-         "SET log_statement = 'none';\nSET pgaudit.log = 'none';\n")
 BUILD_RETRIES_CASCADE = 120  # 10 minutes of 5 s: a cascade's upstream may be built this run
 
 
@@ -43,21 +47,25 @@ def unit(settings: Settings) -> str:
 
 
 def psql(settings: Settings, atomic: bool = True) -> str:
-    args = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
-            "-p", str(settings.postgres_port), "-d", "postgres"]
-    return shlex.join(args + (["--single-transaction"] if atomic else []))
+    return psql_stdin(settings.postgres_port, atomic=atomic)
+
+
+def probe(settings: Settings, query: str) -> str:
+    """A shell command printing ``query``'s answer, unaligned, as the postgres OS user."""
+    return shlex.join(["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-p",
+                       str(settings.postgres_port), "-c", query])
 
 
 def _other_state(name: str) -> dict | None:
-    """Another host's server state (ReplicationState), or None when it cannot be read (down,
-    or its connection is not part of this run)."""
+    """Another server's state (ReplicationState), or None when it cannot be read (down, or its
+    connection is not part of this run)."""
     other = inventory.get_host(name, None)
     if other is None:
         return None
-    version = other.data.get("postgres_version", 15)
-    cluster = other.data.get("postgres_cluster", "main")
+    port, version, cluster = (other.data.get(key, BY_NAME[key].default) for key in
+                              ("postgres_port", "postgres_version", "postgres_cluster"))
     try:
-        state = other.get_fact(ReplicationState, port=other.data.get("postgres_port", 5432),
+        state = other.get_fact(ReplicationState, port=port,
                                data_directory=f"/var/lib/postgresql/{version}/{cluster}")
     except Exception as exc:  # noqa: BLE001 - an unreachable host is "unknown", said so
         logger.warning(f"{host.name}: could not read {name}'s replication state: {exc}")
@@ -163,12 +171,10 @@ def build_command(settings: Settings, data: str, cascade: bool) -> str:
 
 
 def wait_streaming_command(settings: Settings, seconds: int = 120) -> str:
-    query = "SELECT status FROM pg_stat_wal_receiver"
-    probe = shlex.join(["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-p",
-                        str(settings.postgres_port), "-c", query])
+    status = probe(settings, "SELECT status FROM pg_stat_wal_receiver")
     return "\n".join([
         f"for i in $(seq 1 {seconds}); do",
-        f"  [ \"$({probe} 2>/dev/null)\" = streaming ] && exit 0",
+        f"  [ \"$({status} 2>/dev/null)\" = streaming ] && exit 0",
         "  sleep 1",
         "done",
         f"echo '{host.name} is not streaming from {settings.node.upstream} after {seconds}s: "
@@ -179,13 +185,12 @@ def wait_streaming_command(settings: Settings, seconds: int = 120) -> str:
 
 def promote_command(settings: Settings) -> str:
     cluster = f"{settings.postgres_version} {settings.postgres_cluster}"
-    probe = shlex.join(["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-p",
-                        str(settings.postgres_port), "-c", "SELECT pg_is_in_recovery()"])
+    recovering = probe(settings, "SELECT pg_is_in_recovery()")
     return "\n".join([
         "set -eu",
         f"pg_ctlcluster {cluster} promote",
         "for i in $(seq 1 60); do",
-        f"  [ \"$({probe})\" = f ] && exit 0",
+        f"  [ \"$({recovering})\" = f ] && exit 0",
         "  sleep 1",
         "done",
         "echo 'still in recovery 60 s after pg_ctlcluster promote' >&2",
@@ -226,7 +231,7 @@ def replication_role_sql(settings: Settings, new_cluster: bool) -> str:
     roles = {} if new_cluster else host.get_fact(PostgresRoles, port=settings.postgres_port) or {}
     verifier = wanted_verifiers({name: password}, roles)[name]
     statements = plan_replication_role(name, roles.get(name), verifier)
-    return QUIET + "".join(f"{s};\n" for s in statements) if statements else ""
+    return quiet_sql(statements) if statements else ""
 
 
 @deploy("Streaming replication")

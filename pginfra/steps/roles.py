@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import server
@@ -14,6 +12,8 @@ from pginfra.roles import (
     plan_database_objects,
     plan_databases,
     plan_roles,
+    psql_stdin,
+    quiet_sql,
     role_spec,
     wanted_verifiers,
 )
@@ -70,25 +70,6 @@ def needs_auth_function(settings: Settings, state: dict) -> bool:
                 and fn["config"] == ["search_path=pg_catalog, pg_temp"])
 
 
-def psql_stdin(settings: Settings, database: str = "postgres", atomic: bool = True) -> str:
-    """psql as the postgres OS user, reading SQL from stdin, stopping at the first error."""
-    args = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
-            "-p", str(settings.postgres_port), "-d", database]
-    if atomic:
-        args.append("--single-transaction")
-    return shlex.join(args)
-
-
-# Statements carrying SCRAM verifiers must not reach the server log, even when slow or failing,
-# nor pgAudit's entries (its role class logs ALTER ROLE ... PASSWORD).
-QUIET = ("SET log_min_duration_statement = -1;\nSET log_min_error_statement = panic;\n"
-         "SET log_statement = 'none';\nSET pgaudit.log = 'none';\n")
-
-
-def _sql(statements: list[str]) -> str:
-    return QUIET + "".join(f"{s};\n" for s in statements)
-
-
 @deploy("Roles and databases")
 def manage_roles(settings: Settings, new_cluster: bool = False):
     """
@@ -113,7 +94,7 @@ def manage_roles(settings: Settings, new_cluster: bool = False):
     if statements:
         touched = sorted({s.split('"')[1] for s in statements})
         server.shell(name=f"Create or change roles: {', '.join(touched)}",
-                     commands=[psql_stdin(settings)], _stdin=_sql(statements))
+                     commands=[psql_stdin(port)], _stdin=quiet_sql(statements))
 
     existing = fact(PostgresDatabases) or {}
     databases = settings.postgres_databases
@@ -123,7 +104,7 @@ def manage_roles(settings: Settings, new_cluster: bool = False):
     if statements:
         # CREATE DATABASE cannot run inside a transaction block.
         server.shell(name="Create databases, set owners and CONNECT grants",
-                     commands=[psql_stdin(settings, atomic=False)], _stdin=_sql(statements))
+                     commands=[psql_stdin(port, atomic=False)], _stdin=quiet_sql(statements))
 
     connect_roles = {db["name"]: [db["owner"], *db.get("connect", [])] for db in databases}
     for db in [{"name": "postgres"}, *settings.postgres_databases]:
@@ -136,4 +117,4 @@ def manage_roles(settings: Settings, new_cluster: bool = False):
             statements += auth_function_sql()
         if statements:
             server.shell(name=f"Database {db['name']}: public schema, pg_stat_statements",
-                         commands=[psql_stdin(settings, db["name"])], _stdin=_sql(statements))
+                         commands=[psql_stdin(port, db["name"])], _stdin=quiet_sql(statements))

@@ -41,11 +41,18 @@ def psql(host):
 
 
 @pytest.fixture(scope="module")
-def standby(host, settings) -> bool:
-    """Whether the host is configured as a standby: its primary_conninfo names an upstream."""
+def primary_conninfo(host, settings) -> str:
+    """The host's primary_conninfo: its upstream when it is a standby, '' on a primary."""
     conf = host.file(f"/etc/postgresql/{settings.postgres_version}/{settings.postgres_cluster}"
                      "/conf.d/postgresql-production.conf").content_string
-    return bool(re.search(r"^primary_conninfo = '[^']+'$", conf, re.M))
+    found = re.search(r"^primary_conninfo = '((?:[^']|'')*)'$", conf, re.M)
+    return found.group(1).replace("''", "'") if found else ""
+
+
+@pytest.fixture(scope="module")
+def standby(primary_conninfo) -> bool:
+    """Whether the host is configured as a standby: its primary_conninfo names an upstream."""
+    return bool(primary_conninfo)
 
 
 @pytest.fixture

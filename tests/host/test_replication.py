@@ -3,28 +3,16 @@
 with its passfile readable by postgres only; any other host is a primary whose slots are all
 in use by standbys connected over TLS."""
 
-import re
-
 import pytest
 
-CONF = "/etc/postgresql/15/main/conf.d/postgresql-production.conf"
 PASSFILE = "/etc/postgresql/15/main/replication.pgpass"
 HBA = "/etc/postgresql/15/main/pg_hba.conf"
 
 
-def _parameter(text: str, name: str) -> str:
-    found = re.search(rf"^{name} = '((?:[^']|'')*)'$", text, re.M)
-    return found.group(1).replace("''", "'") if found else ""
-
-
 @pytest.fixture(scope="module")
-def conninfo(host):
-    return _parameter(host.file(CONF).content_string, "primary_conninfo")
-
-
-@pytest.fixture(scope="module")
-def upstream(conninfo):
-    return dict(part.split("=", 1) for part in conninfo.split()) if conninfo else None
+def upstream(primary_conninfo):
+    return dict(part.split("=", 1) for part in primary_conninfo.split()) \
+        if primary_conninfo else None
 
 
 def test_role_matches_the_configuration(psql, upstream):

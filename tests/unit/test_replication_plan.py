@@ -21,7 +21,7 @@ from pyinfra.context import ctx_host, ctx_inventory
 from throwaway_pg import PGBIN, drop_cluster, needs_postgres, new_cluster
 
 from pginfra.facts import PostgresRoles
-from pginfra.roles import REPLICATION_ATTRIBUTES, plan_replication_role, plan_slots
+from pginfra.roles import QUIET, REPLICATION_ATTRIBUTES, plan_replication_role, plan_slots
 from pginfra.scram import make_verifier, verify
 from pginfra.server_config import (
     passfile_path,
@@ -32,7 +32,6 @@ from pginfra.server_config import (
 from pginfra.settings import SettingsError, resolve
 from pginfra.steps.replication import (
     BUILD_RETRIES_CASCADE,
-    QUIET,
     _lsn,
     build_command,
     check_promotion,
