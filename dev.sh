@@ -78,7 +78,7 @@ rehearse() {
     say "booting ${HOSTS:-1} rehearsal host(s)"
     pginfra rehearsal up --hosts "${HOSTS:-1}"
     say "passwords for the rehearsal's roles (git-ignored .pginfra/secrets.yaml, mode 0600)"
-    pginfra secrets init postgres app pgbouncer_admin replicator
+    pginfra secrets init postgres app pgbouncer_admin replicator backup_cipher_pass
     say "provisioning them: pyinfra -y inventories/rehearsal.py deploys/postgres.py"
     pyinfra -y inventories/rehearsal.py deploys/postgres.py
     say "done. Next:"

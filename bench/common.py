@@ -51,7 +51,7 @@ def bench_lab(bridge: str, prefix: str, roles: list[str], hosts: int = 1,
     with, and the temporary directory (``control/`` in it holds the secrets file and the CA)."""
     with tempfile.TemporaryDirectory(prefix="pginfra-bench-") as tmp:
         control = Path(tmp) / "control"
-        generate_missing(roles, control / "secrets.yaml")
+        generate_missing([*roles, "backup_cipher_pass"], control / "secrets.yaml")
         os.environ["PGINFRA_SECRETS_FILE"] = str(control / "secrets.yaml")
         env = dict(os.environ, PGINFRA_REHEARSAL_DIR=f"{tmp}/lab",
                    PGINFRA_CA_DIR=str(control / "ca"))

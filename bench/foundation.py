@@ -69,7 +69,7 @@ def main() -> int:
         cache = Path("/var/cache/pginfra") if args.keep_rootfs_cache else Path(tmp) / "cache"
         lab = Lab(state_dir=Path(tmp) / "lab", cache_dir=cache, subnet=free_subnet(first=2),
                   bridge="pginfra-bench", prefix="pgb")
-        generate_missing(["postgres", "app", "pgbouncer_admin"],
+        generate_missing(["postgres", "app", "pgbouncer_admin", "backup_cipher_pass"],
                          Path(tmp) / "control" / "secrets.yaml")
         try:
             if not args.keep_rootfs_cache:

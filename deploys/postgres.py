@@ -17,6 +17,7 @@ from pginfra.steps import (
     install_packages,
     install_tls,
     manage_roles,
+    prepare_repository,
     replicate,
     run_pgbouncer,
     run_service,
@@ -29,13 +30,14 @@ install_packages(settings)  # 1. PostgreSQL from Debian's packages
 new_cluster = create_cluster(settings)  # 2. the cluster, created with data checksums
 run_service(settings)  # 3. running under systemd, started at boot
 tls_files = install_tls(settings)  # 4. the host's own key and certificate
-configure_server(settings, tls_files)  # 5. tuned config and pg_hba: checked, reloaded, and
-#                                           restarted only when a changed parameter needs it
-replicate(settings, new_cluster)  # 6. the primary's replication role and slots; standbys
+prepare_repository(settings)  # 5. pgBackRest: encrypted repositories (local, S3), the stanza
+configure_server(settings, tls_files)  # 6. tuned config and pg_hba, WAL to pgBackRest:
+#                                  checked, reloaded, restarted only when a parameter needs it
+replicate(settings, new_cluster)  # 7. the primary's replication role and slots; standbys
 #                                     made from it over TLS, streaming; a named promotion
-manage_roles(settings, new_cluster)  # 7. roles, passwords, databases, pg_stat_statements
-run_pgbouncer(settings, new_cluster, tls_files)  # 8. PgBouncer, its userlist in step with 7.
-install_backups(settings)  # 9. base backups, dumps, S3 copies, retention, drills (primary)
-install_health(settings)  # 10. health checks, maintenance, metrics; /etc/cron.d/pginfra
-harden_databases(settings, new_cluster)  # 11. SQL bundles as tracked migrations: monitoring
+manage_roles(settings, new_cluster)  # 8. roles, passwords, databases, pg_stat_statements
+run_pgbouncer(settings, new_cluster, tls_files)  # 9. PgBouncer, its userlist in step with 8.
+install_backups(settings)  # 10. the first full backup, verified; dumps, S3 copies, drills
+install_health(settings)  # 11. health checks, maintenance, metrics; /etc/cron.d/pginfra
+harden_databases(settings, new_cluster)  # 12. SQL bundles as tracked migrations: monitoring
 #                                           views, constraints and indexes, safely on a live db

@@ -67,13 +67,17 @@ def ensure_server_cert(
     addresses: list[str],
     dns_names: list[str],
     ca_dir: str | os.PathLike | None = None,
+    name: str = "server",
+    client: bool = False,
 ) -> tuple[Path, Path]:
     """
     Make sure ``hosts/<host_name>/server.key`` and ``server.crt`` exist, signed by the CA, with
     exactly these DNS names and IP addresses as subject alternative names. A certificate is kept
     while it is signed by the current CA, has the same names and is valid for more than
     ``RENEW_DAYS`` days; otherwise a new one is issued for the same key.
-    Returns ``(server.key, server.crt)``.
+    Returns ``(server.key, server.crt)``. ``name`` picks other files of the host (``name.key``,
+    ``name.crt``); ``client`` also allows the certificate to authenticate a client, with the
+    host name as its common name (pgBackRest's TLS server authorises peers by it).
 
     .. code:: python
 
@@ -93,7 +97,7 @@ def ensure_server_cert(
         host_dir = directory / "hosts" / host_name
         _make_private_dir(directory / "hosts")
         _make_private_dir(host_dir)
-        key_path, cert_path = host_dir / "server.key", host_dir / "server.crt"
+        key_path, cert_path = host_dir / f"{name}.key", host_dir / f"{name}.crt"
 
         key = None
         if key_path.exists():
@@ -108,8 +112,8 @@ def ensure_server_cert(
         if key is None:
             key = ec.generate_private_key(ec.SECP256R1())
             _write(key_path, _key_pem(key), 0o600)
-        common_name = dns_names[0] if dns_names else host_name
-        cert = _server_cert(key, ca_key, ca_cert, common_name, wanted)
+        common_name = host_name if client else dns_names[0] if dns_names else host_name
+        cert = _server_cert(key, ca_key, ca_cert, common_name, wanted, client)
         _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return key_path, cert_path
 
@@ -181,12 +185,16 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key, days: int,
     )
 
 
-def _server_cert(key, ca_key, ca_cert, common_name: str, wanted: set[SanEntry]):
-    """A server certificate for ``key``, signed by the CA."""
+def _server_cert(key, ca_key, ca_cert, common_name: str, wanted: set[SanEntry],
+                 client: bool = False):
+    """A server certificate for ``key``, signed by the CA (``client``: a client's too)."""
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+    if client:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     return (
         _builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
                  ca_cert.subject, key.public_key(), SERVER_CERT_DAYS, ca=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectAlternativeName(_general_names(wanted)), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(

@@ -503,3 +503,45 @@ class ReplicationState(FactBase):
         signal = bool(lines) and lines[0] == "signal=yes"
         text = "\n".join(lines[1:]).strip()
         return {"standby_signal": signal, "server": json.loads(text) if text else None}
+
+
+class PgBackRestRepos(FactBase):
+    """
+    The state of a pgBackRest stanza in each repository this host's configuration names, from
+    ``pgbackrest info --output=json`` run as postgres; empty when pgBackRest, its configuration
+    or the stanza's answer is missing. ``status`` is pgBackRest's code (0 ok, 1 missing stanza
+    path, 2 no valid backups, 3 missing stanza data, 99 other: unreachable, wrong passphrase).
+
+    .. code:: python
+
+        {1: {"status": 0, "message": "ok", "backups": 3},
+         2: {"status": 1, "message": "missing stanza path", "backups": 0}}
+    """
+
+    default = dict
+
+    def requires_command(self, *args, **kwargs) -> str:
+        return "pgbackrest"
+
+    def command(self, stanza: str) -> str:
+        return ("test -e /etc/pgbackrest/pgbackrest.conf && runuser -u postgres -- pgbackrest "
+                f"--stanza={shlex.quote(stanza)} --io-timeout=10 --output=json info "
+                "2>/dev/null || true")
+
+    def process(self, output):
+        text = "\n".join(output).strip()
+        try:
+            stanzas = json.loads(text) if text else []
+        except ValueError:
+            return {}
+        if not stanzas:
+            return {}
+        found = {}
+        for repo in stanzas[0].get("repo", []):
+            found[repo["key"]] = {"status": repo["status"]["code"],
+                                  "message": repo["status"]["message"], "backups": 0}
+        for backup in stanzas[0].get("backup", []):
+            key = backup.get("database", {}).get("repo-key")
+            if key in found:
+                found[key]["backups"] += 1
+        return found

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+from pginfra import pgbackrest
 from pginfra.settings import Settings, SettingsError
 from pginfra.topology import synchronous_standby_names
 from pginfra.tuning import contradictions, tune
@@ -46,8 +47,10 @@ BASE_PARAMETERS: dict[str, tuple[str, str]] = {
     "max_replication_slots": ("10", "a slot per standby; more in a larger cluster"),
     "wal_keep_size": ("1GB", "WAL kept for replicas that fall behind"),
     "archive_mode": ("on", "every segment goes to the WAL archive"),
-    "archive_library": ("basic_archive", "durable copy: temp file, fsync, rename, fsync dir"),
-    "basic_archive.archive_directory": ("", "from postgres_wal_archive_dir"),
+    "archive_library": ("", "empty: PostgreSQL 15 ignores archive_command while it is set"),
+    "archive_command": ("", "pgBackRest archive-push: asynchronous, to every repository"),
+    "restore_command": ("", "pgBackRest archive-get: a standby that fell behind catches up from "
+                            "the repositories"),
     "archive_timeout": ("5min", "a quiet server still archives at least every 5 minutes"),
     "wal_compression": ("lz4", "smaller WAL for full-page writes"),
     # streaming replication
@@ -116,7 +119,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("WAL and archiving", ["wal_level", "max_wal_senders", "max_replication_slots",
                            "wal_keep_size", "wal_buffers",
                            "wal_compression", "archive_mode", "archive_library",
-                           "basic_archive.archive_directory", "archive_timeout"]),
+                           "archive_command", "restore_command", "archive_timeout"]),
     ("Streaming replication", ["max_slot_wal_keep_size", "synchronous_standby_names",
                                "hot_standby", "hot_standby_feedback", "primary_conninfo",
                                "primary_slot_name", "recovery_target_timeline",
@@ -213,7 +216,8 @@ def server_parameters(settings: Settings, memory: int, cpus: int,
         "ssl_cert_file": tls["cert"],
         "ssl_key_file": tls["key"],
         "ssl_ca_file": tls["ca"],
-        "basic_archive.archive_directory": settings.postgres_wal_archive_dir,
+        "archive_command": pgbackrest.archive_command(settings),
+        "restore_command": pgbackrest.restore_command(settings),
         "log_directory": settings.postgres_log_directory,
         "log_min_duration_statement": f"{slow}ms" if slow >= 0 else "-1",
         "auto_explain.log_min_duration": f"{slow * 4}ms" if slow >= 0 else "-1",

@@ -144,6 +144,8 @@ _PARAMETERS_REFUSED = {
     "port": "use postgres_port",
     "log_directory": "use postgres_log_directory",
     "basic_archive.archive_directory": "use postgres_wal_archive_dir",
+    **dict.fromkeys(("archive_command", "archive_library", "restore_command"),
+                    "WAL is archived and fetched by pgBackRest, which pginfra configures"),
     "ssl_cert_file": "use postgres_tls_cert_file",
     "ssl_key_file": "use postgres_tls_key_file",
     "ssl_ca_file": "use postgres_tls_ca_file",
@@ -156,6 +158,15 @@ _PARAMETERS_REFUSED = {
     "max_slot_wal_keep_size": "use postgres_max_slot_wal_keep_size",
 }
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# Keys of earlier versions, with what replaced them: refused with the way forward.
+RETIRED = {
+    "backup_keep_local_base": "pgBackRest keeps backup_retention_full full backups in the local "
+                              "repository",
+    "backup_schedule_base": "renamed backup_schedule_full (pgBackRest full backups)",
+    "backup_schedule_wal_ship": "pgBackRest pushes each WAL segment to every repository as it is "
+                                "archived; remove the key",
+}
 
 
 def _check_parameters(params: dict) -> str | None:
@@ -240,6 +251,7 @@ def _port_problems(values: Mapping[str, Any]) -> list[str]:
     ports = [("postgres_port", values["postgres_port"])]
     if values["pgbouncer_enabled"]:
         ports.append(("pgbouncer_port", values["pgbouncer_port"]))
+    ports.append(("backup_tls_port", values["backup_tls_port"]))
     if values["health_prometheus"]:
         ports += [("health_prometheus_postgres_port", values["health_prometheus_postgres_port"]),
                   ("health_prometheus_node_port", values["health_prometheus_node_port"])]
@@ -677,13 +689,42 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "backup_dir", "/var/backups/postgresql/pginfra", str,
-        "Local base backups and dumps (owner postgres, mode 0700).",
+        "Local dumps, and base backups of pginfra before pgBackRest (owner postgres, mode 0700).",
         pattern=_ABS_PATH,
     ),
     Setting(
-        "backup_keep_local_base", 2, int,
-        "Verified base backups kept locally; WAL is kept back to the oldest of them.",
+        "backup_pgbackrest_version", "2.45-1", str,
+        "pgBackRest's Debian package version, the same on every host (pgBackRest requires it).",
+        pattern=r"[0-9][A-Za-z0-9.+~-]{0,40}",
+    ),
+    Setting(
+        "backup_retention_full", 2, int,
+        "Full backups kept in the local pgBackRest repository; WAL back to the oldest of them.",
         minimum=1, maximum=100,
+    ),
+    Setting(
+        "backup_retention_diff", 6, int,
+        "Differential backups kept in each pgBackRest repository.",
+        minimum=1, maximum=100,
+    ),
+    Setting(
+        "backup_compress_type", "zst", str,
+        "Compression of pgBackRest backups (WAL segments are pushed with lz4, the fastest).",
+        choices=("zst", "lz4"),
+    ),
+    Setting(
+        "backup_process_max", 0, int,
+        "pgBackRest processes for backup and restore; 0: half the host's CPUs, at least 2.",
+        minimum=0, maximum=64,
+    ),
+    Setting(
+        "backup_from_standby", True, bool,
+        "With standbys, copy backups' data files from a standby, not from the primary.",
+    ),
+    Setting(
+        "backup_tls_port", 8432, int,
+        "Port of pgBackRest's TLS server between the cluster's hosts (with standbys only).",
+        minimum=1024, maximum=65535,
     ),
     Setting(
         "backup_keep_local_dumps", 7, int,
@@ -692,13 +733,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "backup_s3_bucket", "", str,
-        "S3 bucket for off-site copies; empty keeps backups on the host only.",
+        "S3 bucket of the second pgBackRest repository and of dumps; empty: on the host only.",
         pattern=r"([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?",
     ),
     Setting(
         "backup_s3_prefix", "pginfra", str,
-        "Key prefix in the bucket; the host name and system identifier are appended.",
-        pattern=r"[A-Za-z0-9!_.*'()/-]{1,200}",
+        "Key prefix in the bucket; the primary's name (repository) or host name (dumps) follow.",
+        pattern=r"[A-Za-z0-9_.-]{1,100}(/[A-Za-z0-9_.-]{1,100}){0,4}",
     ),
     Setting(
         "backup_s3_region", "us-east-1", str,
@@ -707,22 +748,27 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "backup_s3_endpoint_url", "", str,
-        "Endpoint of an S3-compatible store (e.g. http://10.0.0.5:9000); empty for AWS.",
-        pattern=r"(https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?)?",
+        "HTTPS endpoint of an S3-compatible store (e.g. https://10.0.0.5:9000); empty for AWS.",
+        pattern=r"(https://[A-Za-z0-9.:\[\]-]+/?)?",
+    ),
+    Setting(
+        "backup_s3_ca_file", "", str,
+        "CA bundle on the control machine that signs the S3 endpoint; empty: the host's CAs.",
+        pattern=r"(/?[^\x00-\x1f]+)?",
     ),
     Setting(
         "backup_s3_sse", "AES256", str,
-        "Server-side encryption: AES256, or aws:kms with backup_s3_kms_key_id.",
+        "Server-side encryption of dumps: AES256, or aws:kms with backup_s3_kms_key_id.",
         choices=("AES256", "aws:kms"),
     ),
     Setting(
         "backup_s3_kms_key_id", "", str,
-        "KMS key id or ARN for aws:kms encryption; empty: the bucket's default key.",
+        "KMS key id or ARN for aws:kms encryption (dumps and pgBackRest); empty: the default.",
         pattern=r"[A-Za-z0-9:/_-]{0,2048}",
     ),
     Setting(
         "backup_s3_storage_class", "STANDARD", str,
-        "Storage class of uploaded objects.",
+        "Storage class of uploaded dumps.",
         choices=("STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
                  "GLACIER_IR", "REDUCED_REDUNDANCY"),
     ),
@@ -733,12 +779,22 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "backup_s3_keep_days", 30, int,
-        "Days of base backups and dumps kept in S3 (the newest verified is always kept).",
+        "Days of point-in-time recovery the S3 repository keeps, and days of dumps in S3.",
         minimum=1, maximum=3650,
     ),
     Setting(
-        "backup_schedule_base", "0 3 * * 0", str,
-        "Cron schedule of base backups (default: weekly, Sunday 03:00).",
+        "backup_schedule_full", "0 3 * * 0", str,
+        "Cron schedule of pgBackRest full backups, to every repository (weekly, Sunday 03:00).",
+        validator=_check_cron,
+    ),
+    Setting(
+        "backup_schedule_diff", "0 3 * * 1-6", str,
+        "Cron schedule of differential backups (default: 03:00 on the other days).",
+        validator=_check_cron,
+    ),
+    Setting(
+        "backup_schedule_verify", "30 5 * * *", str,
+        "Cron schedule of pgbackrest check and verify, and of the dumps' checks (daily 05:30).",
         validator=_check_cron,
     ),
     Setting(
@@ -747,13 +803,8 @@ SETTINGS: tuple[Setting, ...] = (
         validator=_check_cron,
     ),
     Setting(
-        "backup_schedule_wal_ship", "*/5 * * * *", str,
-        "Cron schedule of copying archived WAL to S3 (default: every 5 minutes).",
-        validator=_check_cron,
-    ),
-    Setting(
         "backup_schedule_retention", "0 4 * * *", str,
-        "Cron schedule of expiring old backups and WAL (default: daily 04:00).",
+        "Cron schedule of expiring old backups, dumps and WAL (default: daily 04:00).",
         validator=_check_cron,
     ),
     Setting(
@@ -999,6 +1050,8 @@ def problems(data: Mapping[str, Any]) -> list[str]:
             problem = BY_NAME[key].check(data[key])
             if problem:
                 found.append(f"{key}: {problem}")
+        elif key in RETIRED:
+            found.append(f"{key}: no longer a setting: {RETIRED[key]}")
         elif key.startswith(OWNED_PREFIXES) or _looks_like_typo(key):
             found.append(f"{key}: unknown setting{_suggest(key)}")
     return found

@@ -137,7 +137,11 @@ def plan(hosts: dict[str, dict[str, Any]], primary_group: list[str]) -> dict[str
                            upstream=upstream,
                            former_primary=_value(data, "postgres_former_primary"))
     problems += _loops(nodes)
-    problems += _uniform(hosts, "postgres_replication_user")
+    # one cluster, one pgBackRest stanza: its hosts must agree on what they share
+    for key in ("postgres_replication_user", "postgres_cluster", "postgres_wal_archive_dir",
+                "backup_pgbackrest_version", "backup_tls_port", "backup_s3_bucket",
+                "backup_s3_prefix", "backup_s3_endpoint_url"):
+        problems += _uniform(hosts, key)
     problems += _collisions(names)
     for name, node in nodes.items():
         if node.upstream in nodes:

@@ -9,6 +9,7 @@ from pginfra.steps.health import install_health
 from pginfra.steps.packages import install_packages
 from pginfra.steps.pgbouncer import run_pgbouncer
 from pginfra.steps.replication import replicate
+from pginfra.steps.repository import prepare_repository
 from pginfra.steps.roles import manage_roles
 from pginfra.steps.service import run_service
 from pginfra.steps.tls import install_tls
@@ -16,5 +17,5 @@ from pginfra.steps.tls import install_tls
 __all__ = [
     "configure_server", "create_cluster", "harden_databases", "install_backups",
     "install_health", "install_packages", "install_tls",
-    "manage_roles", "replicate", "run_pgbouncer", "run_service",
+    "manage_roles", "prepare_repository", "replicate", "run_pgbouncer", "run_service",
 ]

@@ -16,6 +16,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from pginfra import pgbackrest as pgbr
 from pginfra.facts import psql_command
 from pginfra.pgbouncer import listen_addresses as pgbouncer_listen_addresses
 from pginfra.settings import Settings
@@ -58,7 +59,9 @@ def health_config(settings: Settings, host_name: str) -> dict:
         "pgbouncer": {"port": settings.pgbouncer_port,
                       "listen": pgbouncer_listen_addresses(settings)}
         if settings.pgbouncer_enabled else None,
-        "backup": {"state_dir": STATE_DIR} if settings.runs_backups else None,
+        "backup": {"state_dir": STATE_DIR, "stanza": pgbr.stanza(settings),
+                   "pgbackrest_config": pgbr.CONFIG, "spool_path": pgbr.SPOOL,
+                   "repos": pgbr.repos(settings)} if settings.runs_backups else None,
         "textfile": TEXTFILE if settings.health_prometheus else None,
         "thresholds": {name: list(getattr(settings, f"health_{name}")) for name in THRESHOLDS},
         # the inventory's standbys of this server: each one not streaming is a warning
@@ -90,8 +93,7 @@ def cron_file(settings: Settings) -> str | None:
     backup = health = maintenance = None
     if settings.runs_backups:
         backup = {key: getattr(settings, f"backup_schedule_{key}")
-                  for key in ("base", "dump", "wal_ship", "retention", "drill")}
-        backup["s3"] = bool(settings.backup_s3_bucket)
+                  for key in ("full", "diff", "verify", "dump", "retention", "drill")}
     if settings.health_enabled:
         health = {"schedule": settings.health_schedule,
                   "textfile": TEXTFILE if settings.health_prometheus else None}

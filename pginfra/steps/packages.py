@@ -22,7 +22,9 @@ def server_packages(settings: Settings) -> list[str]:
         "postgresql-common",
         "python3",  # host-side programs in files/ run on it
         "python3-psycopg",
-        "python3-boto3",  # off-site copies to S3
+        "python3-boto3",  # off-site copies of dumps to S3
+        # WAL archiving, physical backups and PITR; the same version on every host
+        f"pgbackrest={settings.backup_pgbackrest_version}",
         "cron",
         "logrotate",  # scheduled jobs in /etc/cron.d (examples, backups, health checks)
         *settings.postgres_extra_packages,

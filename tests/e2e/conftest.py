@@ -118,7 +118,8 @@ def lab():
         lab.down()
         lab = Lab.default(**E2E)
     shutil.rmtree(SECRETS_FILE.parent, ignore_errors=True)
-    generate_missing(["postgres", "app", "pgbouncer_admin", "pgbouncer_auth"], SECRETS_FILE)
+    generate_missing(["postgres", "app", "pgbouncer_admin", "pgbouncer_auth", "backup_cipher_pass"],
+                     SECRETS_FILE)
     forward_before = Path("/proc/sys/net/ipv4/ip_forward").read_text()
     started = time.monotonic()
     lab.up(1)

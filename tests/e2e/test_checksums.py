@@ -41,7 +41,7 @@ def test_empty_cluster_is_recreated_with_checksums(lab, debian_cluster):
     assert "Create the PostgreSQL cluster | Re-create empty cluster 15/chk with data checksums" \
         in result.changed
     assert on_chk(lab, "SHOW data_checksums") == "on"
-    assert on_chk(lab, "SHOW archive_library") == "basic_archive"
+    assert on_chk(lab, "SHOW archive_command") == "pgbackrest --stanza=chk archive-push %p"
     again = run_pyinfra(lab, *CLUSTER)
     assert again.returncode == 0 and again.changed == []
 

@@ -26,7 +26,8 @@ from pginfra.secrets import generate_missing
 LAB_DIR = STATE_DIR.parent / "e2e-replication"
 CONTROL = STATE_DIR.parent / "e2e-replication-control"
 LAB = {"state_dir": LAB_DIR, "bridge": "pginfra-e2er", "prefix": "pgr"}
-ROLES = ["postgres", "app", "pgbouncer_admin", "pgbouncer_auth", "replicator"]
+ROLES = ["postgres", "app", "pgbouncer_admin", "pgbouncer_auth", "replicator",
+         "backup_cipher_pass"]
 
 
 @pytest.fixture(scope="module")

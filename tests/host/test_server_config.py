@@ -48,7 +48,7 @@ def test_tuned_from_the_hosts_ram_and_cpus(host, psql, settings):
 @pytest.mark.parametrize(("name", "value"), [
     ("wal_level", "replica"),
     ("archive_mode", "on"),
-    ("archive_library", "basic_archive"),
+    ("archive_library", ""),
     ("wal_compression", "lz4"),
     ("password_encryption", "scram-sha-256"),
     ("ssl", "on"),
@@ -92,7 +92,11 @@ def test_log_directory_outside_pgdata(host, psql, settings):
 def test_wal_archive_directory(host, psql, settings):
     d = host.file(settings.postgres_wal_archive_dir)
     assert (d.user, d.group, d.mode) == ("postgres", "postgres", 0o700)
-    assert setting(psql, "basic_archive.archive_directory") == settings.postgres_wal_archive_dir
+    # pgBackRest's local repository: WAL under archive/<stanza>, backups under backup/<stanza>
+    assert setting(psql, "archive_command") == \
+        f"pgbackrest --stanza={settings.postgres_cluster} archive-push %p"
+    assert host.file(f"{settings.postgres_wal_archive_dir}/archive/"
+                     f"{settings.postgres_cluster}/archive.info").exists
 
 
 @pytest.mark.usefixtures("primary_only")

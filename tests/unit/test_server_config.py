@@ -14,8 +14,9 @@ def test_parameters_combine_base_tuning_and_settings():
     params = server_parameters(resolve({"postgres_port": 5433}), 16 * GB, 4)
     assert params["shared_buffers"] == "4GB"
     assert params["port"] == "5433"
-    assert params["archive_library"] == "basic_archive"
-    assert params["basic_archive.archive_directory"] == "/var/lib/postgresql/wal-archive"
+    assert params["archive_library"] == ""  # else PostgreSQL 15 ignores archive_command
+    assert params["archive_command"] == "pgbackrest --stanza=main archive-push %p"
+    assert params["restore_command"] == 'pgbackrest --stanza=main archive-get %f "%p"'
     assert params["log_min_duration_statement"] == "500ms"
     assert params["auto_explain.log_min_duration"] == "2000ms"
     assert params["password_encryption"] == "scram-sha-256"
