@@ -3,7 +3,8 @@ Rehearsal hosts booted on this machine by ``pginfra rehearsal up``, reached over
 lab's own key and known_hosts, exactly as production hosts are reached.
 
     pginfra rehearsal up --hosts 3      # pg1 the primary, pg2 and pg3 its standbys
-    pginfra secrets init postgres app pgbouncer_admin replicator backup_cipher_pass    # random, git-ignored
+    pginfra secrets init postgres app pgbouncer_admin replicator backup_cipher_pass
+                                        # random passwords, git-ignored
     pyinfra -y inventories/rehearsal.py deploys/postgres.py
 
 ``PGINFRA_REHEARSAL_DIR`` chooses another lab (default /var/lib/pginfra/rehearsal);
