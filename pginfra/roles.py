@@ -297,14 +297,20 @@ NOINHERIT NOBYPASSRLS'
 
 def plan_slots(wanted: list[str], have: list[dict], keep: list[str]) -> tuple[list[str], list[str]]:
     """(slots to create, slots to drop): a physical slot for each host in ``wanted``; every
-    other physical slot is pginfra's and goes, unless it is in ``keep``.
+    other physical slot is pginfra's and goes, unless it is in ``keep``. A wanted slot that lost
+    its WAL (past max_slot_wal_keep_size) is useless to its standby: dropped and created again,
+    so the standby streams once it has caught up from the archive or been rebuilt.
 
     >>> plan_slots(["pg2", "pg3"], [{"name": "pg3"}, {"name": "pg4"}], [])
     (['pg2'], ['pg4'])
+    >>> plan_slots(["pg2"], [{"name": "pg2", "wal_status": "lost"}], [])
+    (['pg2'], ['pg2'])
     """
-    names = [slot["name"] for slot in have]
+    names = [slot["name"] for slot in have if slot.get("wal_status") != "lost"]
+    lost = [slot["name"] for slot in have if slot.get("wal_status") == "lost"]
     create = [name for name in wanted if name not in names]
-    drop = [name for name in names if name not in wanted and name not in keep]
+    drop = [name for name in lost + names if name in lost or
+            (name not in wanted and name not in keep)]
     return create, drop
 
 

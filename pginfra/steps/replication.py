@@ -199,12 +199,13 @@ def promote_command(settings: Settings) -> str:
 
 
 def slots_sql(create: list[str], drop: list[str]) -> str:
-    sql = [f"SELECT pg_create_physical_replication_slot({literal(n)}, true);" for n in create]
+    sql = []
     for name in drop:  # its walsender first (its host is no longer allowed back in)
         sql.append(
             "SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots "
             f"WHERE slot_name = {literal(name)} AND active_pid IS NOT NULL;\n"
             f"SELECT pg_drop_replication_slot({literal(name)});")
+    sql += [f"SELECT pg_create_physical_replication_slot({literal(n)}, true);" for n in create]
     return "\n".join(sql) + "\n"
 
 
@@ -214,11 +215,17 @@ def slot_changes(settings: Settings, me: dict | None) -> tuple[str, str]:
     have = (me or {}).get("slots") or []
     create, drop = plan_slots(wanted, have, settings.postgres_replication_slots_keep)
     for slot in drop:
+        if slot in create:
+            logger.warning(f"{host.name}: replication slot {slot} lost the WAL its standby "
+                           "needs (past postgres_max_slot_wal_keep_size): created again; the "
+                           "standby catches up from the archive, or rebuild it with "
+                           "pginfra-restore standby")
+            continue
         logger.warning(f"{host.name}: dropping replication slot {slot}: no host of the "
                        "inventory streams through it, and WAL would pile up for it")
     if not (create or drop):
         return "", ""
-    what = ", ".join([*(f"create {n}" for n in create), *(f"drop {n}" for n in drop)])
+    what = ", ".join([*(f"drop {n}" for n in drop), *(f"create {n}" for n in create)])
     return f"slots: {what}", slots_sql(create, drop)
 
 

@@ -375,11 +375,12 @@ def test_lsn_orders_wal_positions():
 
 
 def test_slots_sql_creates_reserving_wal_and_terminates_before_dropping():
+    # drops first: a slot that lost its WAL is dropped and created again under its name
     assert slots_sql(["pg2"], ["pg4"]) == (
-        "SELECT pg_create_physical_replication_slot('pg2', true);\n"
         "SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots "
         "WHERE slot_name = 'pg4' AND active_pid IS NOT NULL;\n"
-        "SELECT pg_drop_replication_slot('pg4');\n")
+        "SELECT pg_drop_replication_slot('pg4');\n"
+        "SELECT pg_create_physical_replication_slot('pg2', true);\n")
 
 
 def test_slots_sql_quotes_names_as_literals():
@@ -423,9 +424,13 @@ def test_slot_changes_of_the_primary(on_host):
     have = {"slots": [{"name": "pg2"}, {"name": "gone"}, {"name": "receivewal"}]}
     with on_host("pg1"):
         name, sql = slot_changes(settings, have)
-        assert (name, sql) == ("slots: create pg4, drop gone", slots_sql(["pg4"], ["gone"]))
+        assert (name, sql) == ("slots: drop gone, create pg4", slots_sql(["pg4"], ["gone"]))
         assert slot_changes(settings, {"slots": [{"name": "pg2"}, {"name": "pg4"}]}) == ("", "")
         assert slot_changes(settings, None)[0] == "slots: create pg2, create pg4"
+        lost = {"slots": [{"name": "pg2", "wal_status": "lost"}, {"name": "pg4"},
+                          {"name": "receivewal"}]}
+        assert slot_changes(settings, lost) == ("slots: drop pg2, create pg2",
+                                                slots_sql(["pg2"], ["pg2"]))
 
 
 def test_slot_changes_of_a_cascade_upstream(on_host):
