@@ -54,7 +54,7 @@ def test_health_and_maintenance_are_scheduled_next_to_the_backups(host, settings
                            ("reindex", settings.maintenance_schedule_reindex),
                            ("refresh", settings.maintenance_schedule_refresh)):
         assert f"{schedule} postgres {BIN}/pginfra-maintenance {step} " in text, step
-    assert f"postgres {BIN}/pginfra-backup base " in text
+    assert f"postgres {BIN}/pginfra-backup full " in text
 
 
 def test_the_host_reports_healthy(host):

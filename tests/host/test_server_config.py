@@ -89,14 +89,15 @@ def test_log_directory_outside_pgdata(host, psql, settings):
     assert logs.split() == ["600"]
 
 
-def test_wal_archive_directory(host, psql, settings):
+def test_wal_archive_directory(host, psql, settings, standby):
     d = host.file(settings.postgres_wal_archive_dir)
     assert (d.user, d.group, d.mode) == ("postgres", "postgres", 0o700)
     # pgBackRest's local repository: WAL under archive/<stanza>, backups under backup/<stanza>
     assert setting(psql, "archive_command") == \
         f"pgbackrest --stanza={settings.postgres_cluster} archive-push %p"
+    # on a standby it stays empty: the repository is the primary's, reached over TLS
     assert host.file(f"{settings.postgres_wal_archive_dir}/archive/"
-                     f"{settings.postgres_cluster}/archive.info").exists
+                     f"{settings.postgres_cluster}/archive.info").exists != standby
 
 
 @pytest.mark.usefixtures("primary_only")
@@ -112,7 +113,10 @@ def test_switched_segment_is_archived(host, psql, settings):
         host.run("sleep 0.2")
     assert int(archived) > int(before[0])
     assert failed == before[1], "the switch caused an archive failure"
-    assert host.file(f"{settings.postgres_wal_archive_dir}/{segment}").exists
+    # in pgBackRest's repository: archive/<stanza>/<version>-<n>/<first 16>/<segment>-<sha1>
+    found = host.run(f"ls {settings.postgres_wal_archive_dir}/archive/"
+                     f"{settings.postgres_cluster}/15-*/{segment[:16]}/ | grep '^{segment}-'")
+    assert found.rc == 0 and found.stdout.strip().endswith(".lz4"), found.stdout
 
 
 def test_socket_not_world_writable(host, settings):
