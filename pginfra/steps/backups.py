@@ -86,10 +86,11 @@ def install_backups(settings: Settings):
         install_backups(load_settings())
     """
     credentials = credentials_text(s3_keys(settings, host.name))  # may refuse: before any op
-    if not settings.runs_backups:  # off, or a standby: the primary's backups are its own
+    if not settings.backup_enabled:
         return  # the next step leaves the backup jobs out of /etc/cron.d/pginfra
-
-    install_programs(PROGRAMS)
+    # A standby's backups are the primary's; it gets pginfra-restore only, to rebuild itself
+    # from the repository (pginfra-restore standby) when it fell too far behind.
+    install_programs(("pginfra-restore",) if settings.is_standby else PROGRAMS)
 
     files.directory(name="Directory /etc/pginfra", path="/etc/pginfra", user="root",
                     group="root", mode="0755")
@@ -106,6 +107,8 @@ def install_backups(settings: Settings):
     for path in (settings.backup_dir, STATE_DIR):
         files.directory(name=f"Directory {path}", path=path, user="postgres", group="postgres",
                         mode="0700")
+    if settings.is_standby:
+        return
 
     # Point-in-time recovery needs a full backup to start from, and a restore of one database
     # a dump: a host gets its first of each now rather than at the first scheduled run, so
@@ -119,7 +122,9 @@ def install_backups(settings: Settings):
         stanza = pgbr.stanza(settings)
         server.shell(
             name="First pgBackRest full backup, verified: point-in-time recovery works from now",
-            commands=[f"cd /tmp && runuser -u postgres -- psql -X -q -p {settings.postgres_port}"
+            commands=[f"cd /tmp && runuser -u postgres -- pgbackrest --stanza={stanza} "
+                      "--log-level-console=warn stanza-create",  # a promoted standby's first
+                      f"cd /tmp && runuser -u postgres -- psql -X -q -p {settings.postgres_port}"
                       " -c 'SELECT pg_switch_wal()' >/dev/null",
                       f"cd /tmp && runuser -u postgres -- pgbackrest --stanza={stanza} check",
                       *(f"cd /tmp && runuser -u postgres -- {BIN}/pginfra-backup full "

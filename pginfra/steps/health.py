@@ -176,7 +176,7 @@ def install_health(settings: Settings):
                 if wanted]
     if programs:
         # the backup step installed what programs share, unless backups are off
-        install_programs(programs, shared=not settings.runs_backups)
+        install_programs(programs, shared=not settings.backup_enabled)
     for wanted, path, state, config in (
             (settings.health_enabled, HEALTH_CONFIG, HEALTH_STATE, health_config),
             (settings.runs_maintenance, MAINTENANCE_CONFIG, MAINTENANCE_STATE,

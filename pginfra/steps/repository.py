@@ -12,7 +12,7 @@ from pyinfra.facts.hardware import Cpus
 from pyinfra.operations import files, server, systemd
 
 from pginfra import pgbackrest as pgbr
-from pginfra.facts import PgBackRestRepos, PostgresClusters
+from pginfra.facts import PgBackRestRepos, PostgresClusters, ReplicationState
 from pginfra.s3_access import ca_file, s3_keys
 from pginfra.secrets import password_for
 from pginfra.settings import Settings, SettingsError
@@ -118,6 +118,13 @@ def _stanza(settings: Settings) -> None:
         f"{settings.postgres_version}/{settings.postgres_cluster}")
     if cluster is not None and cluster.get("status") != "online":
         return  # a host that is being rebuilt; the next run creates it
+    if cluster is not None:
+        state = host.get_fact(ReplicationState, data_directory=pgbr.data_directory(settings),
+                              port=settings.postgres_port)
+        if (state.get("server") or {}).get("in_recovery"):
+            # a standby the inventory names primary: pgBackRest creates a stanza on a primary
+            # only, so the backups step does it once the replication step has promoted it
+            return
     server.shell(
         name=f"Create the pgBackRest stanza in repository {', '.join(map(str, missing))}",
         commands=[f"cd /tmp && runuser -u postgres -- pgbackrest --stanza={pgbr.stanza(settings)} "

@@ -246,6 +246,78 @@ def test_a_host_with_its_own_data_is_refused_as_a_standby(lab):
              db="app") == "0"
 
 
+def test_a_backup_taken_from_a_standby_restores(lab):
+    """pgBackRest on the primary copies the data files from a standby (over its TLS server) and
+    only starts and stops the backup on the primary; that backup restores, with its rows."""
+    q(lab, "pgr1", "CREATE TABLE public.from_standby AS SELECT g AS id FROM "
+      "generate_series(1, 1000) g", db="app")
+    lab.ssh("pgr1", ["cd", "/tmp", "&&", "runuser", "-u", "postgres", "--",
+                     "/usr/local/lib/pginfra/pginfra-backup", "full", "--repo", "1"],
+            timeout=900)
+    log = lab.ssh("pgr1", ["tail", "-n", "60", "/var/log/pgbackrest/main-backup.log"]).stdout
+    assert "--backup-standby" in log and "replay on the standby reached" in log, log[-3000:]
+    label = lab.ssh("pgr1", ["runuser", "-u", "postgres", "--", "pgbackrest", "--stanza=main",
+                             "--repo=1", "--output=json", "info"]).stdout
+    label = re.findall(r'"label":"([0-9F_DI-]+)"', label)[-1]
+    scratch = "/var/lib/postgresql/restore-check"
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    lab.ssh("pgr1", ["rm", "-rf", scratch])
+    try:
+        lab.ssh("pgr1", ["cd", "/tmp", "&&", *as_pg, "pgbackrest", "--stanza=main", "--repo=1",
+                         f"--set={label}", f"--pg1-path={scratch}", "--type=immediate",
+                         "--target-action=promote", "--archive-mode=off", "restore"],
+                timeout=900)
+        conf = (f"port = 5499\nlisten_addresses = ''\nunix_socket_directories = '/tmp'\n"
+                f"hba_file = '{scratch}/pg_hba.conf'\n")
+        for name, text in (("postgresql.conf", conf), ("pg_hba.conf", "local all all peer\n")):
+            lab.ssh("pgr1", [*as_pg, "sh", "-c", shlex.quote(f"cat > {scratch}/{name}")],
+                    input=text)
+        lab.ssh("pgr1", ["cd", "/tmp", "&&", *as_pg, "/usr/lib/postgresql/15/bin/pg_ctl", "-D",
+                         scratch, "-l", f"{scratch}/log", "-w", "-t", "120", "start"],
+                timeout=300)
+        assert wait_for(lambda: lab.ssh("pgr1", [*as_pg, "psql", "-XAtq", "-h", "/tmp", "-p",
+                                                 "5499", "-d", "app", "-c", shlex.quote(
+                                                     "SELECT count(*) FROM public.from_standby "
+                                                     "WHERE NOT pg_is_in_recovery()")],
+                                        check=False).stdout.strip() == "1000",
+                        "the restored copy to answer, promoted, with the rows", timeout=120)
+    finally:
+        lab.ssh("pgr1", [*as_pg, "/usr/lib/postgresql/15/bin/pg_ctl", "-D", scratch, "-m",
+                         "immediate", "stop"], check=False)
+        lab.ssh("pgr1", ["rm", "-rf", scratch])
+
+
+def test_a_standby_that_fell_too_far_behind_is_rebuilt_from_the_repository(lab):
+    """pgr3 is stopped while the primary writes more WAL than its slot may keep: the slot loses
+    it. The next deploy creates the slot again; pginfra-restore standby rebuilds pgr3 from the
+    repository (delta: only the files that differ), and it streams again."""
+    deploy_ok(lab, "pgr1,pgr2,pgr3", "", "--data", "postgres_max_slot_wal_keep_size=64MB")
+    lab.ssh("pgr3", ["systemctl", "stop", "postgresql@15-main"])
+    q(lab, "pgr1", "CREATE TABLE public.churn AS SELECT g AS id, repeat('x', 100) AS pad "
+      "FROM generate_series(1, 600000) g", db="app")
+    for _ in range(3):
+        q(lab, "pgr1", "SELECT pg_switch_wal(); CHECKPOINT")
+    wait_for(lambda: q(lab, "pgr1", "SELECT wal_status FROM pg_replication_slots "
+                       "WHERE slot_name = 'pgr3'") == "lost", "pgr3's slot to lose its WAL",
+             timeout=120)
+    lab.ssh("pgr1", ["cd", "/tmp", "&&", "runuser", "-u", "postgres", "--",
+                     "/usr/local/lib/pginfra/pginfra-backup", "full", "--repo", "1"],
+            timeout=900)
+    again = deploy_ok(lab)  # the default keep size again; the lost slot is created again
+    assert said(again, "pgr1", "streaming replication: slots: drop pgr3, create pgr3")
+    rebuilt = lab.ssh("pgr3", ["cd", "/tmp", "&&", "/usr/local/lib/pginfra/pginfra-restore",
+                               "standby"], timeout=900)
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    log = lab.ssh("pgr3", ["tail", "-n", "40", "/var/log/pgbackrest/main-restore.log"]).stdout
+    assert "--delta" in log and "--type=standby" in log, log[-2000:]
+    wait_for(lambda: streaming_from(lab, "pgr3", "pgr1"), "pgr3 to stream again", timeout=180)
+    q(lab, "pgr1", "INSERT INTO public.repl_probe VALUES (30, 'after the rebuild')", db="app")
+    wait_for(lambda: q(lab, "pgr3", "SELECT v FROM public.repl_probe WHERE id = 30", db="app")
+             == "after the rebuild", "pgr3 to replay a new write")
+    assert q(lab, "pgr3", "SELECT count(*) FROM public.churn", db="app") == "600000"
+    q(lab, "pgr1", "DROP TABLE public.churn", db="app")
+
+
 def test_promotion_drill(lab):
     q(lab, "pgr1", "CREATE TABLE public.drill AS SELECT g AS id FROM generate_series(1, 5000) g",
       db="app")

@@ -1,14 +1,20 @@
-"""files/pginfra-health for real, against a throwaway PostgreSQL 15 cluster (archiving with
-basic_archive into its own directory). Every state is forced for real: sessions idle in a
-transaction, rows and tables locked by one session while another waits, an archive directory
-the server cannot write to, a catalog locked so that a query would hang, a streaming standby
-whose replay is paused, a restart-only parameter changed, an INVALID index left by a failed
-CREATE UNIQUE INDEX CONCURRENTLY, backup records of the wrong age. The program runs as
-postgres through runuser, as from cron or NRPE.
+"""files/pginfra-health for real, against a throwaway PostgreSQL 15 cluster archived by
+pgBackRest as pginfra sets it up (archive-push, asynchronous, into repo 1 in wal_archive_dir,
+encrypted with the passphrase in conf.d; one full backup). Every state is forced for real:
+sessions idle in a transaction, rows and tables locked by one session while another waits, a
+repository the server cannot write to (pgBackRest's error files in the spool), a catalog
+locked so that a query would hang, a streaming standby whose replay is paused, a restart-only
+parameter changed, an INVALID index left by a failed CREATE UNIQUE INDEX CONCURRENTLY, a stanza
+never created, one without a backup, a repository pgBackRest cannot read, a verify that found a
+problem, dump records of the wrong age. pgBackRest's info outputs and error files recorded on
+this machine (tests/unit/data/health-pgbackrest) cover what a test cluster cannot show (S3
+down). The program runs as postgres through runuser, as from cron or NRPE.
 
 The programs run from throwaway_pg's world-readable copy of files/ with Debian's
 /usr/bin/python3 and its modules, as on a host (PGINFRA_TEST_PYTHON overrides the interpreter).
 """
+
+from __future__ import annotations
 
 import contextlib
 import json
@@ -30,15 +36,20 @@ from throwaway_pg import (
     FILES,
     HOST_PYTHON,
     PGBIN,
+    Cluster,
     drop_cluster,
     free_port,
     needs_postgres,
     new_cluster,
+    postgres_missing,
 )
 
 from pginfra.programs import host_program
 
 PROGRAM = FILES / "pginfra-health"
+DATA = Path(__file__).parent / "data" / "health-pgbackrest"
+PGBACKREST = "/usr/bin/pgbackrest"
+STANZA = "main"
 
 
 health = host_program("pginfra-health")
@@ -47,6 +58,83 @@ WITHOUT_PGBOUNCER = [c for c in ALL if c != "pgbouncer"]
 SQL_CHECKS = ["connections", "long_running", "idle_in_transaction", "blocking_locks",
               "wraparound", "cache_hit_ratio", "replication", "pending_restart",
               "invalid_indexes"]
+
+
+def _pgbackrest_missing() -> str | None:
+    return postgres_missing() or (None if os.access(PGBACKREST, os.X_OK)
+                                  else f"{PGBACKREST} is absent: apt-get install pgbackrest")
+
+
+needs_pgbackrest = pytest.mark.skipif(_pgbackrest_missing() is not None,
+                                      reason=_pgbackrest_missing() or "")
+
+
+# ---------------------------------------------------------------------------------------------
+# a cluster archived by pgBackRest
+
+def write_pgbackrest_config(directory: Path, options: str, secrets: str | None = None) -> Path:
+    """``directory``/pgbackrest.conf with ``options`` and, unless ``secrets`` is None, a 0600
+    conf.d/secrets.conf (pgBackRest refuses passphrases on a command line); owned by
+    postgres."""
+    directory.mkdir(mode=0o700, exist_ok=True)
+    config = directory / "pgbackrest.conf"
+    config.write_text(options)
+    if secrets is not None:
+        (directory / "conf.d").mkdir(mode=0o700, exist_ok=True)
+        (directory / "conf.d" / "secrets.conf").write_text(secrets)
+        (directory / "conf.d" / "secrets.conf").chmod(0o600)
+    subprocess.run(["chown", "-R", "postgres:postgres", str(directory)], check=True)
+    return config
+
+
+class PgbrCluster(Cluster):
+    """The throwaway cluster with pgBackRest's archive_command from its first start (and
+    archive_library empty, which would win over it): stanza main, repo 1 (posix, aes-256-cbc)
+    in ``archive`` (the configuration's wal_archive_dir), asynchronous archive-push with the
+    spool, lock and log paths in ``pgbr``."""
+
+    def init(self) -> PgbrCluster:
+        self.pgbr = self.root / "pgbackrest"
+        self.archive.mkdir()
+        shutil.chown(self.archive, self.uid, self.gid)
+        self.pgbr_config = write_pgbackrest_config(self.pgbr, (
+            "[global]\n"
+            f"repo1-type=posix\nrepo1-path={self.archive}\nrepo1-cipher-type=aes-256-cbc\n"
+            "repo1-retention-full=2\n"
+            f"archive-async=y\nspool-path={self.pgbr}/spool\nlock-path={self.pgbr}/lock\n"
+            f"log-path={self.pgbr}/log\nlog-level-console=warn\nlog-level-file=info\n"
+            "compress-type=lz4\nstart-fast=y\narchive-timeout=30\n"
+            f"\n[{STANZA}]\npg1-path={self.data}\npg1-port={self.port}\n"
+            f"pg1-socket-path={self.root}\n"),
+            secrets=f"[global]\nrepo1-cipher-pass={uuid.uuid4().hex}\n")
+        for name in ("spool", "lock", "log"):
+            (self.pgbr / name).mkdir(mode=0o750)
+            shutil.chown(self.pgbr / name, self.uid, self.gid)
+        # 1 MiB WAL segments, as throwaway_pg's clusters
+        self.as_postgres(PGBIN / "initdb", "-D", self.data, "-N", "--auth-local=peer",
+                         "--auth-host=reject", "-U", "postgres", "--wal-segsize=1")
+        command = " ".join(self.pgbackrest_argv("archive-push", "%p"))
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(f"listen_addresses = ''\nunix_socket_directories = '{self.root}'\n"
+                       f"port = {self.port}\narchive_mode = on\narchive_library = ''\n"
+                       f"archive_command = '{command}'\nfsync = off\nshared_buffers = 16MB\n")
+        self.start()
+        self.pgbackrest("stanza-create")
+        return self
+
+    def pgbackrest_argv(self, *args) -> list[str]:
+        return [PGBACKREST, f"--config={self.pgbr_config}",
+                f"--config-include-path={self.pgbr / 'conf.d'}", f"--stanza={STANZA}", *args]
+
+    def pgbackrest(self, *args) -> subprocess.CompletedProcess:
+        return self.as_postgres(*self.pgbackrest_argv(*args))
+
+    def switch_wal(self) -> None:
+        """A new segment, and the previous one archived (pg_stat_archiver says so)."""
+        segment = self.sql("SELECT pg_walfile_name(pg_switch_wal())")
+        wait_until(lambda: self.sql("SELECT coalesce(last_archived_wal, '') "
+                                    "FROM pg_stat_archiver") >= segment,
+                   f"{segment} to be archived")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,32 +159,41 @@ def thresholds(**changes) -> dict:
     return out
 
 
-def write_backup_state(directory: Path, base=1.0, dump=1.0) -> Path:
-    """last-success files as pginfra-backup writes them; a number: that many hours old,
-    None: absent, a string: that text."""
+def write_backup_state(directory: Path, dump=1.0, verify=None) -> Path:
+    """pginfra-backup's records: last-success/dump.json (a number: that many hours old, None:
+    absent, a string: that text) and pgbackrest-verify.json (None: absent; a dict: its
+    "repos", a string: that text)."""
     last = directory / "last-success"
     shutil.rmtree(directory, ignore_errors=True)
     last.mkdir(parents=True)
-    for job, age in (("base", base), ("dump", dump)):
-        if age is None:
-            continue
-        text = age if isinstance(age, str) else json.dumps(
-            {"job": job, "time": iso_hours_ago(age), "label": "20261123T180000Z"})
-        (last / f"{job}.json").write_text(text)
-    for path in (directory, last, *last.iterdir()):
+    if dump is not None:
+        (last / "dump.json").write_text(dump if isinstance(dump, str) else json.dumps(
+            {"job": "dump", "time": iso_hours_ago(dump), "label": "20261123T180000Z"}))
+    if verify is not None:
+        (directory / "pgbackrest-verify.json").write_text(
+            verify if isinstance(verify, str)
+            else json.dumps({"time": iso_hours_ago(0.5), "repos": verify}))
+    for path in (directory, *directory.iterdir(), *last.iterdir()):
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
     return directory
 
 
 def write_config(cluster, name: str, *, port=None, backup: Path | None = None,
-                 th: dict | None = None, **overrides) -> Path:
-    """A configuration for ``cluster`` in its temporary directory; its own state_dir."""
+                 pgbr: dict | None = None, no_backup: bool = False, th: dict | None = None,
+                 **overrides) -> Path:
+    """A configuration for ``cluster`` in its temporary directory; its own state_dir.
+    "backup": the records in ``backup`` (default: the fresh ones), pgBackRest's stanza main
+    of the cluster with ``pgbr``'s changes; null with ``no_backup``."""
+    pgbr_dir = getattr(cluster, "pgbr", cluster.root / "pgbackrest")
+    backup_section = None if no_backup else {
+        "state_dir": str(backup or cluster.root / "backup-fresh"), "stanza": STANZA,
+        "pgbackrest_config": str(pgbr_dir / "pgbackrest.conf"),
+        "spool_path": str(pgbr_dir / "spool"), "repos": [1], **(pgbr or {})}
     raw = {"host": "pgt1", "version": 15, "cluster": "main",
            "port": cluster.port if port is None else port, "socket_dir": str(cluster.root),
            "data_directory": str(cluster.data), "wal_archive_dir": str(cluster.archive),
            "state_dir": str(cluster.root / f"state-{name}"), "query_timeout": 3,
-           "run_timeout": 30, "pgbouncer": None,
-           "backup": {"state_dir": str(backup or cluster.root / "backup-fresh")},
+           "run_timeout": 30, "pgbouncer": None, "backup": backup_section,
            "textfile": None, "thresholds": th or thresholds()}
     raw.update(overrides)
     path = cluster.root / f"health-{name}.json"
@@ -176,11 +273,14 @@ class Session:
 
 @pytest.fixture(scope="module")
 def pg():
-    cluster = new_cluster(prefix="pginfra-health-")
+    if _pgbackrest_missing():
+        pytest.skip(_pgbackrest_missing())
+    cluster = new_cluster(PgbrCluster, prefix="pginfra-health-")
     try:
         cluster.sql("CREATE DATABASE shop")
         cluster.sql("CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL); "
                     "INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 10) AS g", "shop")
+        cluster.pgbackrest("--type=full", "backup")
         write_backup_state(cluster.root / "backup-fresh")
         yield cluster
     finally:
@@ -237,7 +337,10 @@ def _good_raw() -> dict:
             "data_directory": "/var/lib/postgresql/15/main",
             "wal_archive_dir": "/var/lib/postgresql/wal-archive",
             "state_dir": "/var/lib/pginfra/health", "query_timeout": 5, "run_timeout": 60,
-            "pgbouncer": {"port": 6432}, "backup": {"state_dir": "/var/lib/pginfra/backup"},
+            "pgbouncer": {"port": 6432},
+            "backup": {"state_dir": "/var/lib/pginfra/backup", "stanza": "main",
+                       "pgbackrest_config": "/etc/pgbackrest/pgbackrest.conf",
+                       "spool_path": "/var/spool/pgbackrest", "repos": [1, 2]},
             "textfile": "/var/lib/pginfra/metrics/pginfra_health.prom",
             "thresholds": {n: list(d) for n, (d, _l, _h) in health.THRESHOLDS.items()}}
 
@@ -246,8 +349,19 @@ def test_the_configuration_of_the_spec_is_valid():
     cfg = health.validate_config(_good_raw())
     assert cfg.socket_dir == "/var/run/postgresql" and cfg.pgbouncer_port == 6432
     assert cfg.thresholds["cache_hit_ratio"] == (0.95, 0.90)
-    assert health.validate_config({**_good_raw(), "pgbouncer": None, "backup": None,
-                                   "textfile": None}).backup_state_dir is None
+    assert cfg.backup == health.BackupSettings(
+        state_dir="/var/lib/pginfra/backup", stanza="main",
+        pgbackrest_config="/etc/pgbackrest/pgbackrest.conf",
+        spool_path="/var/spool/pgbackrest", repos=(1, 2))
+    assert cfg.backup.include_path == "/etc/pgbackrest/conf.d"
+    assert cfg.backup_state_dir == "/var/lib/pginfra/backup"
+    off = health.validate_config({**_good_raw(), "pgbouncer": None, "backup": None,
+                                  "textfile": None})
+    assert off.backup is None and off.backup_state_dir is None
+    assert health.pgbackrest_argv(cfg.backup, "--output=json", "info") == [
+        "/usr/bin/pgbackrest", "--config=/etc/pgbackrest/pgbackrest.conf",
+        "--config-include-path=/etc/pgbackrest/conf.d", "--stanza=main",
+        "--log-level-console=off", "--log-level-file=off", "--output=json", "info"]
 
 
 def _bad(**changes):
@@ -255,6 +369,11 @@ def _bad(**changes):
     for key, value in changes.items():
         if key.startswith("th_"):
             raw["thresholds"][key[3:]] = value
+        elif key.startswith("backup_"):
+            if value is KeyError:
+                del raw["backup"][key[7:]]
+            else:
+                raw["backup"][key[7:]] = value
         elif value is KeyError:
             del raw[key]
         else:
@@ -272,6 +391,20 @@ BAD_CONFIGS = [
     (_bad(pgbouncer={"port": 0}), "key 'pgbouncer.port'"),
     (_bad(pgbouncer={"port": 6432, "host": "x"}), "pgbouncer.host"),
     (_bad(backup={"dir": "/x"}), "backup.dir"),
+    (_bad(backup={"state_dir": "/var/lib/pginfra/backup"}), "key 'backup.stanza' is missing"),
+    (_bad(backup="/var/lib/pginfra/backup"), "key 'backup'"),
+    (_bad(backup_repos=KeyError), "key 'backup.repos' is missing"),
+    (_bad(backup_repos=[]), "key 'backup.repos'"),
+    (_bad(backup_repos=[1, 1]), "key 'backup.repos'"),
+    (_bad(backup_repos=[0]), "key 'backup.repos'"),
+    (_bad(backup_repos=["1"]), "key 'backup.repos'"),
+    (_bad(backup_repos=[True]), "key 'backup.repos'"),
+    (_bad(backup_stanza="ma in"), "key 'backup.stanza'"),
+    (_bad(backup_stanza=""), "key 'backup.stanza'"),
+    (_bad(backup_pgbackrest_config="pgbackrest.conf"), "key 'backup.pgbackrest_config'"),
+    (_bad(backup_spool_path=None), "key 'backup.spool_path'"),
+    (_bad(backup_state_dir="relative"), "key 'backup.state_dir'"),
+    (_bad(backup_verify=True), "backup.verify"),
     (_bad(textfile="/var/lib/pginfra/metrics/health.txt"), "key 'textfile'"),
     (_bad(th_connections_percent=[90, 75]), "key 'thresholds.connections_percent'"),
     (_bad(th_cache_hit_ratio=[0.90, 0.95]), "key 'thresholds.cache_hit_ratio'"),
@@ -294,7 +427,9 @@ def test_validation_names_the_bad_key(raw, named):
 
 
 @pytest.mark.parametrize("raw, named", [
-    BAD_CONFIGS[0], BAD_CONFIGS[1], BAD_CONFIGS[10], ("not json {", "not valid JSON")],
+    BAD_CONFIGS[0], BAD_CONFIGS[1],
+    next(c for c in BAD_CONFIGS if c[1] == "key 'thresholds.connections_percent'"),
+    ("not json {", "not valid JSON")],
     ids=["unknown-key", "missing-key", "threshold-order", "not-json"])
 def test_a_bad_configuration_is_unknown_with_one_line(confdir, raw, named):
     path = confdir / f"bad-{uuid.uuid4().hex[:8]}.json"
@@ -379,7 +514,17 @@ def test_a_healthy_cluster_is_ok(pg):
                           "data"}
     assert checks["postgres"]["data"]["in_recovery"] is False
     assert checks["postgres"]["data"]["version"].startswith("15.")
-    assert checks["backup_base"]["value"] < 1.1 and checks["backup_base"]["unit"] == "h"
+    base = checks["backup_base"]
+    assert base["value"] < 1.1 and base["unit"] == "h" and base["warning"] == 180
+    # pgbackrest info really ran: the stanza's one full backup, read with the passphrase of
+    # conf.d (the include path beside the configuration file)
+    repo = base["data"]["repos"]["1"]
+    assert repo["type"] == "full" and re.fullmatch(r"\d{8}-\d{6}F", repo["label"]), base
+    assert repo["code"] == 0 and repo["backups"] == 1 and repo["age_hours"] == base["value"]
+    assert base["detail"].startswith(f"repo 1: full {repo['label']} finished ")
+    assert "no pgbackrest verify recorded yet" in base["detail"]
+    assert checks["archiver"]["data"]["pgbackrest"]["archive_command_ok"] is True
+    assert checks["archiver"]["data"]["pgbackrest"]["push_errors"] == []
     assert checks["connections"]["warning"] == 75 and checks["connections"]["unit"] == "%"
     assert checks["replication"]["detail"] == "no replicas"
     assert checks["invalid_indexes"]["data"]["databases_checked"] >= 3  # postgres shop template1
@@ -573,37 +718,72 @@ def archiver_stats(pg) -> dict:
     return {"failed_count": int(failed), "failing": failing == "t", "ready": int(ready)}
 
 
-@needs_postgres
-def test_archiver_critical_when_the_archive_cannot_be_written_then_recovers(pg):
+def spool_errors(pg) -> list[str]:
+    """The error files of pgBackRest's asynchronous archive-push in the cluster's spool."""
+    return sorted(p.name for p in (pg.pgbr / "spool" / "archive" / STANZA / "out").glob(
+        "*.error"))
+
+
+@needs_pgbackrest
+def test_archiver_critical_when_the_repository_cannot_be_written_then_recovers(pg):
+    """repo 1 read-only: archive-push fails for real, pgBackRest leaves its error file in the
+    spool, PostgreSQL keeps the segment (.ready)."""
     config = write_config(pg, "archiver")
-    mode = stat.S_IMODE(pg.archive.stat().st_mode)
+    directories = [pg.archive, *(p for p in (pg.archive / "archive").rglob("*") if p.is_dir()),
+                   pg.archive / "archive"]
+    modes = {d: stat.S_IMODE(d.stat().st_mode) for d in directories}
     before = archiver_stats(pg)["failed_count"]
     pg.sql("CREATE TABLE IF NOT EXISTS filler (x int)")
     try:
-        os.chmod(pg.archive, 0o500)
+        for directory in directories:
+            os.chmod(directory, 0o500)
         pg.sql("INSERT INTO filler VALUES (1)")
-        pg.sql("SELECT pg_switch_wal()")
-        wait_until(lambda: archiver_stats(pg)["failed_count"] > before
-                   and archiver_stats(pg)["failing"], "pg_stat_archiver to show a failure")
+        segment = pg.sql("SELECT pg_walfile_name(pg_switch_wal())")
+        # PostgreSQL tries three times, then waits a minute: the error file stays meanwhile
+        wait_until(lambda: archiver_stats(pg)["failed_count"] >= before + 3
+                   and archiver_stats(pg)["failing"] and spool_errors(pg) == [f"{segment}.error"],
+                   "three failures and pgBackRest's error file", timeout=60)
         report, checks, proc = run_json(config, "--check", "archiver")
         archiver = checks["archiver"]
         assert archiver["status"] == "critical" and proc.returncode == 2, archiver
-        assert f"wal_archive_dir {pg.archive} is not writable by postgres" in archiver["detail"]
-        assert "archiving fails for " in archiver["detail"]
+        detail = archiver["detail"]
+        assert f"wal_archive_dir {pg.archive} is not writable by postgres" in detail
+        assert "archiving fails for " in detail
+        assert (f"pgBackRest archive-push fails for 1 segment(s), 1 waiting in pg_wal: segment "
+                f"{segment} (exit code 104): repo1: [FileOpenError] unable to open file '"
+                f"{pg.archive}/archive/{STANZA}/15-1/") in detail, detail
+        assert "for write: [13] Permission denied" in detail
+        assert detail.endswith("; PostgreSQL keeps the WAL in pg_wal until it is archived: "
+                               "nothing is lost until that disk fills")
+        errors = archiver["data"]["pgbackrest"]["push_errors"]
+        assert [(e["segment"], e["code"]) for e in errors] == [(segment, 104)]
         assert archiver["data"]["failing"] is True and archiver["value"] >= 1
         assert archiver["unit"] == "segments"
         proc = run(config, "--check", "archiver", "--check", "postgres")
         assert proc.stdout.startswith(f"PGINFRA CRITICAL - archiver: wal_archive_dir {pg.archive}")
     finally:
-        os.chmod(pg.archive, mode)
+        for directory, mode in modes.items():
+            os.chmod(directory, mode)
         pg.sql("INSERT INTO filler VALUES (2)")
         pg.switch_wal()
         wait_until(lambda: not archiver_stats(pg)["failing"] and not archiver_stats(pg)["ready"],
                    "archiving to recover")
+    assert spool_errors(pg) == []  # pgBackRest's next run cleared them
     run_json(config, "--check", "archiver")  # failed_count may have risen meanwhile
     report, checks, proc = run_json(config, "--check", "archiver")
     assert checks["archiver"]["status"] == "ok" and checks["archiver"]["value"] == 0
     assert checks["archiver"]["detail"].startswith("archiving works: the last archived ")
+    # An error file of a segment archived since (or of a run when nothing waits) is history.
+    out = pg.pgbr / "spool" / "archive" / STANZA / "out"
+    for name in (f"{segment}.error", "global.error"):
+        (out / name).write_text("104\nrepo1: [FileOpenError] an old failure")
+    try:
+        report, checks, proc = run_json(config, "--check", "archiver")
+        assert checks["archiver"]["status"] == "ok", checks["archiver"]
+        assert checks["archiver"]["data"]["pgbackrest"]["stale_push_errors"] == 2
+    finally:
+        for name in (f"{segment}.error", "global.error"):
+            (out / name).unlink()
     # A failure between two runs, even one archived since, is a warning in the next run.
     state_file = pg.root / "state-archiver" / "archiver.json"
     state = json.loads(state_file.read_text())
@@ -617,27 +797,456 @@ def test_archiver_critical_when_the_archive_cannot_be_written_then_recovers(pg):
 
 
 @needs_postgres
-@pytest.mark.parametrize("base, dump, expected", [
-    (200.0, 1.0, {"backup_base": ("warning", "finished 8.3 days ago")}),
-    (1.0, 60.0, {"backup_dump": ("critical", "finished 2.5 days ago")}),
-    (None, 1.0, {"backup_base": ("critical", "no verified base backup recorded in ")}),
-    (1.0, None, {"backup_dump": ("critical", "no verified dump recorded in ")}),
-    (1.0, "{not json", {"backup_dump": ("unknown", "is malformed")}),
-    ('{"job": "base", "time": 5}', 1.0, {"backup_base": ("unknown", "is malformed")}),
-], ids=["base-old", "dump-too-old", "base-missing", "dump-missing", "dump-malformed",
-        "base-no-time"])
-def test_backup_ages_from_the_last_success_files(pg, base, dump, expected):
+def test_an_archive_command_that_is_not_pgbackrest_is_a_warning_when_backup_is_set():
+    cluster = new_cluster(prefix="pginfra-health-basic-")  # throwaway_pg's: basic_archive
+    try:
+        report, checks, proc = run_json(write_config(cluster, "basic"), "--check", "archiver")
+        archiver = checks["archiver"]
+        assert archiver["status"] == "warning" and proc.returncode == 1, archiver
+        assert archiver["detail"].startswith(
+            "archive_library basic_archive is set: PostgreSQL uses it and ignores "
+            "archive_command, WAL does not go to pgBackRest")
+        assert archiver["data"]["pgbackrest"]["archive_command_ok"] is False
+        # without "backup", how the server archives is its own business
+        report, checks, proc = run_json(write_config(cluster, "basic-alone", no_backup=True),
+                                        "--check", "archiver")
+        assert checks["archiver"]["status"] == "ok", checks["archiver"]
+        assert "pgbackrest" not in checks["archiver"]["data"]
+    finally:
+        drop_cluster(cluster)
+
+
+@pytest.mark.parametrize("command, library, problem", [
+    ("pgbackrest --stanza=main archive-push %p", "", None),
+    ("/usr/bin/pgbackrest --config=/etc/pgbackrest/pgbackrest.conf --stanza main "
+     "archive-push %p", "", None),
+    ("pgbackrest --stanza=main archive-push %p", "basic_archive",
+     "archive_library basic_archive is set: PostgreSQL uses it and ignores archive_command"),
+    ("pgbackrest --stanza=other archive-push %p", "", "(its stanza is other)"),
+    ("pgbackrest archive-push %p", "", "(no --stanza)"),
+    ("pgbackrest --stanza=main archive-get %f \"%p\"", "", "(not archive-push %p)"),
+    ("cp %p /mnt/server/archivedir/%f", "", "(it runs cp)"),
+    ("'unbalanced %p", "", "(it runs 'unbalanced)"),
+])
+def test_archive_command_is_pgbackrests_archive_push_for_the_stanza(command, library, problem):
+    found = health.archiving_problem(command, library, "main")
+    if problem is None:
+        assert found is None
+    else:
+        assert problem in found and "\n" not in found
+        assert "/mnt/server" not in found  # the command itself is not shown
+
+
+@needs_postgres
+@pytest.mark.parametrize("dump, expected", [
+    (30.0, ("warning", "finished 30.0 h ago")),
+    (60.0, ("critical", "finished 2.5 days ago")),
+    (None, ("critical", "no verified dump recorded in ")),
+    ("{not json", ("unknown", "is malformed")),
+    ('{"job": "dump", "time": 5}', ("unknown", "is malformed")),
+], ids=["old", "too-old", "missing", "malformed", "no-time"])
+def test_dump_age_from_the_last_success_file(pg, dump, expected):
     name = f"backup-{uuid.uuid4().hex[:6]}"
-    state = write_backup_state(pg.root / name, base, dump)
+    state = write_backup_state(pg.root / name, dump)
     config = write_config(pg, name, backup=state)
-    report, checks, proc = run_json(config, "--check", "backup_base", "--check", "backup_dump")
-    assert not_ok(checks).keys() == expected.keys(), not_ok(checks)
-    for check, (status, text) in expected.items():
-        assert checks[check]["status"] == status and text in checks[check]["detail"]
+    report, checks, proc = run_json(config, "--check", "backup_dump")
+    status, text = expected
+    assert checks["backup_dump"]["status"] == status and text in checks["backup_dump"]["detail"]
     assert proc.returncode == {"warning": 1, "critical": 2, "unknown": 3}[status]
-    if base == 200.0:
-        assert checks["backup_base"]["value"] == pytest.approx(200, abs=0.1)
-        assert checks["backup_base"]["warning"] == 180
+    if dump == 30.0:
+        assert checks["backup_dump"]["value"] == pytest.approx(30, abs=0.1)
+        assert checks["backup_dump"]["warning"] == 26
+
+
+# ---------------------------------------------------------------------------------------------
+# backup_base: pgBackRest's info, recorded (tests/unit/data/health-pgbackrest)
+
+INFO_NOW = 1796054292  # the stop of info-two-repos.json's newest backup (repo 2)
+
+
+def recorded_info(name: str, stanza: str | None = None) -> dict:
+    text = (DATA / f"{name}.json").read_text()
+    return health.parse_pgbackrest_info(text, stanza or json.loads(text)[0]["name"])
+
+
+def settings_for(stanza: str = "pgbr", repos=(1, 2)):
+    return health.BackupSettings("/var/lib/pginfra/backup", stanza,
+                                 "/etc/pgbackrest/pgbackrest.conf", "/var/spool/pgbackrest",
+                                 tuple(repos))
+
+
+def test_pgbackrest_info_json_is_read_exactly():
+    info = recorded_info("info-two-repos")
+    # above 2^53: a float would have rounded it
+    assert info["system_ids"] == {1: 7713989343216642905, 2: 7713989343216642905}
+    assert info["code"] == 0 and info["message"] == "ok" and info["backup_running"] is False
+    assert info["repos"] == {1: {"code": 0, "message": "ok", "cipher": "aes-256-cbc"},
+                             2: {"code": 0, "message": "ok", "cipher": "aes-256-cbc"}}
+    assert [(b["repo"], b["type"]) for b in info["backups"]] == [
+        (2, "full"), (2, "diff"), (1, "full"), (1, "full"), (1, "incr"), (2, "full"),
+        (1, "incr"), (1, "incr"), (2, "incr")]
+    assert info["backups"][-1] == {"repo": 2, "label": "20261130-155518F_20261130-155809I",
+                                   "type": "incr", "start": 1796054289, "stop": 1796054292,
+                                   "error": False}
+    assert recorded_info("info-backup-running")["backup_running"] is True
+    down = recorded_info("info-s3-down")
+    assert down["code"] == 4 and down["repos"][2]["code"] == 99
+    never = recorded_info("info-never-created")
+    assert never["repos"] == {1: {"code": 1, "message": "missing stanza path", "cipher": "none"}}
+    assert never["backups"] == [] and never["system_ids"] == {}
+
+
+@pytest.mark.parametrize("text, error", [
+    ((DATA / "info-two-repos.json").read_text(), "stanza main is not in it (it lists ['pgbr'])"),
+    ("", "not JSON"),
+    ("ERROR: [073]: unable to list file info", "not JSON"),
+    ('{"name": "main"}', "not a JSON list"),
+    ('[{"name": "main"}]', "no 'status'"),
+    ('[{"name": "main", "status": {"code": "0"}, "repo": [], "backup": []}]',
+     "stanza status: no 'code' (int)"),
+    ('[{"name": "main", "status": {"code": 0}, "repo": [{"key": true, "status": {"code": 0}}],'
+     ' "backup": []}]', "repo[0]: no 'key' (int)"),
+    ('[{"name": "main", "status": {"code": 0}, "repo": [], "backup": [{"label": "x", '
+     '"type": "full", "database": {"repo-key": 1}, "timestamp": {"start": 1}}]}]',
+     "backup[0] timestamp: no 'stop' (int)"),
+])
+def test_pgbackrest_info_that_is_not_a_report_is_refused(text, error):
+    with pytest.raises(ValueError) as caught:
+        health.parse_pgbackrest_info(text, "main")
+    assert error in str(caught.value)
+
+
+@pytest.mark.parametrize("hours, pair, status", [
+    (5, (180, 348), "ok"), (200, (180, 348), "warning"), (400, (180, 348), "critical"),
+    (10, (10.01, 20), "warning"),  # only repo 1's newest (59 s older) reaches it
+], ids=["ok", "warning", "critical", "worst-repo"])
+def test_backup_base_ages_per_repository_against_the_thresholds(hours, pair, status):
+    check = health.base_backup_result(recorded_info("info-two-repos"), settings_for(), pair,
+                                      INFO_NOW + hours * 3600)
+    assert check["status"] == status and check["unit"] == "h"
+    assert (check["warning"], check["critical"]) == pair
+    repos = check["data"]["repos"]
+    assert repos["1"]["label"] == "20261130-155348F_20261130-155712I"
+    assert repos["1"]["type"] == "incr" and repos["1"]["stop"] == "2026-11-30T15:57:13.000000Z"
+    assert repos["2"]["label"] == "20261130-155518F_20261130-155809I"
+    assert repos["1"]["backups"] == 5 and repos["2"]["backups"] == 4
+    assert repos["1"]["age_hours"] == pytest.approx(hours + 59 / 3600, abs=0.01)
+    assert repos["2"]["age_hours"] == pytest.approx(hours, abs=0.01)
+    assert check["value"] == repos["1"]["age_hours"]  # the oldest of the newest
+    assert "repo 1: incr 20261130-155348F_20261130-155712I finished " in check["detail"]
+    assert "repo 2: incr 20261130-155518F_20261130-155809I finished " in check["detail"]
+    if hours == 10:
+        assert repos["1"]["status"] == "warning" and repos["2"]["status"] == "ok"
+        assert check["detail"].startswith("repo 1: ")  # the worst first
+    if hours == 200:
+        assert "finished 8.3 days ago" in check["detail"]
+
+
+def test_a_repository_pgbackrest_cannot_reach_is_critical_with_its_message():
+    info = recorded_info("info-s3-down")  # S3 refusing connections
+    check = health.base_backup_result(info, settings_for(), (180, 348), INFO_NOW)
+    assert check["status"] == "critical"
+    assert check["detail"].startswith(
+        "repo 2: [HostConnectError] unable to connect to 'localhost:9443': [111] Connection "
+        "refused (pgBackRest status 99); repo 1: diff 20261130-154138F_20261130-154157D "
+        "finished ")
+    assert check["data"]["repos"]["2"] == {
+        "code": 99, "status": "critical", "backups": 0,
+        "message": "[HostConnectError] unable to connect to 'localhost:9443': [111] Connection "
+                   "refused"}
+    assert check["value"] == check["data"]["repos"]["1"]["age_hours"]
+    # a host whose only repository is repo 1 does not care
+    alone = health.base_backup_result(info, settings_for(repos=[1]), (180, 348), INFO_NOW)
+    assert alone["status"] == "ok", alone["detail"]
+    denied = health.base_backup_result(recorded_info("info-repo2-denied"),
+                                       settings_for("main"), (180, 348), 1796062040 + 60)
+    assert denied["status"] == "critical"
+    assert denied["detail"].startswith("repo 2: [PathOpenError] unable to list file info for "
+                                       "path '")
+    assert "[13] Permission denied (pgBackRest status 99); repo 1: full 20261130-180718F " \
+        "finished 60.0 s ago" in denied["detail"]
+
+
+def test_a_stanza_never_created_no_backup_and_an_unknown_repository_are_critical():
+    main = settings_for("main", repos=[1])
+    never = health.base_backup_result(recorded_info("info-never-created"), main, (180, 348),
+                                      INFO_NOW)
+    assert never["status"] == "critical" and never["value"] is None
+    assert never["detail"] == ("repo 1: missing stanza path (pgBackRest status 1: stanza-create "
+                               "has not run for stanza main?); no pgbackrest verify recorded yet")
+    empty = health.base_backup_result(recorded_info("info-no-backup"), main, (180, 348),
+                                      INFO_NOW)
+    assert empty["status"] == "critical" and empty["value"] is None
+    assert empty["detail"] == "no backup in repo 1; no pgbackrest verify recorded yet"
+    assert empty["data"]["repos"]["1"] == {"code": 2, "message": "no valid backups",
+                                           "backups": 0, "status": "critical"}
+    unknown = health.base_backup_result(recorded_info("info-one-repo"),
+                                        settings_for("main", repos=[1, 2]), (180, 348),
+                                        1796061948)
+    assert unknown["status"] == "critical"
+    assert unknown["detail"].startswith("repo 2 is not in pgBackRest's configuration "
+                                        "/etc/pgbackrest/pgbackrest.conf (it has repo(s) 1); "
+                                        "repo 1: diff 20261130-180505F_20261130-180546D ")
+
+
+def test_a_backup_in_progress_is_said_and_is_no_problem():
+    check = health.base_backup_result(recorded_info("info-backup-running"),
+                                      settings_for("main"), (180, 348), 1796062043 + 3600)
+    assert check["status"] == "ok" and check["data"]["backup_running"] is True
+    assert check["detail"].endswith("; a backup is running now")
+
+
+def test_stanza_problems_page_checksum_errors_and_clock_skew():
+    info = recorded_info("info-two-repos")
+    mismatch = {**info, "code": 5, "message": "database mismatch across repos"}
+    check = health.base_backup_result(mismatch, settings_for(), (180, 348), INFO_NOW)
+    assert check["status"] == "critical"
+    assert check["detail"].startswith("stanza pgbr: database mismatch across repos "
+                                      "(pgBackRest status 5); repo 1: ")
+    flagged = {**info, "backups": [*info["backups"][:-1], {**info["backups"][-1],
+                                                           "error": True}]}
+    check = health.base_backup_result(flagged, settings_for(), (180, 348), INFO_NOW)
+    assert check["status"] == "warning"
+    assert check["detail"].startswith("repo 2: backup 20261130-155518F_20261130-155809I found "
+                                      "page checksum errors in the database")
+    early = health.base_backup_result(info, settings_for(), (180, 348), INFO_NOW - 3600)
+    assert early["status"] == "unknown"
+    assert "finished in the future (2026-11-30T15:58:12.000000Z; is the clock right?)" in \
+        early["detail"]
+
+
+def _fake_pgbackrest(tmp_path, monkeypatch, script: str, run_timeout=4):
+    """health.PGBACKREST replaced by a shell script (it records its arguments); the check
+    run in this process with a configuration whose run_timeout gives pgbackrest half."""
+    fake = tmp_path / "pgbackrest"
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {tmp_path}/argv\n{script}\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(health, "PGBACKREST", str(fake))
+    raw = _good_raw()
+    raw.update(run_timeout=run_timeout, backup={**raw["backup"], "repos": [1],
+                                                 "state_dir": str(tmp_path)})
+    check = health.Checks(health.validate_config(raw)).check_backup_base()
+    argv = (tmp_path / "argv").read_text().splitlines() if (tmp_path / "argv").exists() \
+        else None
+    return check, argv
+
+
+def test_pgbackrest_info_that_hangs_fails_or_prints_nonsense(tmp_path, monkeypatch):
+    one = (DATA / "info-one-repo.json").read_text()
+    check, argv = _fake_pgbackrest(tmp_path, monkeypatch, f"cat <<'EOF'\n{one}\nEOF")
+    assert check["data"]["repos"]["1"]["label"] == "20261130-180505F_20261130-180546D"
+    # half the run_timeout (2 s), io-timeout a fifth of that (at least 1 s)
+    assert argv == ["--config=/etc/pgbackrest/pgbackrest.conf",
+                    "--config-include-path=/etc/pgbackrest/conf.d", "--stanza=main",
+                    "--log-level-console=off", "--log-level-file=off", "--io-timeout=1",
+                    "--output=json", "info"]
+    started = time.monotonic()
+    check, _ = _fake_pgbackrest(tmp_path, monkeypatch, "exec sleep 30")
+    assert time.monotonic() - started < 10
+    assert check["status"] == "unknown"
+    assert check["detail"] == ("pgbackrest info did not finish within 2 s (a repository that "
+                               "does not answer?)")
+    check, _ = _fake_pgbackrest(tmp_path, monkeypatch, "exit 56")
+    assert check["status"] == "critical"
+    assert check["detail"] == "pgbackrest info failed (exit code 56): no message"
+    check, _ = _fake_pgbackrest(tmp_path, monkeypatch, "echo 'WARN: something'; echo '[]'")
+    assert check["status"] == "unknown"
+    assert check["detail"].startswith("pgbackrest info printed no usable report: not JSON")
+    monkeypatch.setattr(health, "PGBACKREST", str(tmp_path / "absent"))
+    raw = _good_raw()
+    check = health.Checks(health.validate_config(raw)).check_backup_base()
+    assert check["status"] == "critical"
+    assert check["detail"] == (f"{tmp_path / 'absent'} is missing: pgBackRest is not installed "
+                               "(apt-get install pgbackrest)")
+
+
+VERIFY_SAMPLE = {"time": "2026-11-30T18:00:00Z",
+                 "repos": {"1": {"ok": True, "problems": []},
+                           "2": {"ok": False,
+                                 "problems": ["backup 20261130-154138F: checksum invalid: 1"]}}}
+
+
+@pytest.mark.parametrize("text, status, says", [
+    (None, "ok", "; no pgbackrest verify recorded yet"),
+    (json.dumps(VERIFY_SAMPLE), "critical",
+     "last pgbackrest verify (2026-11-30T18:00:00.000000Z) found: repo 2: backup "
+     "20261130-154138F: checksum invalid: 1"),
+    (json.dumps({**VERIFY_SAMPLE, "repos": {"1": {"ok": True, "problems": []}}}), "ok",
+     "; last pgbackrest verify (2026-11-30T18:00:00.000000Z): ok"),
+    (json.dumps({**VERIFY_SAMPLE, "repos": {"1": {"ok": False}}}), "critical",
+     "found: repo 1: not ok"),
+    ("{", "unknown", "pgbackrest-verify.json is malformed: "),
+    (json.dumps({"time": "2026-11-30T18:00:00Z"}), "unknown", "no \"repos\" object"),
+    (json.dumps({**VERIFY_SAMPLE, "repos": {"1": {"ok": "yes"}}}), "unknown",
+     "repo 1: not {\"ok\": true|false"),
+], ids=["none", "a-problem", "ok", "not-ok", "not-json", "no-repos", "bad-ok"])
+def test_the_last_verify_record(tmp_path, text, status, says):
+    path = tmp_path / "pgbackrest-verify.json"
+    if text is not None:
+        path.write_text(text)
+    verify, problem = health.read_verify_record(path)
+    check = health.base_backup_result(recorded_info("info-two-repos"), settings_for(),
+                                      (180, 348), INFO_NOW + 3600, verify, problem, str(path))
+    assert check["status"] == status and says in check["detail"], check["detail"]
+    if status == "critical":
+        assert check["detail"].startswith("last pgbackrest verify")  # the worst first
+        assert check["data"]["verify"]["path"] == str(path)
+
+
+def test_pgbackrests_error_files_are_read_and_summarized(tmp_path):
+    code, message = health.parse_async_status(
+        (DATA / "00000001000000000000000A.error").read_text())
+    assert code == 104 and message.startswith("repo1: [FileOpenError] unable to open file '")
+    assert message.endswith("' for write: [13] Permission denied")
+    code, message = health.parse_async_status((DATA / "s3-refused.error").read_text())
+    assert (code, message) == (104, (
+        "repo2: [HostConnectError] unable to load info file '/pgbr/archive/pgbr/archive.info' or "
+        "'/pgbr/archive/pgbr/archive.info.copy': HostConnectError: unable to connect to "
+        "'localhost:9443': [111] Connection refused"))
+    assert health.parse_async_status("garbage") == (None, "garbage")
+    assert len(health.summarize_pgbackrest_error("x" * 1000)) == 300
+    # a spool: error files of segments, of a whole run (global), status files that are ok
+    out = tmp_path / "archive" / "main" / "out"
+    out.mkdir(parents=True)
+    shutil.copy(DATA / "00000001000000000000000A.error", out)
+    shutil.copy(DATA / "s3-refused.error", out / "00000001000000000000000B.error")
+    (out / "000000010000000000000009.ok").write_text("")
+    (out / "global.error").write_text("103\nunable to find a valid repository:\n"
+                                      "repo1: [FileMissingError] unable to load info file\n"
+                                      "HINT: has a stanza-create been performed?")
+    errors, problem = health.push_errors(str(tmp_path), "main")
+    assert problem is None
+    assert [(e["segment"], e["code"]) for e in errors] == [
+        ("00000001000000000000000A", 104), ("00000001000000000000000B", 104), ("global", 103)]
+    assert errors[2]["message"] == ("unable to find a valid repository: repo1: "
+                                    "[FileMissingError] unable to load info file")
+    still = health.pending_push_errors(errors, {"00000001000000000000000B"})
+    assert [e["segment"] for e in still] == ["00000001000000000000000B", "global"]
+    assert health.pending_push_errors(errors, set()) == []
+    assert health.push_errors(str(tmp_path / "nothing-pushed-yet"), "main") == ([], None)
+
+
+# ---------------------------------------------------------------------------------------------
+# backup_base: pgbackrest info for real
+
+@needs_pgbackrest
+def test_backup_base_runs_pgbackrest_info_and_reads_the_verify_record(pg):
+    config = write_config(pg, "base-warn", th=thresholds(backup_base_age_hours=[0, 1000]))
+    report, checks, proc = run_json(config, "--check", "backup_base")
+    base = checks["backup_base"]
+    assert base["status"] == "warning" and proc.returncode == 1, base
+    assert base["value"] >= 0 and (base["warning"], base["critical"]) == (0, 1000)
+    label = base["data"]["repos"]["1"]["label"]
+    assert base["detail"].startswith(f"repo 1: full {label} finished ")
+    assert base["data"]["stanza_status"] == {"code": 0, "message": "ok"}
+    config = write_config(pg, "base-crit", th=thresholds(backup_base_age_hours=[0, 0]))
+    report, checks, proc = run_json(config, "--check", "backup_base")
+    assert checks["backup_base"]["status"] == "critical" and proc.returncode == 2
+    proc = run(config, "--check", "backup_base")
+    assert re.match(rf"PGINFRA CRITICAL - backup_base: repo 1: full {label} finished .* \| "
+                    r"backup_base=[\d.]+;0;0$", proc.stdout.strip()), proc.stdout
+    # pginfra-backup verify's record: a problem is critical whatever the age
+    state = write_backup_state(pg.root / "verify-bad", verify={
+        "1": {"ok": False, "problems": [f"backup {label}: checksum invalid: 1"]}})
+    report, checks, proc = run_json(write_config(pg, "verify-bad", backup=state),
+                                    "--check", "backup_base")
+    base = checks["backup_base"]
+    assert base["status"] == "critical" and proc.returncode == 2
+    assert re.match(rf"last pgbackrest verify \(\S+Z\) found: repo 1: backup {label}: "
+                    r"checksum invalid: 1; repo 1: full ", base["detail"]), base["detail"]
+    assert base["data"]["verify"]["repos"] == {
+        "1": {"ok": False, "problems": [f"backup {label}: checksum invalid: 1"]}}
+    state = write_backup_state(pg.root / "verify-ok", verify={"1": {"ok": True,
+                                                                   "problems": []}})
+    report, checks, proc = run_json(write_config(pg, "verify-ok", backup=state),
+                                    "--check", "backup_base")
+    assert checks["backup_base"]["status"] == "ok" and "): ok" in checks["backup_base"]["detail"]
+
+
+@needs_pgbackrest
+def test_backup_base_of_a_stanza_never_created_then_without_a_backup(pg):
+    repo = pg.root / "repo-fresh"
+    repo.mkdir(mode=0o750)
+    shutil.chown(repo, "postgres", "postgres")
+    directory = pg.root / "pgbackrest-fresh"
+    conf = write_pgbackrest_config(directory, (
+        f"[global]\nrepo1-path={repo}\nlock-path={pg.pgbr}/lock\nlog-path={pg.pgbr}/log\n"
+        f"\n[fresh]\npg1-path={pg.data}\npg1-port={pg.port}\npg1-socket-path={pg.root}\n"),
+        secrets="")
+    config = write_config(pg, "fresh", pgbr={"stanza": "fresh", "pgbackrest_config": str(conf)})
+    report, checks, proc = run_json(config, "--check", "backup_base")
+    base = checks["backup_base"]
+    assert base["status"] == "critical" and proc.returncode == 2 and base["value"] is None
+    assert base["detail"] == ("repo 1: missing stanza path (pgBackRest status 1: stanza-create "
+                              "has not run for stanza fresh?); no pgbackrest verify recorded yet")
+    pg.as_postgres(PGBACKREST, f"--config={conf}", f"--config-include-path={directory}/conf.d",
+                   "--stanza=fresh", "stanza-create")
+    report, checks, proc = run_json(config, "--check", "backup_base")
+    base = checks["backup_base"]
+    assert base["status"] == "critical" and proc.returncode == 2
+    assert base["detail"] == "no backup in repo 1; no pgbackrest verify recorded yet"
+    assert base["data"]["repos"]["1"]["code"] == 2
+
+
+@needs_pgbackrest
+def test_backup_base_names_a_repository_pgbackrest_cannot_read(pg):
+    """pg's configuration and passphrase, and a repo 2 postgres may not open."""
+    repo2 = pg.root / "repo2-denied"
+    repo2.mkdir(mode=0o700)
+    shutil.chown(repo2, "postgres", "postgres")
+    repo2.chmod(0o000)
+    directory = pg.root / "pgbackrest-two"
+    conf = write_pgbackrest_config(
+        directory, pg.pgbr_config.read_text().replace("[global]\n", f"[global]\nrepo2-path="
+                                                      f"{repo2}\n", 1),
+        secrets=(pg.pgbr / "conf.d" / "secrets.conf").read_text())
+    config = write_config(pg, "two", pgbr={"pgbackrest_config": str(conf), "repos": [1, 2]})
+    report, checks, proc = run_json(config, "--check", "backup_base")
+    base = checks["backup_base"]
+    assert base["status"] == "critical" and proc.returncode == 2, base
+    assert base["detail"].startswith(f"repo 2: [PathOpenError] unable to list file info for "
+                                     f"path '{repo2}/backup': [13] Permission denied "
+                                     "(pgBackRest status 99); repo 1: full ")
+    assert base["data"]["repos"]["2"]["code"] == 99
+    assert base["data"]["stanza_status"]["code"] == 4  # different across repos
+    assert base["value"] == base["data"]["repos"]["1"]["age_hours"]
+    # a host that does not use repo 2 is fine; one that names a repo pgBackRest lacks is not
+    report, checks, proc = run_json(write_config(pg, "two-1", pgbr={
+        "pgbackrest_config": str(conf), "repos": [1]}), "--check", "backup_base")
+    assert checks["backup_base"]["status"] == "ok", checks["backup_base"]
+    report, checks, proc = run_json(write_config(pg, "three", pgbr={"repos": [1, 3]}),
+                                    "--check", "backup_base")
+    assert checks["backup_base"]["status"] == "critical"
+    assert checks["backup_base"]["detail"].startswith(
+        f"repo 3 is not in pgBackRest's configuration {pg.pgbr_config} (it has repo(s) 1)")
+
+
+@needs_pgbackrest
+def test_backup_base_when_pgbackrest_itself_fails(pg):
+    directory = pg.root / "pgbackrest-bare"
+    conf = write_pgbackrest_config(directory, pg.pgbr_config.read_text())  # no conf.d at all
+    config = write_config(pg, "bare", pgbr={"pgbackrest_config": str(conf)})
+    report, checks, proc = run_json(config, "--check", "backup_base")
+    base = checks["backup_base"]
+    assert base["status"] == "critical" and proc.returncode == 2
+    assert base["detail"] == (f"pgbackrest info failed (exit code 73): ERROR: [073]: unable to "
+                              f"list file info for missing path '{directory}/conf.d'")
+    (directory / "conf.d").mkdir()
+    shutil.chown(directory / "conf.d", "postgres", "postgres")  # but no passphrase in it
+    report, checks, proc = run_json(config, "--check", "backup_base")
+    assert checks["backup_base"]["detail"] == (
+        "pgbackrest info failed (exit code 37): ERROR: [037]: info command requires option: "
+        "repo1-cipher-pass")
+    assert checks["backup_base"]["data"]["exit_code"] == 37
+    # asked for by name where "backup" is null: unknown, saying so
+    report, checks, proc = run_json(write_config(pg, "no-backup", no_backup=True),
+                                    "--check", "backup_base")
+    assert checks["backup_base"]["status"] == "unknown" and proc.returncode == 3
+    assert "not configured" in checks["backup_base"]["detail"]
+    report, checks, proc = run_json(write_config(pg, "no-backup"))
+    assert "backup_base" in checks and "backup_dump" in checks
+    report, checks, proc = run_json(write_config(pg, "no-backup-all", no_backup=True))
+    assert "backup_base" not in checks and "backup_dump" not in checks
 
 
 @needs_postgres

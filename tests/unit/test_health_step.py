@@ -38,7 +38,9 @@ def test_health_config_carries_the_thresholds_of_the_settings():
     assert config["thresholds"]["archive_failing_seconds"] == [0, 300]
     assert config["thresholds"]["backup_base_age_hours"][0] == 180  # 7.5 days
     assert config["pgbouncer"] == {"port": 6432, "listen": ["127.0.0.1"]}
-    assert config["backup"] == {"state_dir": "/var/lib/pginfra/backup"}
+    assert config["backup"] == {"state_dir": "/var/lib/pginfra/backup", "stanza": "main",
+                                "pgbackrest_config": "/etc/pgbackrest/pgbackrest.conf",
+                                "spool_path": "/var/spool/pgbackrest", "repos": [1]}
     assert config["textfile"] is None
     off = health_config(settings(pgbouncer_enabled=False, backup_enabled=False,
                                  health_prometheus=True), "db1")
@@ -74,7 +76,7 @@ def test_cron_file_schedules_health_and_maintenance_next_to_the_backups():
     assert f"0 6 * * 0 postgres {BIN}/pginfra-maintenance reindex " in text
     assert f"30 3 * * * postgres {BIN}/pginfra-maintenance vacuum analyze " in text
     assert f"*/5 * * * * postgres {BIN}/pginfra-maintenance refresh " in text
-    assert sum("/pginfra-backup " in j for j in jobs) == 4
+    assert sum("/pginfra-backup " in j for j in jobs) == 6  # full diff verify dump retention drill
     only_backups = cron_file(settings(health_enabled=False, maintenance_enabled=False))
     assert "pginfra-health" not in only_backups and "pginfra-maintenance" not in only_backups
     assert cron_file(settings(health_enabled=False, maintenance_enabled=False,
