@@ -136,30 +136,39 @@ def test_a_read_only_wal_archive_is_critical(lab, lowered):
 
 
 def test_stale_backups_are_a_warning_then_critical(lab, lowered):
-    saved = {job: lab.ssh("pgt1", ["cat", f"{LAST_SUCCESS}/{job}.json"]).stdout
-             for job in ("base", "dump")}
+    """The newest pgBackRest backup is minutes old: thresholds in a copy of the configuration
+    (0 and 1000 hours, then 0 and 0) make it a warning, then critical; a dump record three days
+    old is critical, a missing one too."""
+    saved = lab.ssh("pgt1", ["cat", f"{LAST_SUCCESS}/dump.json"]).stdout
+    config = json.loads(lab.ssh("pgt1", ["cat", "/etc/pginfra/health.json"]).stdout)
 
-    def age(job: str, hours: int) -> None:
-        record = dict(json.loads(saved[job]))
-        moment = time.gmtime(time.time() - hours * 3600)
-        record["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", moment)
-        lab.ssh("pgt1", ["runuser", "-u", "postgres", "--", "sh", "-c",
-                         f"'cat > {LAST_SUCCESS}/{job}.json'"], input=json.dumps(record))
+    def with_age_hours(pair: list[int]) -> tuple[int, dict]:
+        changed = {**config, "thresholds": {**config["thresholds"],
+                                            "backup_base_age_hours": pair}}
+        lab.ssh("pgt1", ["sh", "-c", "'cat > /tmp/health-aged.json && chmod 644 "
+                         "/tmp/health-aged.json'"], input=json.dumps(changed))
+        return health(lab, "--config", "/tmp/health-aged.json")
 
     try:
-        age("base", 8 * 24)  # a weekly base backup missed: 7.5 days is the warning
-        age("dump", 3 * 24)  # two daily dumps missed
+        code, report = with_age_hours([0, 1000])
+        found = check(report, "backup_base")
+        assert found["status"] == "warning", problems(report)
+        assert "repo1" in found["detail"] or "repo 1" in found["detail"], found
+        assert check(with_age_hours([0, 0])[1], "backup_base")["status"] == "critical"
+        record = dict(json.loads(saved))
+        record["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3 * 86400))
+        lab.ssh("pgt1", ["runuser", "-u", "postgres", "--", "sh", "-c",
+                         f"'cat > {LAST_SUCCESS}/dump.json'"], input=json.dumps(record))
         code, report = health(lab)
-        assert check(report, "backup_base")["status"] == "warning", problems(report)
         assert check(report, "backup_dump")["status"] == "critical", problems(report)
         assert code == 2
         lab.ssh("pgt1", ["rm", f"{LAST_SUCCESS}/dump.json"])
         found = check(health(lab)[1], "backup_dump")
         assert found["status"] == "critical" and "no verified" in found["detail"]
     finally:
-        for job, text in saved.items():
-            lab.ssh("pgt1", ["runuser", "-u", "postgres", "--", "sh", "-c",
-                             f"'cat > {LAST_SUCCESS}/{job}.json'"], input=text)
+        lab.ssh("pgt1", ["runuser", "-u", "postgres", "--", "sh", "-c",
+                         f"'cat > {LAST_SUCCESS}/dump.json'"], input=saved)
+        lab.ssh("pgt1", ["rm", "-f", "/tmp/health-aged.json"])
     assert health(lab)[0] == 0
 
 
