@@ -1,43 +1,41 @@
-"""Code shared by pginfra-backup and pginfra-restore, installed beside them in
+"""Code shared by pginfra-backup and pginfra-restore (and the configuration checks, job logs and
+locks that pginfra-health and pginfra-maintenance reuse), installed beside them in
 /usr/local/lib/pginfra/.
 
-It holds the configuration (/etc/pginfra/backup.json) and its validation, the JSON log lines,
-the job locks and last-success files, the local layout of base backups and dumps, their
-verification (backup_manifest checked against the tar.gz members, pg_restore full reads), the
-retention choices (pure functions, unit-tested), and the S3 side: temporary keys, server-side
-copies, manifests as the mark of publication, WAL objects and batched deletes.
+Physical backups, WAL archiving and point-in-time recovery belong to pgBackRest: this module
+only runs it (``pgbackrest``: always as postgres, always with the configured --config,
+--config-include-path and --stanza) and reads what it says (``info --output=json``, and the
+text of ``verify``, which exits 0 whatever it finds and so is parsed: ``parse_verify``).
 
-Whether a backup counts is decided in one place, ``is_good(manifest)``: its manifest (local
-pginfra.json or <label>.json, or the published one in S3) says it was verified when it was
-taken, and ``verify`` has not marked it "bad" since. Every entry's ``state`` comes from it and
-``usable(entry)`` reads that state: list, upload, retention, drill, verify, the restores and
-the base backup's last-success record all go through them.
+What pginfra still does itself: the configuration (/etc/pginfra/backup.json) and its
+validation, the JSON log lines, the job locks and last-success files, logical dumps (local
+layout, verification, retention, their S3 copies: temporary keys, server-side copies, a
+manifest as the mark of publication), and the choices made from pgBackRest's output (the
+backup a point in time needs, whether the pre-pgBackRest layout may go), as pure functions.
 
-It runs on Debian 12's own Python 3.11 with python3-psycopg (3.1) and python3-boto3 (1.26).
-Both are imported only where they are needed, so ``pginfra-restore fetch-wal`` serving WAL from
-the local archive needs the standard library alone.
+Whether a dump counts is decided in one place, ``is_good(manifest)``: its manifest says it was
+verified when it was taken, and ``verify`` has not marked it "bad" since.
+
+It runs on Debian 12's own Python 3.11 with python3-psycopg (3.1) and python3-boto3 (1.26),
+both imported only where they are needed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import gzip
 import hashlib
 import json
 import os
 import pwd
 import re
-import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import traceback
 import uuid
-import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,23 +56,17 @@ MAX_PARTS = 10_000          # S3's most parts in one upload
 PLAN_FOR = 1 * TiB          # every upload is sized to fit an object at least this large
 DELETE_BATCH = 1000         # DeleteObjects takes at most 1000 keys
 
+PGBACKREST = "pgbackrest"
+PGBR_NO_STANDBY = 56        # pgBackRest: "unable to find standby cluster"
 LABEL_RE = re.compile(r"^\d{8}T\d{6}Z$")
-WAL_SEGMENT_RE = re.compile(r"^[0-9A-F]{24}$")
-WAL_HISTORY_RE = re.compile(r"^[0-9A-F]{8}\.history$")
-WAL_BACKUP_RE = re.compile(r"^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$")
-WAL_PARTIAL_RE = re.compile(r"^[0-9A-F]{24}\.partial$")
-# basic_archive copies a segment to archtemp.<file>.<pid>.<epoch ms> in the archive directory
-# and renames it; a failed attempt (disk full, read-only, a crash) leaves it there for good.
-ARCHTEMP_RE = re.compile(r"^archtemp\.[^/]+\.\d+\.\d+$")
-# Older than this, an archtemp file is a leftover: one attempt copies one 16 MB segment (and
-# fsyncs it) in seconds, and the file's mtime moves with every write. A stalled attempt whose
-# file goes anyway just fails its rename, and the server retries the segment.
-ARCHTEMP_STALE_SECONDS = 3600
+# What the pre-pgBackRest layout left loose in wal_archive_dir (basic_archive's segments,
+# history, .backup and .partial files, and its temporary archtemp.* files); pgBackRest's own
+# archive/ and backup/ directories never match.
+LEGACY_WAL_RE = re.compile(r"^(?:[0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?"
+                           r"|[0-9A-F]{8}\.history|archtemp\.[^/]+\.\d+\.\d+)$")
 GLOBALS = "_globals"  # the directory and S3 "database" of pg_dumpall --globals-only
 GLOBALS_END = "PostgreSQL database cluster dump complete"
-# Paths pg_verifybackup does not expect in backup_manifest.
-NOT_IN_MANIFEST = {"backup_manifest", "postgresql.auto.conf", "recovery.signal",
-                   "standby.signal"}
+VERIFY_STATE = "pgbackrest-verify.json"  # in state_dir; pginfra-health reads it
 
 
 class Failed(Exception):
@@ -87,11 +79,6 @@ class Failed(Exception):
 
 class ConfigError(Exception):
     """Bad configuration or usage: exit 2."""
-
-
-class NotFound(Exception):
-    """fetch-wal: the file is neither in the archive nor in S3 (normal at the end of
-    recovery): exit 1 quietly."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +96,16 @@ class S3Settings:
     request_checksum_calculation: str
     keep_days: int
     credentials_file: str
+    ca_file: str = ""
+
+
+@dataclass(frozen=True)
+class PgBackRestSettings:
+    stanza: str
+    config: str
+    repos: list[int]
+    backup_standby: bool
+    retention_full: int
 
 
 @dataclass(frozen=True)
@@ -126,8 +123,8 @@ class Config:
     state_dir: str
     log_dir: str
     databases: list[str]
-    keep_local_base: int
     keep_local_dumps: int
+    pgbackrest: PgBackRestSettings
     s3: S3Settings | None
     socket_dir: str = DEFAULT_SOCKET_DIR
 
@@ -145,10 +142,11 @@ _URL = re.compile(r"^https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 TOP_KEYS = ("host", "version", "cluster", "port", "data_directory", "stop_command",
             "start_command", "wal_archive_dir", "backup_dir", "state_dir", "log_dir",
-            "databases", "keep_local_base", "keep_local_dumps", "s3")
+            "databases", "keep_local_dumps", "pgbackrest", "s3")
 OPTIONAL_KEYS = ("socket_dir",)
+PGBACKREST_KEYS = ("stanza", "config", "repos", "backup_standby", "retention_full")
 S3_KEYS = ("bucket", "prefix", "region", "endpoint_url", "sse", "kms_key_id", "storage_class",
-           "request_checksum_calculation", "keep_days", "credentials_file")
+           "request_checksum_calculation", "keep_days", "credentials_file", "ca_file")
 
 
 def _want(ok: bool, key: str, what: str, value) -> None:
@@ -199,6 +197,23 @@ def _check_keys(raw: dict, required, optional=(), prefix: str = "") -> None:
             raise ConfigError(f"key '{prefix}{key}' is missing")
 
 
+def _pgbackrest_settings(raw) -> PgBackRestSettings:
+    _want(isinstance(raw, dict), "pgbackrest", "must be an object", raw)
+    _check_keys(raw, PGBACKREST_KEYS, prefix="pgbackrest.")
+    repos = raw["repos"]
+    _want(isinstance(repos, list) and repos != [] and len(set(map(str, repos))) == len(repos),
+          "pgbackrest.repos", "must be a non-empty list of distinct repository keys", repos)
+    for i, repo in enumerate(repos):
+        _int(f"pgbackrest.repos[{i}]", repo, 1, 256)
+    _want(isinstance(raw["backup_standby"], bool), "pgbackrest.backup_standby",
+          "must be true or false", raw["backup_standby"])
+    return PgBackRestSettings(
+        stanza=_str("pgbackrest.stanza", raw["stanza"], _NAME, "a stanza name"),
+        config=_abs("pgbackrest.config", raw["config"]),
+        repos=list(repos), backup_standby=raw["backup_standby"],
+        retention_full=_int("pgbackrest.retention_full", raw["retention_full"], 1, 1000))
+
+
 def validate_config(raw, path: str = DEFAULT_CONFIG) -> Config:
     """The configuration, checked; ConfigError names the first bad key."""
     if not isinstance(raw, dict):
@@ -212,6 +227,7 @@ def validate_config(raw, path: str = DEFAULT_CONFIG) -> Config:
               and "\0" not in db and db not in (".", "..") and not db.startswith("_"),
               f"databases[{i}]", "must be a database name of 1..49 bytes, without '/' and "
               "not starting with '_'", db)
+    pgbackrest = _pgbackrest_settings(raw["pgbackrest"])
     s3 = raw["s3"]
     settings = None
     if s3 is not None:
@@ -239,6 +255,7 @@ def validate_config(raw, path: str = DEFAULT_CONFIG) -> Config:
             request_checksum_calculation=check,
             keep_days=_int("s3.keep_days", s3["keep_days"], 1, 36500),
             credentials_file=_abs("s3.credentials_file", s3["credentials_file"], empty=True),
+            ca_file=_abs("s3.ca_file", s3["ca_file"], empty=True),
         )
     return Config(
         path=path,
@@ -254,9 +271,8 @@ def validate_config(raw, path: str = DEFAULT_CONFIG) -> Config:
         state_dir=_abs("state_dir", raw["state_dir"]),
         log_dir=_abs("log_dir", raw["log_dir"]),
         databases=list(databases),
-        keep_local_base=_int("keep_local_base", raw["keep_local_base"], 1, 1000),
         keep_local_dumps=_int("keep_local_dumps", raw["keep_local_dumps"], 1, 100000),
-        s3=settings,
+        pgbackrest=pgbackrest, s3=settings,
         socket_dir=_abs("socket_dir", raw.get("socket_dir", DEFAULT_SOCKET_DIR)),
     )
 
@@ -361,23 +377,6 @@ def read_json(path) -> dict | None:
         return None
 
 
-class HashingReader:
-    """A file wrapper that hashes and counts what is read through it."""
-
-    def __init__(self, f):
-        self.f, self.hash, self.count = f, hashlib.sha256(), 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.hash.update(data)
-        self.count += len(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(MiB):
-            pass
-
-
 def sha256_file(path) -> tuple[str, int]:
     h, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
@@ -385,14 +384,6 @@ def sha256_file(path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return h.hexdigest(), size
-
-
-def describe_files(directory: Path, names) -> dict:
-    out = {}
-    for name in names:
-        digest, size = sha256_file(directory / name)
-        out[name] = {"size": size, "sha256": digest}
-    return out
 
 
 def check_files(directory: Path, files: dict) -> list[str]:
@@ -532,11 +523,13 @@ def reexec_as_postgres(program: str, argv: list[str]) -> None:
 
 def run_job(program: str, job: str, config_path: str, body, args, *, stream="stdout",
             lock: bool = True, last_success: bool = True, as_root: bool = False,
-            argv: list[str] | None = None, print_result: bool = False) -> int:
+            argv: list[str] | None = None, print_result: bool = False,
+            lock_name: str | None = None) -> int:
     """Load the configuration, take the job's lock, run ``body(cfg, args, log)`` and turn the
     outcome into an exit code. ``body`` returns a dict for last-success (None: do not write
     it); a logged failure anywhere makes the exit code 1. ``print_result``: on success the
-    dict is also printed to stdout as the last line (pitr's report)."""
+    dict is also printed to stdout as the last line (pitr's report). ``lock_name``: the lock,
+    when jobs share one (default: ``job``)."""
     name = os.path.basename(program)
     if os.geteuid() == 0 and not as_root:
         try:
@@ -556,7 +549,7 @@ def run_job(program: str, job: str, config_path: str, body, args, *, stream="std
     try:
         if lock:
             try:
-                fd, path = acquire_lock(cfg.state_dir, job, owner)
+                fd, path = acquire_lock(cfg.state_dir, lock_name or job, owner)
             except OSError as exc:
                 log.emit("lock", "failed", detail=f"cannot open the lock file: {exc}")
                 return EXIT_FAILED
@@ -567,9 +560,6 @@ def run_job(program: str, job: str, config_path: str, body, args, *, stream="std
         rc = EXIT_OK
         try:
             result = body(cfg, args, log)
-        except NotFound as exc:
-            log.emit(job, "missing", time.monotonic() - started, detail=str(exc), quiet=True)
-            return EXIT_FAILED
         except ConfigError as exc:
             log.emit("usage", "failed", detail=str(exc))
             print(f"{name}: {exc}", file=sys.stderr)
@@ -602,63 +592,169 @@ def run_job(program: str, job: str, config_path: str, body, args, *, stream="std
 
 
 # ---------------------------------------------------------------------------------------------
-# WAL names, chunk sizes, retention (pure functions)
+# pgBackRest: running it, and reading what it says (pure functions, unit-tested)
 
-def is_wal_name(name: str) -> bool:
-    """A segment, timeline history or backup history file: what ship-wal and fetch-wal
-    handle. Temporary names (basic_archive's archtemp.*) and .partial files are not."""
-    return bool(WAL_SEGMENT_RE.match(name) or WAL_HISTORY_RE.match(name)
-                or WAL_BACKUP_RE.match(name))
-
-
-def wal_position(name: str) -> str | None:
-    """The 16 hex digits of log and segment number, without the timeline (the part
-    pg_archivecleanup compares); None for history files and other names."""
-    if WAL_SEGMENT_RE.match(name) or WAL_BACKUP_RE.match(name) or WAL_PARTIAL_RE.match(name):
-        return name[8:24]
-    return None
+def pgbackrest_command(cfg: Config, *args: str, repo: int | None = None) -> list[str]:
+    """``pgbackrest --config=C --config-include-path=<dir of C>/conf.d --stanza=S [--repo=N]
+    ARGS``. Secrets stay in its configuration files: pgBackRest refuses them on the command
+    line."""
+    conf = cfg.pgbackrest
+    return [PGBACKREST, f"--config={conf.config}",
+            f"--config-include-path={os.path.join(os.path.dirname(conf.config), 'conf.d')}",
+            f"--stanza={conf.stanza}", *([f"--repo={repo}"] if repo else []), *args]
 
 
-def lsn_to_segment(timeline: int, lsn: str, segment_size: int = 16 * MiB) -> str:
-    high, low = (int(x, 16) for x in lsn.split("/"))
-    number = ((high << 32) | low) // segment_size
-    per_id = 0x100000000 // segment_size
-    return f"{timeline:08X}{number // per_id:08X}{number % per_id:08X}"
+def pgbackrest(cfg: Config, *args: str, repo: int | None = None,
+               timeout: float | None = None) -> subprocess.CompletedProcess:
+    """``pgbackrest_command`` run as postgres (through runuser when root)."""
+    cmd = pgbackrest_command(cfg, *args, repo=repo)
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", OS_USER, "--", *cmd]
+    return run(cmd, timeout=timeout, cwd="/")
 
 
-def select_wal_to_delete(names, cutoff: str | None, shipped: set | None = None) -> list[str]:
-    """WAL files older than ``cutoff`` (a segment name: the oldest retained base backup's
-    start segment), as pg_archivecleanup chooses them (timeline ignored). History files are
-    kept. ``shipped``: when S3 is configured, only names in it may go (.partial files are never
-    shipped and go anyway)."""
-    if not cutoff:
+def pgbackrest_failed(proc: subprocess.CompletedProcess, what: str) -> Failed:
+    return Failed(f"pgbackrest {what} exited with {proc.returncode}: "
+                  f"{tail(proc.stderr or proc.stdout, 4)}")
+
+
+def stanza_info(text: str, stanza: str) -> dict:
+    """This stanza's object of ``pgbackrest --output=json info`` (a list of stanzas)."""
+    for entry in json.loads(text):
+        if entry.get("name") == stanza:
+            return entry
+    raise Failed(f"pgbackrest info does not list stanza {stanza}")
+
+
+def pgbackrest_info(cfg: Config, repo: int | None = None) -> dict:
+    proc = pgbackrest(cfg, "--log-level-console=warn", "--output=json", "info", repo=repo,
+                      timeout=600)
+    if proc.returncode != 0:
+        raise pgbackrest_failed(proc, "info")
+    return stanza_info(proc.stdout, cfg.pgbackrest.stanza)
+
+
+def epoch_time(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def repo_backups(info: dict, repo: int) -> list[dict]:
+    """The backups of ``info`` held by repository ``repo``, oldest (stop time) first: info
+    mixes the repositories."""
+    return sorted((b for b in info.get("backup") or []
+                   if b.get("database", {}).get("repo-key") == repo),
+                  key=lambda b: b["timestamp"]["stop"])
+
+
+def backup_summary(backup: dict) -> dict:
+    return {"repo": backup["database"]["repo-key"], "label": backup["label"],
+            "type": backup["type"], "start": iso(epoch_time(backup["timestamp"]["start"])),
+            "stop": iso(epoch_time(backup["timestamp"]["stop"])),
+            "size": backup["info"]["size"],
+            "repo_size": backup["info"]["repository"]["delta"]}
+
+
+def choose_backup(backups: list[dict], target: datetime) -> dict:
+    """The backup pgBackRest restores for a time target: the newest of ``backups`` (one
+    repository's) that stopped before ``target``, compared as pgBackRest does, in whole
+    seconds (the target's fraction dropped). A target before the oldest one's stop is bad
+    usage (ConfigError, naming that time)."""
+    if not backups:
+        raise Failed("the repository holds no backup")
+    limit = int(target.timestamp())
+    before = [b for b in backups if b["timestamp"]["stop"] < limit]
+    if not before:
+        oldest = min(epoch_time(b["timestamp"]["stop"]) for b in backups)
+        raise ConfigError(f"--target-time {iso(target)} is before the oldest backup's stop "
+                          f"time {iso(oldest)}: no backup can reach it")
+    return max(before, key=lambda b: b["timestamp"]["stop"])
+
+
+_VERIFY_BACKUP = re.compile(r"^backup: ([^,\s]+), status: (\w+)")
+_VERIFY_ARCHIVE = re.compile(r"^archiveId: ([^,\s]+)")
+_VERIFY_COUNT = re.compile(r"(missing|checksum invalid|size invalid|other): (\d+)")
+
+
+def parse_verify(stdout: str, returncode: int = 0, stderr: str = "") -> tuple[list[str], list]:
+    """(problems, valid backup labels) from ``pgbackrest --output=text --verbose verify``,
+    which exits 0 whatever it found: an exit code other than 0, a ``status:`` other than
+    ok, a backup whose status is not valid, any non-zero ``missing``, ``checksum invalid``,
+    ``size invalid`` or ``other`` count, or no status at all. Each problem names its backup
+    label (or archive id)."""
+    problems, valid, status_seen = [], [], False
+    if returncode != 0:
+        problems.append(f"verify exited with {returncode}: {tail(stderr or stdout, 4)}")
+    subject = "verify"
+    for line in stdout.splitlines():
+        text = line.strip()
+        backup, archive = _VERIFY_BACKUP.match(text), _VERIFY_ARCHIVE.match(text)
+        if backup:
+            subject = f"backup {backup.group(1)}"
+            if backup.group(2) == "valid":
+                valid.append(backup.group(1))
+            else:
+                problems.append(f"{subject}: status {backup.group(2)} ({text})")
+        elif archive:
+            subject = f"archive {archive.group(1)}"
+        elif text.startswith("status:"):
+            status_seen = True
+            if text != "status: ok":
+                problems.append(f"stanza {text}")
+        else:
+            counts = [f"{k}: {n}" for k, n in _VERIFY_COUNT.findall(text) if int(n) > 0]
+            if counts:
+                problems.append(f"{subject}: {', '.join(counts)}")
+    if not status_seen and returncode == 0:
+        problems.append(f"verify printed no status: {tail(stdout or stderr, 4) or 'nothing'}")
+    return problems, valid
+
+
+def verify_repo(cfg: Config, log: JobLog, repo: int) -> dict:
+    """``verify`` of one repository, parsed and logged: {"ok", "problems", "valid"}."""
+    started = time.monotonic()
+    try:
+        proc = pgbackrest(cfg, "--log-level-console=warn", "--output=text", "--verbose",
+                          "verify", repo=repo)
+        problems, valid = parse_verify(proc.stdout, proc.returncode, proc.stderr)
+    except (OSError, subprocess.SubprocessError) as exc:
+        problems, valid = [f"verify did not run: {type(exc).__name__}: {exc}"], []
+    log.emit("pgbackrest-verify", "failed" if problems else "ok", time.monotonic() - started,
+             detail=f"repo{repo}: " + ("; ".join(problems) if problems else
+                                        f"{len(valid)} backup(s) and their WAL verified"))
+    return {"ok": not problems, "problems": problems, "valid": valid}
+
+
+def record_verify(cfg: Config, results: dict) -> Path:
+    """state_dir/pgbackrest-verify.json (0600), what pginfra-health reads: {"time", "repos":
+    {"N": {"ok", "problems", "valid", "time"}}}, the repositories verified now replacing
+    their earlier results (repositories no longer configured are dropped)."""
+    path = ensure_dir(cfg.state_dir) / VERIFY_STATE
+    now = iso(utcnow())
+    repos = {key: value for key, value in ((read_json(path) or {}).get("repos") or {}).items()
+             if key in {str(r) for r in cfg.pgbackrest.repos}}
+    repos.update({str(repo): {**result, "time": now} for repo, result in results.items()})
+    write_json(path, {"time": now, "repos": repos}, mode=0o600)
+    return path
+
+
+def clean_fulls(info: dict, repo: int, verify_state: dict | None) -> list[str]:
+    """Labels of the full backups ``repo`` holds (per ``info``) that the last recorded verify
+    of that repository found valid, with nothing wrong in it."""
+    result = ((verify_state or {}).get("repos") or {}).get(str(repo)) or {}
+    if not result.get("ok"):
         return []
-    limit = cutoff[8:24]
-    out = []
-    for name in names:
-        position = wal_position(name)
-        if position is None or position >= limit:
-            continue
-        if shipped is not None and name not in shipped and not WAL_PARTIAL_RE.match(name):
-            continue
-        out.append(name)
-    return sorted(out)
+    valid = set(result.get("valid") or [])
+    return [b["label"] for b in repo_backups(info, repo)
+            if b["type"] == "full" and b["label"] in valid]
 
 
-def select_stale_archtemp(files, now: float, max_age: float = ARCHTEMP_STALE_SECONDS
-                          ) -> list[str]:
-    """Names of basic_archive's temporary files to remove: ``files`` is (name, mtime) of the
-    regular files in the archive directory; only archtemp.* names whose mtime is more than
-    ``max_age`` seconds before ``now`` (a future mtime is not stale). Nothing else, ever."""
-    return sorted(name for name, mtime in files
-                  if ARCHTEMP_RE.match(name) and now - mtime > max_age)
+def legacy_wal_names(names) -> list[str]:
+    """The names in wal_archive_dir the pre-pgBackRest layout left (see LEGACY_WAL_RE)."""
+    return sorted(n for n in names if LEGACY_WAL_RE.match(n))
 
 
-def wal_cutoff(start_segments) -> str | None:
-    """The oldest start segment among retained base backups (None: keep all WAL)."""
-    segments = [s for s in start_segments if s and WAL_SEGMENT_RE.match(s)]
-    return min(segments, key=lambda s: (s[8:24], s[:8])) if segments else None
-
+# ---------------------------------------------------------------------------------------------
+# Dumps: retention and S3 part sizes (pure functions), verification, state
 
 def chunk_size(size: int, override: int | None = None) -> int:
     """Multipart chunk: big enough that an object of max(size, 1 TiB) fits in 10,000 parts,
@@ -729,196 +825,6 @@ def compare_counts(expected: dict, actual: dict) -> list[str]:
     return out
 
 
-def choose_base(entries: list[dict], target: datetime, label: str | None = None) -> dict:
-    """The newest usable (verified, or published, and not marked bad) base backup that ended
-    before ``target``, or the one named ``label`` after checking that it qualifies."""
-    bases = [e for e in entries if e["kind"] == "base"]
-    usable_bases = [e for e in bases if usable(e)]
-    if label:
-        named = [e for e in usable_bases if e["label"] == label]
-        if not named:
-            bad = [e for e in bases if e["label"] == label and e["state"] == "bad"]
-            raise Failed(f"no verified base backup labelled {label}" + (
-                f": it is marked bad ({bad[0]['error']})" if bad else ""))
-        entry = named[0]
-        if not entry.get("end_time") or parse_time(entry["end_time"]) >= target:
-            raise Failed(f"base backup {label} ended at {entry.get('end_time')}, not before "
-                         f"the target {iso(target)}")
-        return entry
-    before = [e for e in usable_bases
-              if e.get("end_time") and parse_time(e["end_time"]) < target]
-    if not before:
-        bad = sum(e["state"] == "bad" for e in bases)
-        raise Failed(f"no verified base backup ended before {iso(target)} "
-                     f"({len(usable_bases)} verified in all"
-                     + (f", {bad} marked bad" if bad else "") + ")")
-    return max(before, key=lambda e: e["label"])
-
-
-# ---------------------------------------------------------------------------------------------
-# Base backup verification
-
-def member_name(name: str) -> str:
-    while name.startswith("./"):
-        name = name[2:]
-    return name.rstrip("/")
-
-
-def _manifest_checksum_ok(raw: bytes) -> bool | None:
-    data = json.loads(raw)
-    want = data.get("Manifest-Checksum")
-    if not want:
-        return None
-    end = raw.rstrip(b"\n").rfind(b"\n")
-    return hashlib.sha256(raw[:end + 1]).hexdigest() == want
-
-
-def verify_base_backup(directory: Path, bin_dir: str | None = None) -> dict:
-    """Check a pg_basebackup -Ft -z directory without pg_verifybackup (which reads only plain
-    format on 15): backup_manifest's own checksum; every file it lists, read from the tar.gz
-    members, against its size and SHA256; nothing unlisted; both archives' gzip integrity (each
-    read to its end, CRC included); the WAL range in pg_wal.tar.gz readable by pg_waldump.
-
-    Returns {"errors", "files" (size and sha256 of every file), "start_wal_segment",
-    "timeline", "start_lsn", "end_lsn"}; the errors name the file."""
-    directory = Path(directory)
-    errors: list[str] = []
-    result = {"errors": errors, "files": {}, "start_wal_segment": None, "timeline": None,
-              "start_lsn": None, "end_lsn": None}
-    manifest_path = directory / "backup_manifest"
-    try:
-        raw = manifest_path.read_bytes()
-        manifest = json.loads(raw)
-    except (OSError, ValueError) as exc:
-        errors.append(f"backup_manifest: unreadable: {exc}")
-        return result
-    result["files"]["backup_manifest"] = {"size": len(raw),
-                                          "sha256": hashlib.sha256(raw).hexdigest()}
-    if _manifest_checksum_ok(raw) is False:
-        errors.append("backup_manifest: its Manifest-Checksum does not match its contents")
-    expected = {}
-    for entry in manifest.get("Files", []):
-        path = entry.get("Path")
-        if path is None and "Encoded-Path" in entry:
-            path = bytes.fromhex(entry["Encoded-Path"]).decode("utf-8", "surrogateescape")
-        expected[path] = entry
-    tars = sorted(p.name for p in directory.iterdir() if p.name.endswith(".tar.gz"))
-    for needed in ("base.tar.gz", "pg_wal.tar.gz"):
-        if needed not in tars:
-            errors.append(f"{needed}: missing")
-    seen: set[str] = set()
-    backup_label = None
-    for tar_name in tars:
-        if tar_name == "pg_wal.tar.gz":
-            continue
-        prefix = "" if tar_name == "base.tar.gz" else f"pg_tblspc/{tar_name[:-7]}/"
-        with open(directory / tar_name, "rb") as raw_file:
-            reader = HashingReader(raw_file)
-            try:
-                with gzip.GzipFile(fileobj=reader, mode="rb") as gz:
-                    with tarfile.open(fileobj=gz, mode="r|") as tar:
-                        for member in tar:
-                            if not member.isfile():
-                                continue
-                            name = prefix + member_name(member.name)
-                            digest, size = hashlib.sha256(), 0
-                            data = tar.extractfile(member)
-                            keep = name == "backup_label"
-                            kept = b""
-                            while chunk := data.read(MiB):
-                                digest.update(chunk)
-                                size += len(chunk)
-                                if keep:
-                                    kept += chunk
-                            if keep:
-                                backup_label = kept.decode("utf-8", "replace")
-                            want = expected.get(name)
-                            if want is None:
-                                if name not in NOT_IN_MANIFEST:
-                                    errors.append(f"{tar_name}: {name} is not in "
-                                                  "backup_manifest")
-                                continue
-                            seen.add(name)
-                            if size != want.get("Size"):
-                                errors.append(f"{tar_name}: {name}: {size} bytes, "
-                                              f"backup_manifest says {want.get('Size')}")
-                            elif (want.get("Checksum-Algorithm") == "SHA256"
-                                  and digest.hexdigest() != want.get("Checksum")):
-                                errors.append(f"{tar_name}: {name}: SHA256 mismatch with "
-                                              "backup_manifest")
-                    while gz.read(MiB):  # to the end: gzip checks its CRC and length there
-                        pass
-                reader.drain()
-            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-                errors.append(f"{tar_name}: corrupt or truncated: {type(exc).__name__}: {exc}")
-                reader.drain()
-        result["files"][tar_name] = {"size": reader.count, "sha256": reader.hash.hexdigest()}
-    missing = sorted(set(expected) - seen)
-    if missing and "base.tar.gz" in tars:
-        errors.append(f"base.tar.gz: {len(missing)} file(s) of backup_manifest missing, e.g. "
-                      + ", ".join(missing[:5]))
-    if backup_label:
-        found = re.search(r"START WAL LOCATION: (\S+) \(file ([0-9A-F]{24})\)", backup_label)
-        tli = re.search(r"START TIMELINE: (\d+)", backup_label)
-        if found:
-            result["start_lsn"], result["start_wal_segment"] = found.group(1), found.group(2)
-        if tli:
-            result["timeline"] = int(tli.group(1))
-    elif "base.tar.gz" in tars:
-        errors.append("base.tar.gz: no backup_label")
-    ranges = manifest.get("WAL-Ranges") or []
-    if ranges:
-        result["end_lsn"] = ranges[-1].get("End-LSN")
-        if result["start_wal_segment"] is None:
-            result["timeline"] = ranges[0]["Timeline"]
-            result["start_lsn"] = ranges[0]["Start-LSN"]
-            result["start_wal_segment"] = lsn_to_segment(ranges[0]["Timeline"],
-                                                         ranges[0]["Start-LSN"])
-    if "pg_wal.tar.gz" in tars:
-        _verify_wal_tar(directory, ranges, bin_dir, errors, result)
-    return result
-
-
-def _verify_wal_tar(directory: Path, ranges: list, bin_dir: str | None, errors: list,
-                    result: dict) -> None:
-    work = Path(tempfile.mkdtemp(prefix=".verify-wal-", dir=directory.parent))
-    try:
-        with open(directory / "pg_wal.tar.gz", "rb") as raw_file:
-            reader = HashingReader(raw_file)
-            try:
-                with gzip.GzipFile(fileobj=reader, mode="rb") as gz:
-                    with tarfile.open(fileobj=gz, mode="r|") as tar:
-                        for member in tar:
-                            base = os.path.basename(member_name(member.name))
-                            if member.isfile() and (WAL_SEGMENT_RE.match(base)
-                                                    or WAL_HISTORY_RE.match(base)):
-                                with open(work / base, "wb") as out:
-                                    shutil.copyfileobj(tar.extractfile(member), out, MiB)
-                    while gz.read(MiB):
-                        pass
-                reader.drain()
-            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-                errors.append(f"pg_wal.tar.gz: corrupt or truncated: "
-                              f"{type(exc).__name__}: {exc}")
-                reader.drain()
-                return
-            finally:
-                result["files"]["pg_wal.tar.gz"] = {"size": reader.count,
-                                                    "sha256": reader.hash.hexdigest()}
-        waldump = os.path.join(bin_dir, "pg_waldump") if bin_dir else None
-        if not waldump or not os.access(waldump, os.X_OK):
-            return
-        for wal_range in ranges:
-            proc = run([waldump, "--quiet", "-p", str(work), "-t", str(wal_range["Timeline"]),
-                        "-s", wal_range["Start-LSN"], "-e", wal_range["End-LSN"]], timeout=600)
-            if proc.returncode != 0:
-                errors.append(f"pg_wal.tar.gz: WAL {wal_range['Start-LSN']}.."
-                              f"{wal_range['End-LSN']} on timeline {wal_range['Timeline']} "
-                              f"does not read back: {tail(proc.stderr, 3)}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 def verify_dump_file(path: Path, cfg: Config) -> str | None:
     """A full read of a custom-format dump (``--list`` alone passes a truncated file)."""
     proc = run([cfg.bin("pg_restore"), "-f", "/dev/null", str(path)])
@@ -939,15 +845,12 @@ def verify_globals_file(path: Path) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------------
-# Good and bad backups
-
 GOOD_STATES = ("verified", "published")
 
 
 def is_good(manifest: dict | None) -> bool:
-    """The one rule for whether a backup counts: its manifest (local pginfra.json or
-    <label>.json, or the one published in S3) says it was verified when it was taken, and no
+    """The one rule for whether a dump counts: its manifest (the local <label>.json, or the
+    one published in S3) says it was verified when it was taken, and no
     ``verify`` has marked it bad since (``"bad": {"time", "reason", "by"}``)."""
     return bool(manifest) and bool(manifest.get("verified")) and not manifest.get("bad")
 
@@ -967,8 +870,8 @@ def backup_state(where: str, manifest: dict, complete: bool = True) -> str:
 
 
 def usable(entry: dict) -> bool:
-    """An entry (local_entries, S3Store.entries) that may be restored, kept as a good one by
-    retention, uploaded, drilled or verified: a good local copy or a good published one."""
+    """A dump (local_entries, S3Store.entries) that may be restored, kept as a good one by
+    retention, published, drilled or verified: a good local copy or a good published one."""
     return entry["state"] in GOOD_STATES
 
 
@@ -978,9 +881,7 @@ def bad_mark(reason: str, where: str) -> dict:
 
 
 def local_manifest_path(entry: dict) -> Path:
-    """pginfra.json of a local base backup, <label>.json beside a local dump."""
-    if entry["kind"] == "base":
-        return Path(entry["location"]) / "pginfra.json"
+    """<label>.json beside a local dump."""
     return Path(entry["location"]).parent / f"{entry['label']}.json"
 
 
@@ -1010,67 +911,13 @@ def mark_bad(cfg: Config, entry: dict, reason: str, store: S3Store | None = None
     return entry["location"]
 
 
-def record_candidate(entry: dict) -> bool:
-    """A local base backup the base job's last-success record may name: good here, and its
-    published copy (when it has one) not marked bad."""
-    return entry["kind"] == "base" and entry["where"] == "local" and usable(entry) \
-        and not entry.get("published_bad")
-
-
-def refresh_base_record(cfg: Config, log: JobLog, also_bad=(), owner=None) -> None:
-    """Keep state_dir/last-success/base.json (what the health check's backup_base reads) off
-    bad base backups: when it names one that is now bad (locally, or its published copy;
-    ``also_bad``: labels just marked bad in S3), point it at the newest ``record_candidate``
-    (time: that backup's end), or remove it when there is none (the health check then says
-    there is no verified base backup). A record naming a good backup is left alone."""
-    path = Path(cfg.state_dir) / "last-success" / "base.json"
-    record = read_json(path)
-    if record is None:
-        return
-    bases = [e for e in local_entries(cfg) if e["kind"] == "base"]
-    bad = {e["label"] for e in bases if e["state"] == "bad" or e.get("published_bad")}
-    bad |= set(also_bad)
-    named = record.get("label")
-    if named not in bad:
-        return
-    good = [e for e in bases if record_candidate(e)]
-    with log.stage("last-success", detail=str(path)) as info:
-        if not good:
-            path.unlink(missing_ok=True)
-            info.detail = (f"{path}: removed; it named base backup {named}, now marked bad, "
-                           "and no other local base backup is good")
-            return
-        newest = max(good, key=lambda e: e["label"])
-        moment = newest["end_time"] or iso(label_time(newest["label"]))
-        write_last_success(cfg.state_dir, "base", {
-            "time": iso(parse_time(moment)), "label": newest["label"],
-            "published": newest["published"],
-            "replaces": {"label": named, "reason": "marked bad by pginfra-backup verify"}},
-            owner)
-        info.detail = (f"{path}: base backup {named} is marked bad; now names "
-                       f"{newest['label']}, the newest good one (ended {moment})")
-
-
 # ---------------------------------------------------------------------------------------------
-# Local backups
+# Local dumps
 
 def local_entries(cfg: Config) -> list[dict]:
-    """Every local base backup and dump, failed, bad and partial ones included, oldest first.
-    state: see ``backup_state``."""
+    """Every local dump, failed, bad and partial ones included, oldest first. state: see
+    ``backup_state``."""
     entries: list[dict] = []
-    base_dir = Path(cfg.backup_dir) / "base"
-    if base_dir.is_dir():
-        for path in sorted(base_dir.iterdir()):
-            if not path.is_dir():
-                continue
-            partial = path.name.endswith(".partial")
-            label = path.name[:-8] if partial else path.name
-            if not LABEL_RE.match(label):
-                continue
-            manifest = read_json(path / "pginfra.json") or {}
-            state = backup_state("local", manifest, complete=not partial)
-            entries.append(_entry("local", "base", None, label, manifest, state,
-                                  paths=[path], location=str(path)))
     dumps_dir = Path(cfg.backup_dir) / "dumps"
     if dumps_dir.is_dir():
         for db_dir in sorted(p for p in dumps_dir.iterdir() if p.is_dir()):
@@ -1103,8 +950,7 @@ def _entry(where, kind, database, label, manifest, state, paths=None, location=N
             "published": bool(published) if where == "local" else state == "published",
             "error": (bad or {}).get("reason") if state == "bad" else manifest.get("error"),
             "bad": bad if state == "bad" else None, "published_bad": published_bad,
-            "start_wal_segment": manifest.get("start_wal_segment"),
-            "timeline": manifest.get("timeline"), "location": location,
+            "location": location,
             "manifest": manifest, "paths": [str(p) for p in (paths or [])]}
 
 
@@ -1151,9 +997,10 @@ def conninfo(cfg: Config, dbname: str) -> str:
     return make_conninfo(host=cfg.socket_dir, port=str(cfg.port), dbname=dbname)
 
 
-def standby_skip(conn, log: JobLog, job: str) -> bool:
+def standby_skip(conn, log: JobLog) -> bool:
+    """True (logged as "standby: skipped") when the server is a standby."""
     if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-        log.emit(job, "skipped", detail="this server is a standby (pg_is_in_recovery()): "
+        log.emit("standby", "skipped", detail="this server is a standby (pg_is_in_recovery()): "
                  "nothing to do here; the primary runs this job")
         return True
     return False
@@ -1213,7 +1060,8 @@ class Psql:
 
 def make_s3_client(s3: S3Settings, log: JobLog | None = None):
     """boto3's client for the bucket. Credentials: boto3's chain (environment, instance
-    profile), with ``credentials_file`` as the shared credentials file when it exists."""
+    profile), with ``credentials_file`` as the shared credentials file when it exists.
+    ``ca_file``: the CA bundle that signed the endpoint's certificate (empty: the system's)."""
     try:
         import boto3
         import botocore
@@ -1237,7 +1085,8 @@ def make_s3_client(s3: S3Settings, log: JobLog | None = None):
     if note and log is not None:
         log.emit("s3-client", "info", detail=note)
     session = boto3.session.Session(region_name=s3.region)
-    return session.client("s3", endpoint_url=s3.endpoint_url or None, config=config)
+    return session.client("s3", endpoint_url=s3.endpoint_url or None, config=config,
+                          verify=s3.ca_file or None)
 
 
 def is_not_found(exc) -> bool:
@@ -1249,7 +1098,8 @@ def is_not_found(exc) -> bool:
 
 
 class S3Store:
-    """One host's backups in the bucket, under ``{prefix}/{host}/{system_identifier}/``."""
+    """One host's dumps in the bucket, under ``{prefix}/{host}/{system_identifier}/dumps/``
+    (base/ and wal/ beside it: the pre-pgBackRest layout, which retention removes)."""
 
     def __init__(self, s3: S3Settings, host: str, system_identifier: str, log: JobLog,
                  client=None, chunk_override: int | None = None):
@@ -1387,16 +1237,11 @@ class S3Store:
                                   Config=self.transfer_config(size))
 
     def entries(self) -> list[dict]:
-        """Base backups and dumps in S3: published (a verified manifest), bad (its manifest
-        marked bad by ``verify``) or unpublished (files without a manifest: an upload that
-        did not finish)."""
+        """Dumps in S3: published (a verified manifest), bad (its manifest marked bad by
+        ``verify``) or unpublished (files without a manifest: an upload that did not
+        finish)."""
         out: list[dict] = []
         groups: dict[tuple, list[dict]] = {}
-        for obj in self.list(self.key("base") + "/"):
-            rest = obj["Key"][len(self.key("base")) + 1:]
-            label, _, name = rest.partition("/")
-            if LABEL_RE.match(label) and name:
-                groups.setdefault(("base", None, label), []).append({**obj, "name": name})
         for obj in self.list(self.key("dumps") + "/"):
             rest = obj["Key"][len(self.key("dumps")) + 1:]
             match = re.match(r"^([^/]+)/(\d{8}T\d{6}Z)\.(dump|sql|json)$", rest)
@@ -1406,10 +1251,7 @@ class S3Store:
                     {**obj, "name": f"{match.group(2)}.{match.group(3)}"})
         for (kind, database, label), objects in sorted(groups.items(),
                                                        key=lambda kv: kv[0][2]):
-            if kind == "base":
-                manifest_key = self.key("base", label, "pginfra.json")
-            else:
-                manifest_key = self.key("dumps", database, f"{label}.json")
+            manifest_key = self.key("dumps", database, f"{label}.json")
             has_manifest = any(o["Key"] == manifest_key for o in objects)
             manifest = (self.get_json(manifest_key) if has_manifest else None) or {}
             entry = _entry("s3", kind, database, label, manifest,
@@ -1422,33 +1264,18 @@ class S3Store:
             out.append(entry)
         return out
 
-    def system_identifiers(self, host_prefix: str) -> list[str]:
-        response = self.client.list_objects_v2(Bucket=self.bucket, Prefix=host_prefix,
-                                               Delimiter="/")
-        return [p["Prefix"][len(host_prefix):].strip("/")
-                for p in response.get("CommonPrefixes", []) or []]
-
 
 def open_store(cfg: Config, log: JobLog, conn=None, explicit: str | None = None,
                client=None) -> S3Store:
     """The S3 store of this cluster. Its system identifier: ``explicit``, else from SQL when
-    connected, else pg_controldata on the data directory, else the only one in the bucket
-    for this host."""
+    connected, else pg_controldata on the data directory."""
     if cfg.s3 is None:
         raise ConfigError("no s3 section in the configuration")
-    client = client or make_s3_client(cfg.s3, log)
     sysid = explicit or (sql_system_identifier(conn) if conn is not None else None) \
         or controldata_system_identifier(cfg)
     if not sysid:
-        host_prefix = "/".join(p for p in (cfg.s3.prefix, cfg.host) if p) + "/"
-        found = S3Store(cfg.s3, cfg.host, "", log, client=client).system_identifiers(
-            host_prefix)
-        if len(found) != 1:
-            raise ConfigError(
-                f"cannot tell the cluster's system identifier (no server, no readable "
-                f"{cfg.data_directory}) and s3://{cfg.s3.bucket}/{host_prefix} holds "
-                f"{len(found)} ({', '.join(found) or 'none'}): pass --system-identifier")
-        sysid = found[0]
+        raise ConfigError(f"cannot tell the cluster's system identifier (no server, no "
+                          f"readable {cfg.data_directory}): pass --system-identifier")
     return S3Store(cfg.s3, cfg.host, sysid, log, client=client)
 
 
@@ -1467,21 +1294,14 @@ def publish(store: S3Store, log: JobLog, files: list[tuple[Path, str, dict]],
 
 
 def publish_entry(cfg: Config, store: S3Store, log: JobLog, entry: dict) -> None:
-    """Publish a verified local backup (base or dump) and note it in its local manifest."""
+    """Publish a verified local dump and note it in its local manifest."""
     manifest = dict(entry["manifest"])
     manifest.pop("published", None)
-    if entry["kind"] == "base":
-        directory = Path(entry["location"])
-        files = [(directory / name, store.key("base", entry["label"], name), meta)
-                 for name, meta in sorted(manifest["files"].items())]
-        manifest_key = store.key("base", entry["label"], "pginfra.json")
-        local_manifest = directory / "pginfra.json"
-    else:
-        directory = Path(entry["location"]).parent
-        files = [(directory / name, store.key("dumps", entry["database"], name), meta)
-                 for name, meta in sorted(manifest["files"].items())]
-        manifest_key = store.key("dumps", entry["database"], f"{entry['label']}.json")
-        local_manifest = directory / f"{entry['label']}.json"
+    directory = Path(entry["location"]).parent
+    files = [(directory / name, store.key("dumps", entry["database"], name), meta)
+             for name, meta in sorted(manifest["files"].items())]
+    manifest_key = store.key("dumps", entry["database"], f"{entry['label']}.json")
+    local_manifest = directory / f"{entry['label']}.json"
     publish(store, log, files, manifest_key, manifest)
     manifest["published"] = {"time": iso(utcnow()),
                              "url": f"s3://{store.bucket}/{manifest_key}"}
@@ -1502,49 +1322,63 @@ def human(size) -> str:
     return str(size)
 
 
+def _table(rows: list[tuple]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+
+
 def job_list(cfg: Config, args, log: JobLog) -> dict:
-    entries = local_entries(cfg)
-    s3_error = None
+    """pgBackRest's backups in each configured repository (info) and the dumps, here and in
+    S3 (with their state)."""
+    backups, errors = [], {}
+    try:
+        with log.stage("pgbackrest-info") as info:
+            stanza = pgbackrest_info(cfg)
+            for repo in stanza.get("repo") or []:
+                if repo["status"]["code"] != 0:
+                    errors[f"repo{repo['key']}"] = repo["status"]["message"]
+            for repo in cfg.pgbackrest.repos:
+                backups += [backup_summary(b) for b in repo_backups(stanza, repo)]
+            info.detail = f"{len(backups)} backup(s)"
+    except Failed as exc:
+        errors["pgbackrest"] = str(exc)
+    dumps = local_entries(cfg)
     if cfg.s3 is not None and not args.local:
         try:
             with log.stage("s3-list") as info:
-                store = open_store(cfg, log, explicit=getattr(args, "system_identifier", None))
+                store = open_store(cfg, log)
                 found = store.entries()
-                info.detail = f"s3://{store.bucket}/{store.root}: {len(found)} backup(s)"
-                entries += found
+                info.detail = f"s3://{store.bucket}/{store.root}: {len(found)} dump(s)"
+                dumps += found
         except Failed as exc:
-            s3_error = str(exc)
-    entries.sort(key=lambda e: (e["label"], e["where"], e["kind"], e["database"] or ""))
+            errors["s3"] = str(exc)
+    dumps.sort(key=lambda e: (e["label"], e["where"], e["kind"], e["database"] or ""))
     public = [{k: v for k, v in e.items() if k not in ("manifest", "paths", "keys")}
-              for e in entries]
+              for e in dumps]
     if args.json:
-        print(json.dumps({"backups": public, "s3_error": s3_error}, indent=2, default=str))
-    else:
-        rows = [("WHERE", "KIND", "DATABASE", "LABEL", "ENDED", "SIZE", "STATE")]
-        for e in public:
-            state = e["state"]
-            if e["state"] == "bad" and e.get("bad"):
-                state += f" since {str(e['bad'].get('time'))[:19]}"
-            if e["where"] == "local" and e["published"]:
-                state += ", published" + (" copy bad" if e.get("published_bad") else "")
-            if e.get("error"):
-                state += f" ({e['error'][:100 if e['state'] == 'bad' else 60]})"
-            elif e.get("published_bad"):
-                state += f" ({str(e['published_bad'].get('reason'))[:100]})"
-            rows.append((e["where"], e["kind"], e["database"] or "-", e["label"],
-                         (e["end_time"] or "-")[:19], human(e["size"]), state))
-        widths = [max(len(r[i]) for r in rows) for i in range(6)]
-        for r in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[6])
-        if s3_error:
-            print(f"(S3 not listed: {s3_error})")
-    return {"count": len(entries)}
-
-
-def restore_command(program: str, config_path: str) -> str:
-    """restore_command for postgresql.auto.conf: this program's fetch-wal (with --config when
-    it is not the default), through the interpreter when the file is not executable."""
-    argv = [program] if os.access(program, os.X_OK) else [sys.executable, program]
-    if os.path.abspath(config_path) != DEFAULT_CONFIG:
-        argv += ["--config", os.path.abspath(config_path)]
-    return shlex.join(argv) + " fetch-wal %f %p"
+        print(json.dumps({"pgbackrest": backups, "dumps": public, "errors": errors},
+                         indent=2, default=str))
+        return {"count": len(backups) + len(dumps)}
+    rows = [("REPO", "TYPE", "LABEL", "STOPPED", "SIZE", "IN REPO")]
+    rows += [(f"repo{b['repo']}", b["type"], b["label"], b["stop"][:19], human(b["size"]),
+              human(b["repo_size"])) for b in backups]
+    _table(rows)
+    print()
+    rows = [("WHERE", "KIND", "DATABASE", "LABEL", "ENDED", "SIZE", "STATE")]
+    for e in public:
+        state = e["state"]
+        if e["state"] == "bad" and e.get("bad"):
+            state += f" since {str(e['bad'].get('time'))[:19]}"
+        if e["where"] == "local" and e["published"]:
+            state += ", published" + (" copy bad" if e.get("published_bad") else "")
+        if e.get("error"):
+            state += f" ({e['error'][:100 if e['state'] == 'bad' else 60]})"
+        elif e.get("published_bad"):
+            state += f" ({str(e['published_bad'].get('reason'))[:100]})"
+        rows.append((e["where"], e["kind"], e["database"] or "-", e["label"],
+                     (e["end_time"] or "-")[:19], human(e["size"]), state))
+    _table(rows)
+    for what, error in errors.items():
+        print(f"({what}: {error})")
+    return {"count": len(backups) + len(dumps)}

@@ -185,6 +185,14 @@ def stanza_options(settings: Settings) -> list[tuple[str, str]]:
     return opts
 
 
+def local_only_flags(settings: Settings) -> list[str]:
+    """Options that drop the standbys (pg2..) from one command: stanza-create runs before the
+    replication step, when a new standby is still Debian's empty cluster, which pgBackRest
+    would take for a second primary."""
+    return [f"--reset-{key}" for key, _ in stanza_options(settings)
+            if not key.startswith("pg1-")]
+
+
 def backs_up_from_standby(settings: Settings) -> bool:
     return any(key == "backup-standby" for key, _ in stanza_options(settings))
 

@@ -5,6 +5,7 @@ cannot archive yet stays ``.ready`` in pg_wal, so the stanza is created first, h
 from __future__ import annotations
 
 import io
+import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -127,5 +128,6 @@ def _stanza(settings: Settings) -> None:
             return
     server.shell(
         name=f"Create the pgBackRest stanza in repository {', '.join(map(str, missing))}",
-        commands=[f"cd /tmp && runuser -u postgres -- pgbackrest --stanza={pgbr.stanza(settings)} "
-                  "--log-level-console=warn stanza-create"])
+        commands=["cd /tmp && " + shlex.join([
+            "runuser", "-u", "postgres", "--", "pgbackrest", f"--stanza={pgbr.stanza(settings)}",
+            "--log-level-console=warn", *pgbr.local_only_flags(settings), "stanza-create"])])

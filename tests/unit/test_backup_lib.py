@@ -1,18 +1,24 @@
-"""files/pginfra_backup_lib.py: the pure parts of backup and restore (chunk sizes, retention
-and WAL choices, manifest checks, configuration validation, exit codes). The programs
-themselves, against PostgreSQL and S3, are in test_backup_programs.py."""
+"""files/pginfra_backup_lib.py: the pure parts of backup and restore (what pgBackRest's info and
+verify say and what is chosen from it, dump retention, chunk sizes, manifest checks,
+configuration validation, exit codes). The programs themselves, against PostgreSQL, pgBackRest
+and S3, are in test_backup_programs.py.
+
+data/pgbackrest/ holds real pgBackRest 2.45 output (stanza "pgbr", two repositories, repo2 on
+S3), from the research run of docs/research/pgbackrest-2.45.md: info-two-repos.json is
+`info --output=json` after a PITR (timelines 1 and 2, backups of both repositories mixed);
+info-repo2-down.json the same with S3 refusing connections; the verify-*.txt files are
+`verify --output=text` as printed (the log lines of /tmp/pgbr/logs/pgbr-verify.log without
+their prefix): all valid; one backup file with a flipped byte (without --verbose); that file
+and a truncated WAL file (with --verbose)."""
 
 import copy
-import gzip
-import hashlib
 import importlib.util
-import io
 import json
 import math
 import os
 import sys
-import tarfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +30,7 @@ lib = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("pginfra_backup_lib", lib)
 _spec.loader.exec_module(lib)
 
+DATA = Path(__file__).parent / "data" / "pgbackrest"
 MiB, GiB, TiB = 1 << 20, 1 << 30, 1 << 40
 
 EXAMPLE = {
@@ -33,13 +40,172 @@ EXAMPLE = {
     "start_command": ["systemctl", "start", "postgresql@15-main"],
     "wal_archive_dir": "/var/lib/postgresql/wal-archive",
     "backup_dir": "/var/backups/postgresql/pginfra", "state_dir": "/var/lib/pginfra/backup",
-    "log_dir": "/var/log/pginfra", "databases": ["app", "community"],
-    "keep_local_base": 2, "keep_local_dumps": 7,
+    "log_dir": "/var/log/pginfra", "databases": ["app", "community"], "keep_local_dumps": 7,
+    "pgbackrest": {"stanza": "main", "config": "/etc/pgbackrest/pgbackrest.conf",
+                   "repos": [1, 2], "backup_standby": True, "retention_full": 2},
     "s3": {"bucket": "b-1", "prefix": "pginfra", "region": "eu-west-1",
-           "endpoint_url": "http://10.77.1.1:5000", "sse": "AES256", "kms_key_id": "",
+           "endpoint_url": "https://10.77.1.1:5000", "sse": "AES256", "kms_key_id": "",
            "storage_class": "STANDARD", "request_checksum_calculation": "when_required",
-           "keep_days": 30, "credentials_file": "/etc/pginfra/s3-credentials"},
+           "keep_days": 30, "credentials_file": "/etc/pginfra/s3-credentials",
+           "ca_file": "/etc/pginfra/s3-ca.crt"},
 }
+
+
+def info() -> dict:
+    return lib.stanza_info((DATA / "info-two-repos.json").read_text(), "pgbr")
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# pgBackRest: info
+
+def test_info_backups_per_repository_oldest_first():
+    stanza = info()
+    assert [b["label"] for b in lib.repo_backups(stanza, 1)] == [
+        "20261130-155345F", "20261130-155348F", "20261130-155348F_20261130-155445I",
+        "20261130-155348F_20261130-155646I", "20261130-155348F_20261130-155712I"]
+    assert [b["label"] for b in lib.repo_backups(stanza, 2)] == [
+        "20261130-154141F", "20261130-154141F_20261130-154159D", "20261130-155518F",
+        "20261130-155518F_20261130-155809I"]
+    assert lib.repo_backups(stanza, 3) == []
+    assert lib.backup_summary(lib.repo_backups(stanza, 2)[1]) == {
+        "repo": 2, "label": "20261130-154141F_20261130-154159D", "type": "diff",
+        "start": "2026-11-30T15:41:59.000000Z", "stop": "2026-11-30T15:42:00.000000Z",
+        "size": 36866414, "repo_size": 3345136}
+    # system-id is above 2**53: json keeps it exact
+    assert stanza["db"][0]["system-id"] == 7713989343216642905
+    with pytest.raises(lib.Failed, match="does not list stanza main"):
+        lib.stanza_info((DATA / "info-two-repos.json").read_text(), "main")
+
+
+def test_info_with_a_repository_down_still_lists_the_other():
+    stanza = lib.stanza_info((DATA / "info-repo2-down.json").read_text(), "pgbr")
+    assert [r["status"]["code"] for r in stanza["repo"]] == [0, 99]
+    assert [b["label"] for b in lib.repo_backups(stanza, 1)] == [
+        "20261130-154138F", "20261130-154138F_20261130-154157D"]
+    assert lib.repo_backups(stanza, 2) == []
+
+
+def test_the_backup_for_a_target_time_is_the_newest_that_stopped_before_it():
+    repo1 = lib.repo_backups(info(), 1)
+    # 155445I stopped 15:54:47, 155646I at 15:56:47
+    assert lib.choose_backup(repo1, at("2026-11-30 15:55:00+00"))["label"] == \
+        "20261130-155348F_20261130-155445I"
+    assert lib.choose_backup(repo1, at("2026-11-30 17:55:00+02"))["label"] == \
+        "20261130-155348F_20261130-155445I"  # the same moment, another offset
+    assert lib.choose_backup(repo1, at("2026-11-30 15:53:50+00"))["label"] == \
+        "20261130-155345F"  # 155348F stopped at 15:53:51: not yet
+    assert lib.choose_backup(repo1, at("2026-11-30 15:53:51.9+00"))["label"] == \
+        "20261130-155345F"  # nor in the same second: pgBackRest drops the fraction
+    assert lib.choose_backup(repo1, at("2026-11-30 15:53:52+00"))["label"] == \
+        "20261130-155348F"
+    assert lib.choose_backup(repo1, at("2027-01-01 00:00:00+00"))["label"] == \
+        "20261130-155348F_20261130-155712I"
+    repo2 = lib.repo_backups(info(), 2)
+    assert lib.choose_backup(repo2, at("2026-11-30 15:55:00+00"))["label"] == \
+        "20261130-154141F_20261130-154159D"  # repo 2's own, not repo 1's newer ones
+    with pytest.raises(lib.ConfigError, match="before the oldest backup's stop time "
+                       "2026-11-30T15:53:47.000000Z"):
+        lib.choose_backup(repo1, at("2026-11-30 15:53:00+00"))
+    with pytest.raises(lib.Failed, match="holds no backup"):
+        lib.choose_backup([], at("2026-11-30 15:53:00+00"))
+
+
+def test_pgbackrest_command_names_config_include_path_and_stanza():
+    cfg = lib.validate_config(copy.deepcopy(EXAMPLE))
+    assert lib.pgbackrest_command(cfg, "--type=full", "backup", repo=2) == [
+        "pgbackrest", "--config=/etc/pgbackrest/pgbackrest.conf",
+        "--config-include-path=/etc/pgbackrest/conf.d", "--stanza=main", "--repo=2",
+        "--type=full", "backup"]
+    assert "--repo" not in " ".join(lib.pgbackrest_command(cfg, "check"))
+
+
+# ---------------------------------------------------------------------------------------------
+# pgBackRest: verify (exits 0 whatever it finds: the text decides)
+
+def test_verify_all_valid():
+    problems, valid = lib.parse_verify((DATA / "verify-ok.txt").read_text())
+    assert problems == []
+    assert valid == ["20261130-154138F", "20261130-154138F_20261130-154157D"]
+
+
+def test_verify_a_corrupt_backup_file_names_the_backup_and_the_count():
+    problems, valid = lib.parse_verify((DATA / "verify-checksum-invalid.txt").read_text())
+    assert problems == [
+        "stanza status: error",
+        "backup 20261130-154138F: status invalid (backup: 20261130-154138F, status: invalid, "
+        "total files checked: 968, total valid files: 967)",
+        "backup 20261130-154138F: checksum invalid: 1"]
+    assert valid == []
+
+
+def test_verify_a_corrupt_wal_file_and_a_corrupt_backup():
+    problems, valid = lib.parse_verify((DATA / "verify-backup-and-wal-invalid.txt").read_text())
+    assert problems[0] == "stanza status: error"
+    assert "archive 15-1: other: 1" in problems
+    assert "backup 20261130-154138F: checksum invalid: 1" in problems
+    assert not any("154157D" in p for p in problems)  # the valid diff is not blamed
+    assert valid == ["20261130-154138F_20261130-154157D"]
+
+
+def test_verify_counts_and_exit_codes():
+    ok = (DATA / "verify-ok.txt").read_text()
+    for name in ("missing", "size invalid", "other"):
+        text = ok.replace(f"{name}: 0", f"{name}: 3", 1)
+        assert f"archive 15-1: {name}: 3" in lib.parse_verify(text)[0]
+    problems, _ = lib.parse_verify("", 31, "ERROR: [031]: option 'repo1-cipher-pass' is not "
+                                   "allowed on the command-line\n")
+    assert problems == ["verify exited with 31: ERROR: [031]: option 'repo1-cipher-pass' is "
+                        "not allowed on the command-line"]
+    assert lib.parse_verify("")[0] == ["verify printed no status: nothing"]
+    assert lib.parse_verify("stanza: x\nstatus: ok\n") == ([], [])  # an empty repository
+
+
+def test_record_verify_keeps_the_other_repositories_results(tmp_path):
+    cfg = lib.load_config(job_config(tmp_path))
+    ok = {"ok": True, "problems": [], "valid": ["20261130-155345F"]}
+    bad = {"ok": False, "problems": ["backup X: checksum invalid: 1"], "valid": []}
+    path = lib.record_verify(cfg, {1: ok, 2: bad})
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    first = json.loads(path.read_text())
+    assert first["repos"]["2"]["problems"] == bad["problems"]
+    lib.record_verify(cfg, {1: {**ok, "valid": ["L2"]}})
+    second = json.loads(path.read_text())
+    assert second["repos"]["1"]["valid"] == ["L2"]
+    assert second["repos"]["2"] == first["repos"]["2"]  # verified earlier, kept
+    assert lib.parse_time(second["time"]) >= lib.parse_time(first["time"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the pre-pgBackRest layout
+
+def test_legacy_wal_names_are_basic_archives_not_pgbackrests():
+    names = ["000000010000000000000003", "00000002.history",
+             "000000010000000000000004.00000028.backup", "000000010000000000000005.partial",
+             "archtemp.000000010000000000000006.4242.1700000000000", "archive", "backup",
+             "backup.info", "archive.info", "notes.txt", "00000001000000000000000g",
+             "xarchtemp.000000010000000000000003.1.2", "000000010000000000000003.tmp"]
+    assert lib.legacy_wal_names(names) == [
+        "000000010000000000000003", "000000010000000000000004.00000028.backup",
+        "000000010000000000000005.partial", "00000002.history",
+        "archtemp.000000010000000000000006.4242.1700000000000"]
+
+
+def test_legacy_cleanup_waits_for_enough_verified_full_backups_in_repo1():
+    stanza = info()
+    both = ["20261130-155345F", "20261130-155348F", "20261130-155348F_20261130-155445I"]
+    state = {"repos": {"1": {"ok": True, "problems": [], "valid": both}}}
+    assert lib.clean_fulls(stanza, 1, state) == ["20261130-155345F", "20261130-155348F"]
+    # only fulls count, only repo 1's, only valid ones, only from a clean verify
+    assert lib.clean_fulls(stanza, 2, state) == []
+    one = {"repos": {"1": {"ok": True, "problems": [], "valid": both[1:]}}}
+    assert lib.clean_fulls(stanza, 1, one) == ["20261130-155348F"]
+    broken = {"repos": {"1": {"ok": False, "problems": ["x"], "valid": both}}}
+    assert lib.clean_fulls(stanza, 1, broken) == []
+    assert lib.clean_fulls(stanza, 1, None) == [] == lib.clean_fulls(stanza, 1, {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,30 +298,24 @@ def test_s3_expiry_needs_a_newer_published_backup_and_age():
 
 
 # ---------------------------------------------------------------------------------------------
-# good and bad backups: one rule (is_good), the states it gives, and who follows them
+# good and bad dumps: one rule (is_good), the states it gives, and who follows them
 
-REASON = "base.tar.gz: sha256 0f, the manifest says 9e"
+REASON = "20261101T000000Z.dump: sha256 0f, the manifest says 9e"
 
 
-def base_manifest(label: str, bad: bool = False, verified: bool = True, **extra) -> dict:
-    out = {"label": label, "kind": "base", "verified": verified, "error": None,
-           "end_time": lib.iso(lib.label_time(label) + timedelta(minutes=10)),
-           "start_wal_segment": f"00000001000000000000{label[6:8]}{label[9:11]}",
-           "files": {}, **extra}
+def dump_entry(label: str, where: str = "local", bad: bool = False,
+               verified: bool = True) -> dict:
+    manifest = {"label": label, "kind": "dump", "database": "app", "verified": verified,
+                "error": None, "files": {}}
     if bad:
-        out["bad"] = lib.bad_mark(REASON, "local")
-    return out
+        manifest["bad"] = lib.bad_mark(REASON, where)
+    return lib._entry(where, "dump", "app", label, manifest, lib.backup_state(where, manifest))
 
 
-def entry_of(label: str, where: str = "local", **kw) -> dict:
-    m = base_manifest(label, **kw)
-    return lib._entry(where, "base", None, label, m, lib.backup_state(where, m))
-
-
-def test_a_backup_marked_bad_is_not_good_whatever_its_verified_says():
-    label = "20261101T000000Z"
-    good, bad = base_manifest(label), base_manifest(label, bad=True)
-    failed = base_manifest(label, verified=False, error="pg_basebackup exited with 1")
+def test_a_dump_marked_bad_is_not_good_whatever_its_verified_says():
+    good = {"verified": True}
+    bad = {"verified": True, "bad": lib.bad_mark(REASON, "local")}
+    failed = {"verified": False, "error": "pg_dump exited with 1"}
     assert lib.is_good(good) and not lib.is_good(bad) and not lib.is_good(failed)
     assert not lib.is_good({}) and not lib.is_good(None)
     assert [lib.backup_state("local", m) for m in (good, bad, failed, {})] == [
@@ -163,81 +323,25 @@ def test_a_backup_marked_bad_is_not_good_whatever_its_verified_says():
     assert lib.backup_state("local", good, complete=False) == "failed"
     assert [lib.backup_state("s3", m) for m in (good, bad, {})] == [
         "published", "bad", "unpublished"]
-    entry = entry_of("20261101T000000Z", bad=True)
+    entry = dump_entry("20261101T000000Z", bad=True)
     assert entry["state"] == "bad" and entry["error"] == REASON and not lib.usable(entry)
     assert entry["bad"]["by"] == "pginfra-backup verify" and lib.parse_time(entry["bad"]["time"])
-    assert lib.usable(entry_of("20261101T000000Z")) and entry_of("20261101T000000Z")["bad"] is None
-    assert lib.usable(entry_of("20261101T000000Z", where="s3"))
-    assert not lib.usable(entry_of("20261101T000000Z", where="s3", bad=True))
+    assert lib.usable(dump_entry("20261101T000000Z"))
+    assert lib.usable(dump_entry("20261101T000000Z", where="s3"))
+    assert not lib.usable(dump_entry("20261101T000000Z", where="s3", bad=True))
 
 
-def test_retention_never_counts_a_bad_backup_as_a_verified_one():
-    """The newest is bad: the good one before it is the one kept (keep=1), an older good one
-    goes, and the WAL cutoff is the kept good one's start, not the bad one's."""
-    entries = [entry_of("20261101T000000Z"), entry_of("20261108T000000Z"),
-               entry_of("20261115T000000Z", bad=True)]
+def test_retention_never_counts_a_bad_dump_as_a_verified_one():
+    entries = [dump_entry("20261101T000000Z"), dump_entry("20261108T000000Z"),
+               dump_entry("20261115T000000Z", bad=True)]
     kept, deleted = lib.select_local_retention(
         [lib.Item(e["label"], lib.usable(e), e) for e in entries], keep=1)
     assert [i.label for i in deleted] == ["20261101T000000Z"]
-    assert [i.label for i in kept if i.verified] == ["20261108T000000Z"]
-    assert [i.label for i in kept if not i.verified] == ["20261115T000000Z"]  # until a newer
-    assert lib.wal_cutoff(i.ref["start_wal_segment"] for i in kept if i.verified) == \
-        entries[1]["start_wal_segment"]
-    # in S3 too: a bad published copy is not "a newer published one"
-    s3 = [entry_of("20200101T000000Z", where="s3"),
-          entry_of("20261115T000000Z", where="s3", bad=True)]
+    assert [i.label for i in kept] == ["20261108T000000Z", "20261115T000000Z"]
+    s3 = [dump_entry("20200101T000000Z", where="s3"),
+          dump_entry("20261115T000000Z", where="s3", bad=True)]
     assert lib.select_s3_expiry([lib.Item(e["label"], lib.usable(e), e) for e in s3], 30,
                                 datetime(2026, 11, 23, tzinfo=UTC)) == []
-
-
-def test_refresh_base_record_moves_off_a_bad_backup(tmp_path):
-    cfg = lib.load_config(job_config(tmp_path))
-    log = lib.JobLog("verify", None, stream=None)
-    old, good, newest = "20261101T000000Z", "20261108T000000Z", "20261115T000000Z"
-    for label in (old, good, newest):
-        (tmp_path / "b/base" / label).mkdir(parents=True)
-        lib.write_json(tmp_path / "b/base" / label / "pginfra.json", base_manifest(label))
-    record_path = tmp_path / "s/last-success/base.json"
-    lib.refresh_base_record(cfg, log)
-    assert not record_path.exists()  # no record: none is made up
-    lib.write_last_success(cfg.state_dir, "base", {"label": newest, "published": False})
-    before = record_path.read_text()
-    lib.refresh_base_record(cfg, log)
-    assert record_path.read_text() == before  # it names a good one: left alone
-
-    entry = next(e for e in lib.local_entries(cfg) if e["label"] == newest)
-    lib.mark_bad(cfg, entry, REASON)
-    assert json.loads((tmp_path / "b/base" / newest / "pginfra.json").read_text())[
-        "bad"]["reason"] == REASON
-    lib.refresh_base_record(cfg, log)
-    record = json.loads(record_path.read_text())
-    assert record["label"] == good and record["job"] == "base"
-    assert record["time"] == base_manifest(good)["end_time"]  # its age is the good one's
-    assert record["replaces"]["label"] == newest
-
-    # a published copy marked bad counts too (for the record); the older good one is next
-    m = base_manifest(good, published={"time": "x", "url": "s3://b/k",
-                                  "bad": lib.bad_mark(REASON, "s3")})
-    lib.write_json(tmp_path / "b/base" / good / "pginfra.json", m)
-    lib.refresh_base_record(cfg, log)
-    assert json.loads(record_path.read_text())["label"] == old
-    lib.mark_bad(cfg, next(e for e in lib.local_entries(cfg) if e["label"] == old), REASON)
-    lib.refresh_base_record(cfg, log)
-    assert not record_path.exists()  # none good: the health check says so (critical)
-
-
-def test_stale_archtemp_files_are_only_basic_archive_leftovers_older_than_an_hour():
-    now = 1_800_000_000.0
-    old_segment = "archtemp.000000010000000000000003.4242.1700000000000"
-    old_history = "archtemp.00000002.history.4242.1700000000001"
-    files = [(old_segment, now - 2 * 3600), (old_history, now - 3601),
-             ("archtemp.000000010000000000000004.4243.1800000000000", now - 60),
-             ("archtemp.000000010000000000000005.4244.1800000000001", now + 600),
-             ("000000010000000000000003", now - 7200), ("archtemp.notes", now - 7200),
-             ("xarchtemp.000000010000000000000003.1.2", now - 7200)]
-    assert lib.ARCHTEMP_STALE_SECONDS == 3600
-    assert lib.select_stale_archtemp(files, now) == sorted([old_segment, old_history])
-    assert lib.select_stale_archtemp(files, now, max_age=4000) == [old_segment]
 
 
 def test_batches_hold_at_most_1000_keys():
@@ -246,149 +350,13 @@ def test_batches_hold_at_most_1000_keys():
 
 
 # ---------------------------------------------------------------------------------------------
-# WAL
-
-def test_wal_names():
-    assert lib.is_wal_name("000000010000000000000002")
-    assert lib.is_wal_name("00000002.history")
-    assert lib.is_wal_name("000000010000000000000002.00000028.backup")
-    for name in ("archtemp.000000010000000000000002.1234.1700000000", "x",
-                 "000000010000000000000002.partial", "000000010000000000000002.tmp",
-                 "00000001000000000000000g"):
-        assert not lib.is_wal_name(name), name
-
-
-def test_lsn_to_segment():
-    assert lib.lsn_to_segment(1, "0/2000028") == "000000010000000000000002"
-    assert lib.lsn_to_segment(2, "1/A0000000") == "0000000200000001000000A0"
-    assert lib.lsn_to_segment(1, "0/2000028", 64 * MiB) == "000000010000000000000000"
-
-
-def test_wal_cutoff_and_selection_like_pg_archivecleanup():
-    cutoff = lib.wal_cutoff(["000000010000000000000009", "000000010000000000000005", None])
-    assert cutoff == "000000010000000000000005"
-    names = ["000000010000000000000003", "000000010000000000000004",
-             "000000010000000000000004.00000028.backup", "000000010000000000000005",
-             "000000010000000000000006", "00000002.history", "000000020000000000000004",
-             "000000010000000000000004.partial", "archtemp.x"]
-    assert lib.select_wal_to_delete(names, cutoff) == [
-        "000000010000000000000003", "000000010000000000000004",
-        "000000010000000000000004.00000028.backup", "000000010000000000000004.partial",
-        "000000020000000000000004"]  # timeline ignored; history files always kept
-    # with S3, only shipped files go (partial files are never shipped and go anyway)
-    shipped = {"000000010000000000000003"}
-    assert lib.select_wal_to_delete(names, cutoff, shipped) == [
-        "000000010000000000000003", "000000010000000000000004.partial"]
-    assert lib.select_wal_to_delete(names, None) == []
-    assert lib.wal_cutoff([]) is None
-
-
-# ---------------------------------------------------------------------------------------------
-# manifests
-
-def _tar_gz(members: dict[str, bytes], empty_first_member=False) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o600
-            tar.addfile(info, io.BytesIO(data))
-        for directory in ("pg_wal", "./pg_wal/archive_status"):
-            if not empty_first_member:
-                info = tarfile.TarInfo(directory)
-                info.type, info.mode = tarfile.DIRTYPE, 0o700
-                tar.addfile(info)
-    data = gzip.compress(raw.getvalue())
-    # pg_basebackup's pg_wal.tar.gz starts with an empty gzip member
-    return gzip.compress(b"") + data if empty_first_member else data
-
-
-def _manifest(files: dict[str, bytes]) -> bytes:
-    lines = ['{ "PostgreSQL-Backup-Manifest-Version": 1,', '"Files": [']
-    entries = [json.dumps({"Path": n, "Size": len(d), "Checksum-Algorithm": "SHA256",
-                           "Checksum": hashlib.sha256(d).hexdigest()})
-               for n, d in files.items()]
-    lines.append(",\n".join(entries))
-    lines += ["],", '"WAL-Ranges": [',
-              '{ "Timeline": 1, "Start-LSN": "0/2000028", "End-LSN": "0/2000100" }', "],"]
-    body = ("\n".join(lines) + "\n").encode()
-    checksum = hashlib.sha256(body).hexdigest()
-    return body + f'"Manifest-Checksum": "{checksum}"}}\n'.encode()
-
-
-DATA = {
-    "backup_label": b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n"
-                    b"CHECKPOINT LOCATION: 0/2000060\nSTART TIMELINE: 1\n",
-    "PG_VERSION": b"15\n",
-    "global/pg_control": bytes(range(256)) * 32,
-    "base/5/1259": b"x" * 10000,
-}
-
-
-@pytest.fixture
-def backup(tmp_path):
-    """A base backup laid out as pg_basebackup -Ft -z writes it (without real WAL)."""
-    directory = tmp_path / "20261123T160000Z"
-    directory.mkdir()
-    (directory / "base.tar.gz").write_bytes(_tar_gz(DATA))
-    (directory / "pg_wal.tar.gz").write_bytes(
-        _tar_gz({"000000010000000000000002": b"\0" * 4096}, empty_first_member=True))
-    (directory / "backup_manifest").write_bytes(_manifest(DATA))
-    return directory
-
-
-def test_a_sound_backup_verifies(backup):
-    result = lib.verify_base_backup(backup)  # no bin_dir: pg_waldump not run
-    assert result["errors"] == []
-    assert result["start_wal_segment"] == "000000010000000000000002"
-    assert result["timeline"] == 1 and result["end_lsn"] == "0/2000100"
-    assert set(result["files"]) == {"base.tar.gz", "pg_wal.tar.gz", "backup_manifest"}
-    assert result["files"]["base.tar.gz"]["sha256"] == hashlib.sha256(
-        (backup / "base.tar.gz").read_bytes()).hexdigest()
-    assert lib.check_files(backup, result["files"]) == []
-
-
-def test_a_tampered_member_is_named(backup):
-    tampered = dict(DATA)
-    tampered["global/pg_control"] = bytes(reversed(DATA["global/pg_control"]))  # same size
-    (backup / "base.tar.gz").write_bytes(_tar_gz(tampered))
-    errors = lib.verify_base_backup(backup)["errors"]
-    assert errors == ["base.tar.gz: global/pg_control: SHA256 mismatch with backup_manifest"]
-
-
-def test_a_truncated_archive_is_named(backup):
-    data = (backup / "base.tar.gz").read_bytes()
-    (backup / "base.tar.gz").write_bytes(data[: len(data) // 2])
-    errors = lib.verify_base_backup(backup)["errors"]
-    assert any(e.startswith("base.tar.gz: corrupt or truncated") for e in errors), errors
-    wal = (backup / "pg_wal.tar.gz").read_bytes()
-    (backup / "pg_wal.tar.gz").write_bytes(wal[:-6])  # the CRC trailer cut off
-    errors = lib.verify_base_backup(backup)["errors"]
-    assert any(e.startswith("pg_wal.tar.gz: corrupt or truncated") for e in errors), errors
-
-
-def test_missing_extra_and_resized_members_are_named(backup):
-    changed = {k: v for k, v in DATA.items() if k != "base/5/1259"}
-    changed["PG_VERSION"] = b"15\n\n"
-    changed["stray"] = b"?"
-    (backup / "base.tar.gz").write_bytes(_tar_gz(changed))
-    errors = lib.verify_base_backup(backup)["errors"]
-    assert "base.tar.gz: PG_VERSION: 4 bytes, backup_manifest says 3" in errors
-    assert "base.tar.gz: stray is not in backup_manifest" in errors
-    assert any("missing, e.g. base/5/1259" in e for e in errors)
-
-
-def test_an_edited_backup_manifest_fails_its_own_checksum(backup):
-    text = (backup / "backup_manifest").read_bytes().replace(b'"Size": 3', b'"Size": 3 ')
-    (backup / "backup_manifest").write_bytes(text)
-    assert ("backup_manifest: its Manifest-Checksum does not match its contents"
-            in lib.verify_base_backup(backup)["errors"])
-
+# dumps
 
 def test_check_files_names_a_tampered_or_truncated_file(tmp_path):
     (tmp_path / "a.dump").write_bytes(b"A" * 100)
     (tmp_path / "b.dump").write_bytes(b"B" * 100)
-    files = lib.describe_files(tmp_path, ["a.dump", "b.dump"])
+    files = {n: dict(zip(("sha256", "size"), lib.sha256_file(tmp_path / n), strict=True))
+             for n in ("a.dump", "b.dump")}
     assert lib.check_files(tmp_path, files) == []
     (tmp_path / "a.dump").write_bytes(b"A" * 50)
     (tmp_path / "b.dump").write_bytes(b"C" * 100)
@@ -415,38 +383,6 @@ def test_compare_counts():
             "public.c: in the restore only (0 rows)"]
 
 
-def test_choose_base_for_a_target_time():
-    def entry(label, end, state="verified"):
-        return {"kind": "base", "label": label, "end_time": end, "state": state}
-    entries = [entry("20261101T000000Z", "2026-11-01T00:10:00Z"),
-               entry("20261108T000000Z", "2026-11-08T00:10:00Z"),
-               entry("20261109T000000Z", "2026-11-09T00:10:00Z", "failed"),
-               entry("20261115T000000Z", "2026-11-15T00:10:00Z")]
-    target = datetime(2026, 11, 10, tzinfo=UTC)
-    assert lib.choose_base(entries, target)["label"] == "20261108T000000Z"
-    assert lib.choose_base(entries, target, "20261101T000000Z")["label"] == "20261101T000000Z"
-    with pytest.raises(lib.Failed, match="not before the target"):
-        lib.choose_base(entries, target, "20261115T000000Z")
-    with pytest.raises(lib.Failed, match="no verified base backup labelled"):
-        lib.choose_base(entries, target, "20261109T000000Z")
-    with pytest.raises(lib.Failed, match="no verified base backup ended before"):
-        lib.choose_base(entries, datetime(2026, 11, 1, 0, 5, tzinfo=UTC))
-
-
-def test_choose_base_never_picks_one_marked_bad():
-    """The newest before the target is bad (local or its published copy in S3): the one
-    before it is chosen, and naming the bad one is refused with its reason."""
-    target = datetime(2026, 11, 20, tzinfo=UTC)
-    for where in ("local", "s3"):
-        entries = [entry_of("20261108T000000Z", where=where),
-                   entry_of("20261115T000000Z", where=where, bad=True)]
-        assert lib.choose_base(entries, target)["label"] == "20261108T000000Z"
-        with pytest.raises(lib.Failed, match=f"marked bad \\({REASON}"):
-            lib.choose_base(entries, target, "20261115T000000Z")
-        with pytest.raises(lib.Failed, match="0 verified in all, 1 marked bad"):
-            lib.choose_base(entries[1:], target)
-
-
 # ---------------------------------------------------------------------------------------------
 # configuration
 
@@ -463,17 +399,27 @@ def test_the_documented_example_is_valid():
     assert cfg.s3.bucket == "b-1" and cfg.port == 5432 and cfg.databases == ["app", "community"]
     assert cfg.socket_dir == "/var/run/postgresql"
     assert cfg.bin("pg_dump") == "/usr/lib/postgresql/15/bin/pg_dump"
+    assert cfg.pgbackrest == lib.PgBackRestSettings(
+        stanza="main", config="/etc/pgbackrest/pgbackrest.conf", repos=[1, 2],
+        backup_standby=True, retention_full=2)
+    assert cfg.s3.ca_file == "/etc/pginfra/s3-ca.crt"
     local = copy.deepcopy(EXAMPLE)
     local["s3"] = None
+    local["pgbackrest"]["repos"] = [1]
     assert lib.validate_config(local).s3 is None
+    system_cas = copy.deepcopy(EXAMPLE)
+    system_cas["s3"]["ca_file"] = ""
+    assert lib.validate_config(system_cas).s3.ca_file == ""
 
 
 def test_config_errors_name_the_key():
     assert config_error(lambda r: r.pop("port")) == "key 'port' is missing"
     assert config_error(lambda r: r.update(port="5432")).startswith(
         "key 'port': must be an integer >= 1 and <= 65535")
-    assert config_error(lambda r: r.update(keep_local_base=True)).startswith(
-        "key 'keep_local_base': must be an integer")
+    assert config_error(lambda r: r.update(keep_local_dumps=True)).startswith(
+        "key 'keep_local_dumps': must be an integer")
+    assert config_error(lambda r: r.update(keep_local_base=2)).startswith(
+        "unknown key(s) 'keep_local_base'")  # gone with pgBackRest
     assert config_error(lambda r: r.update(backup_dir="relative/dir")).startswith(
         "key 'backup_dir': must be an absolute path")
     assert config_error(lambda r: r.update(stop_command="systemctl stop x")).startswith(
@@ -492,6 +438,33 @@ def test_config_errors_name_the_key():
         "unknown key(s) 'keep_local_dump'")
     assert config_error(lambda r: r["s3"].update(retries=3)).startswith(
         "unknown key(s) s3.retries")
+    assert config_error(lambda r: r["s3"].pop("ca_file")) == "key 's3.ca_file' is missing"
+    assert config_error(lambda r: r["s3"].update(ca_file="ca.crt")).startswith(
+        "key 's3.ca_file': must be an absolute path or empty")
+
+
+def test_pgbackrest_config_errors_name_the_key():
+    assert config_error(lambda r: r.pop("pgbackrest")) == "key 'pgbackrest' is missing"
+    assert config_error(lambda r: r.update(pgbackrest=None)).startswith(
+        "key 'pgbackrest': must be an object")
+    for key in ("stanza", "config", "repos", "backup_standby", "retention_full"):
+        assert config_error(lambda r, k=key: r["pgbackrest"].pop(k)) == \
+            f"key 'pgbackrest.{key}' is missing"
+    assert config_error(lambda r: r["pgbackrest"].update(process_max=2)).startswith(
+        "unknown key(s) pgbackrest.process_max")
+    assert config_error(lambda r: r["pgbackrest"].update(stanza="a b")).startswith(
+        "key 'pgbackrest.stanza': must be a stanza name")
+    assert config_error(lambda r: r["pgbackrest"].update(config="pgbackrest.conf")).startswith(
+        "key 'pgbackrest.config': must be an absolute path")
+    for repos in ([], [1, 1], "1,2", None):
+        assert config_error(lambda r, v=repos: r["pgbackrest"].update(repos=v)).startswith(
+            "key 'pgbackrest.repos': must be a non-empty list of distinct repository keys")
+    assert config_error(lambda r: r["pgbackrest"].update(repos=[1, 0])).startswith(
+        "key 'pgbackrest.repos[1]': must be an integer >= 1")
+    assert config_error(lambda r: r["pgbackrest"].update(backup_standby="prefer")).startswith(
+        "key 'pgbackrest.backup_standby': must be true or false")
+    assert config_error(lambda r: r["pgbackrest"].update(retention_full=0)).startswith(
+        "key 'pgbackrest.retention_full': must be an integer >= 1")
 
 
 def test_load_config_messages(tmp_path):
@@ -567,19 +540,13 @@ def test_bad_usage_gives_2_and_a_held_lock_75(tmp_path, capsys):
     finally:
         os.close(fd)
     assert run(tmp_path, lambda cfg, args, log: {}, capsys)[0] == 0
-
-
-def test_restore_command(tmp_path):
-    program = tmp_path / "pginfra-restore"
-    program.write_text("#!/usr/bin/python3\n")
-    program.chmod(0o755)
-    assert lib.restore_command(str(program), lib.DEFAULT_CONFIG) == \
-        f"{program} fetch-wal %f %p"
-    assert lib.restore_command(str(program), "/etc/x y.json") == \
-        f"{program} --config '/etc/x y.json' fetch-wal %f %p"
-    program.chmod(0o644)
-    assert lib.restore_command(str(program), lib.DEFAULT_CONFIG).startswith(
-        f"{sys.executable} {program}")
+    # jobs that share a lock (full and diff: "backup")
+    fd, _path = lib.acquire_lock(str(tmp_path / "s"), "backup")
+    try:
+        assert run(tmp_path, lambda cfg, args, log: {}, capsys, lock_name="backup")[0] == 75
+        assert run(tmp_path, lambda cfg, args, log: {}, capsys)[0] == 0
+    finally:
+        os.close(fd)
 
 
 def test_label_and_time_helpers():

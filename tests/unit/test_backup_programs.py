@@ -1,7 +1,8 @@
-"""files/pginfra-backup and files/pginfra-restore for real: a local S3 endpoint (moto_server on
-127.0.0.1) and throwaway PostgreSQL 15 clusters (initdb as postgres into a temporary directory,
-archiving with basic_archive). The programs run as postgres through runuser, as from cron;
-``pitr`` runs as root, with pg_ctl as its stop and start commands.
+"""files/pginfra-backup and files/pginfra-restore for real: throwaway PostgreSQL 15 clusters
+archived by a real pgBackRest (throwaway_pg.PgBackRestCluster: a stanza of its own in a
+temporary configuration, repo1 encrypted in the cluster's directory) and a local S3 endpoint
+(moto_server on 127.0.0.1) for the dumps. The programs run as postgres through runuser, as
+from cron; ``pitr`` and ``standby`` run as root, with pg_ctl as the stop and start commands.
 
 The programs run from throwaway_pg's world-readable copy of files/ with Debian's
 /usr/bin/python3 and its modules, as on a host (PGINFRA_TEST_PYTHON overrides the interpreter).
@@ -17,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import boto3
@@ -28,16 +28,16 @@ from throwaway_pg import (
     ENV,
     FILES,
     HOST_PYTHON,
-    Cluster,
+    PgBackRestCluster,
     drop_cluster,
     free_port,
-    needs_postgres,
-    postgres_missing,
+    needs_pgbackrest,
+    pgbackrest_missing,
 )
 from throwaway_pg import new_cluster as _new_cluster
 
-from pginfra.programs import host_program
 from pginfra.s3_local import MOTO, local_s3
+from pginfra.s3_local import client as s3_local_client
 
 _spec = importlib.util.spec_from_file_location("pginfra_backup_lib",
                                                FILES / "pginfra_backup_lib.py")
@@ -50,18 +50,19 @@ _spec.loader.exec_module(lib)
 # usage
 
 @pytest.mark.parametrize("program, subcommands", [
-    ("pginfra-backup", ["base", "dump", "upload", "ship-wal", "retention", "drill", "verify",
-                        "list"]),
-    ("pginfra-restore", ["list", "dump", "pitr", "fetch-wal"])])
+    ("pginfra-backup", ["full", "diff", "verify", "dump", "retention", "drill", "list"]),
+    ("pginfra-restore", ["list", "dump", "pitr", "standby"])])
 def test_help_explains_the_options_and_exit_codes(program, subcommands):
     for words in ([], *([sub] for sub in subcommands)):
         proc = subprocess.run([HOST_PYTHON, str(FILES / program), *words, "--help"],
                               capture_output=True, text=True, env=ENV)
         assert proc.returncode == 0, proc.stderr
         assert "Exit codes: 0" in proc.stdout and "75 another run" in proc.stdout
-    proc = subprocess.run([HOST_PYTHON, str(FILES / program), "nonsense"], capture_output=True,
-                          text=True, env=ENV)
-    assert proc.returncode == 2
+    for gone in {"pginfra-backup": ("base", "upload", "ship-wal"),
+                 "pginfra-restore": ("fetch-wal",)}[program]:
+        proc = subprocess.run([HOST_PYTHON, str(FILES / program), gone], capture_output=True,
+                              text=True, env=ENV)
+        assert proc.returncode == 2 and "invalid choice" in proc.stderr
     proc = subprocess.run([HOST_PYTHON, str(FILES / program), "--config", "/nonexistent.json",
                            "list"], capture_output=True, text=True, env=ENV)
     assert proc.returncode == 2 and "/nonexistent.json: no such file" in proc.stderr
@@ -95,7 +96,7 @@ def s3_settings(endpoint: str, bucket: str, credentials_file: str = "") -> dict:
     return {"bucket": bucket, "prefix": "pginfra", "region": "us-east-1",
             "endpoint_url": endpoint, "sse": "AES256", "kms_key_id": "",
             "storage_class": "STANDARD", "request_checksum_calculation": "when_required",
-            "keep_days": 30, "credentials_file": credentials_file}
+            "keep_days": 30, "credentials_file": credentials_file, "ca_file": ""}
 
 
 def store_for(endpoint, bucket, sysid="7000000000000000001", client=None, chunk=None):
@@ -110,8 +111,10 @@ def _base_raw() -> dict:
             "data_directory": "/nonexistent", "stop_command": ["true"],
             "start_command": ["true"], "wal_archive_dir": "/nonexistent",
             "backup_dir": "/nonexistent", "state_dir": "/nonexistent",
-            "log_dir": "/nonexistent", "databases": [], "keep_local_base": 1,
-            "keep_local_dumps": 1, "s3": None}
+            "log_dir": "/nonexistent", "databases": [], "keep_local_dumps": 1,
+            "pgbackrest": {"stanza": "main", "config": "/nonexistent/pgbackrest.conf",
+                           "repos": [1], "backup_standby": False, "retention_full": 1},
+            "s3": None}
 
 
 def keys(client, bucket, prefix=""):
@@ -128,24 +131,24 @@ def uploads(client, bucket):
 
 def test_multipart_upload_via_a_temporary_key_then_publish(tmp_path, s3_endpoint, bucket):
     data = os.urandom(12 * lib.MiB + 123)
-    path = tmp_path / "base.tar.gz"
+    path = tmp_path / "L.dump"
     path.write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()
     store = store_for(s3_endpoint, bucket, chunk=1)  # the test hook: 5 MiB parts
     log = lib.JobLog("test", None, stream=None)
     meta = {"size": len(data), "sha256": digest}
-    lib.publish(store, log, [(path, store.key("base", "L", "base.tar.gz"), meta)],
-                store.key("base", "L", "pginfra.json"), {"verified": True,
-                                                         "files": {"base.tar.gz": meta}})
+    lib.publish(store, log, [(path, store.key("dumps", "app", "L.dump"), meta)],
+                store.key("dumps", "app", "L.json"), {"verified": True,
+                                                      "files": {"L.dump": meta}})
     client = store.client
-    assert keys(client, bucket) == [store.key("base", "L", "base.tar.gz"),
-                                    store.key("base", "L", "pginfra.json")]  # no tmp/ left
-    head = client.head_object(Bucket=bucket, Key=store.key("base", "L", "base.tar.gz"))
+    assert keys(client, bucket) == [store.key("dumps", "app", "L.dump"),
+                                    store.key("dumps", "app", "L.json")]  # no tmp/ left
+    head = client.head_object(Bucket=bucket, Key=store.key("dumps", "app", "L.dump"))
     assert head["Metadata"]["sha256"] == digest and head["ContentLength"] == len(data)
     assert head["ETag"].endswith('-3"')  # three 5 MiB parts: a multipart upload and copy
     assert head["ServerSideEncryption"] == "AES256"
     assert uploads(client, bucket) == []
-    assert store.get_json(store.key("base", "L", "pginfra.json"))["verified"] is True
+    assert store.get_json(store.key("dumps", "app", "L.json"))["verified"] is True
 
 
 def _failing_client(endpoint, fail_part=2, fail_first_abort=False):
@@ -192,7 +195,7 @@ def test_a_failed_multipart_upload_is_aborted(tmp_path, s3_endpoint, bucket, abo
 
 def test_head_object_verification_names_the_key(tmp_path, s3_endpoint, bucket):
     store = store_for(s3_endpoint, bucket)
-    key = store.key("wal", "000000010000000000000001")
+    key = store.key("dumps", "app", "20261101T000000Z.dump")
     store.client.put_object(Bucket=bucket, Key=key, Body=b"abc",
                             Metadata={"sha256": hashlib.sha256(b"abd").hexdigest()})
     with pytest.raises(lib.Failed, match=f"{key}: 3 bytes with sha256"):
@@ -204,7 +207,7 @@ def test_head_object_verification_names_the_key(tmp_path, s3_endpoint, bucket):
 
 def test_deletes_go_in_batches_of_at_most_1000(s3_endpoint, bucket):
     store = store_for(s3_endpoint, bucket)
-    names = [store.key("wal", f"{n:024X}") for n in range(2100)]
+    names = [store.key("dumps", "app", f"{n:08d}.dump") for n in range(2100)]
     real = names[::300]  # S3 deletes absent keys without complaint: a few real ones suffice
     for key in real:
         store.client.put_object(Bucket=bucket, Key=key, Body=b"w")
@@ -218,13 +221,15 @@ def test_deletes_go_in_batches_of_at_most_1000(s3_endpoint, bucket):
 
 
 # ---------------------------------------------------------------------------------------------
-# A throwaway cluster
+# Throwaway clusters archived by pgBackRest
 
-class BackupCluster(Cluster):
+class BackupCluster(PgBackRestCluster):
     """The throwaway cluster with backup configurations of its own."""
 
-    def config(self, name: str, s3: dict | None = None, **overrides) -> Path:
-        """A configuration with its own backup, state and log directories."""
+    def config(self, name: str, s3: dict | None = None, pgbackrest: dict | None = None,
+               **overrides) -> Path:
+        """A configuration with its own backup, state and log directories, pointing at this
+        cluster's pgBackRest configuration and stanza."""
         work = self.root / name
         work.mkdir()
         shutil.chown(work, self.uid, self.gid)
@@ -235,13 +240,15 @@ class BackupCluster(Cluster):
                                  "start"],
                "wal_archive_dir": str(self.archive), "backup_dir": str(work / "backups"),
                "state_dir": str(work / "state"), "log_dir": str(work / "log"),
-               "databases": ["app", "community"], "keep_local_base": 2,
-               "keep_local_dumps": 7, "s3": s3}
+               "databases": ["app", "community"], "keep_local_dumps": 7,
+               "pgbackrest": {"stanza": self.STANZA, "config": str(self.pgbr_config),
+                              "repos": [1], "backup_standby": False, "retention_full": 2,
+                              **(pgbackrest or {})},
+               "s3": s3}
         raw.update(overrides)
         path = work / "backup.json"
         path.write_text(json.dumps(raw, indent=1))
         return path
-
 
 
 def new_cluster() -> BackupCluster:
@@ -250,7 +257,7 @@ def new_cluster() -> BackupCluster:
 
 @pytest.fixture(scope="module")
 def pg():
-    reason = postgres_missing()
+    reason = pgbackrest_missing()
     if reason:
         pytest.skip(reason)
     cluster = new_cluster()
@@ -263,8 +270,18 @@ def pg():
     cluster.sql("CREATE TABLE posts (id int); INSERT INTO posts SELECT generate_series(1, 50)",
                 "community")
     yield cluster
-    cluster.stop()
-    shutil.rmtree(cluster.root, ignore_errors=True)
+    drop_cluster(cluster)
+
+
+@pytest.fixture
+def cluster():
+    """A cluster of the test's own (for what changes or breaks its repository)."""
+    reason = pgbackrest_missing()
+    if reason:
+        pytest.skip(reason)
+    made = new_cluster()
+    yield made
+    drop_cluster(made)
 
 
 @pytest.fixture(scope="module")
@@ -303,89 +320,325 @@ def backups(config: Path, *parts) -> Path:
     return Path(json.loads(config.read_text())["backup_dir"]).joinpath(*parts)
 
 
+def last_success(config: Path, job: str) -> dict:
+    return json.loads(state(config, "last-success", f"{job}.json").read_text())
+
+
+def verify_record(config: Path) -> dict:
+    return json.loads(state(config, "pgbackrest-verify.json").read_text())
+
+
+def stage(proc, name: str) -> list[dict]:
+    return [line for line in proc.lines if line["stage"] == name]
+
+
 # ---------------------------------------------------------------------------------------------
-# base, dump, verify, list, ship-wal, fetch-wal
+# full, diff, verify, list
 
-@needs_postgres
-def test_base_backup_is_verified_uploaded_and_published(pg, s3_endpoint, bucket, credentials):
-    config = pg.config("base", s3_settings(s3_endpoint, bucket, credentials))
-    proc = run("pginfra-backup", config, "base")
+@needs_pgbackrest
+def test_full_then_diff_each_verified_with_the_standby_fallback(pg):
+    config = pg.config("full", pgbackrest={"backup_standby": True})
+    proc = run("pginfra-backup", config, "full")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    label = json.loads(state(config, "last-success", "base.json").read_text())["label"]
-    manifest = json.loads(backups(config, "base", label, "pginfra.json").read_text())
-    assert manifest["verified"] is True and manifest["error"] is None
-    assert manifest["timeline"] == 1 and lib.WAL_SEGMENT_RE.match(manifest["start_wal_segment"])
-    assert set(manifest["files"]) == {"base.tar.gz", "pg_wal.tar.gz", "backup_manifest"}
-    assert manifest["published"]["url"].startswith(f"s3://{bucket}/pginfra/pg1/")
-    sysid = pg.sql("SELECT system_identifier FROM pg_control_system()")
-    assert manifest["system_identifier"] == sysid
-    client = s3_client(s3_endpoint)
-    root = f"pginfra/pg1/{sysid}/"
-    assert keys(client, bucket) == [f"{root}base/{label}/{n}" for n in (
-        "backup_manifest", "base.tar.gz", "pg_wal.tar.gz", "pginfra.json")]  # no tmp/
-    for name, meta in manifest["files"].items():
-        head = client.head_object(Bucket=bucket, Key=f"{root}base/{label}/{name}")
-        assert head["Metadata"]["sha256"] == meta["sha256"]
-        assert head["ContentLength"] == meta["size"]
-    published = json.loads(client.get_object(
-        Bucket=bucket, Key=f"{root}base/{label}/pginfra.json")["Body"].read())
-    assert published["verified"] is True and published["files"] == manifest["files"]
-    assert uploads(client, bucket) == []
+    warning, = stage(proc, "backup-standby")  # no standby answers: from the primary
+    assert warning["status"] == "warning"
+    assert "unable to find standby cluster" in warning["detail"]
+    full = last_success(config, "full")["repos"]["1"]
+    assert full["type"] == "full" and full["label"].endswith("F") and full["size"] > 0
+    assert full["repo_size"] > 0 and lib.parse_time(full["stop"]) <= lib.utcnow()
+    record = verify_record(config)
+    assert record["repos"]["1"]["ok"] is True and full["label"] in record["repos"]["1"]["valid"]
+    assert oct(state(config, "pgbackrest-verify.json").stat().st_mode & 0o777) == "0o600"
 
-    proc = run("pginfra-backup", config, "verify", "--s3", label)
+    pg.sql("CREATE TABLE grow AS SELECT generate_series(1, 20000) AS g")
+    proc = run("pginfra-backup", config, "diff")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert any(line["stage"] == "verify" and "every file matches" in line["detail"]
-               for line in proc.lines)
-    listing = run("pginfra-backup", config, "list", "--json")
-    assert listing.returncode == 0, listing.stderr
-    found = {(b["where"], b["kind"], b["label"]): b
-             for b in json.loads(listing.stdout)["backups"]}
-    assert found[("local", "base", label)]["state"] == "verified"
-    assert found[("local", "base", label)]["published"] is True
-    assert found[("s3", "base", label)]["state"] == "published"
+    diff = last_success(config, "diff")["repos"]["1"]
+    assert diff["type"] == "diff" and diff["label"].startswith(full["label"] + "_")
+    assert diff["label"].endswith("D")
 
-
-@needs_postgres
-def test_ship_wal_then_fetch_wal_from_s3(pg, s3_endpoint, bucket, credentials):
-    pg.switch_wal()
-    config = pg.config("ship", s3_settings(s3_endpoint, bucket, credentials))
-    (pg.archive / "archtemp.000000010000000000000099.1.2").write_bytes(b"half-written")
-    proc = run("pginfra-backup", config, "ship-wal")
+    proc = run("pginfra-backup", config, "verify")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (pg.archive / "archtemp.000000010000000000000099.1.2").unlink()
-    shipped = sorted(p.name for p in state(config, "wal-shipped").iterdir())
-    archived = sorted(n for n in os.listdir(pg.archive) if lib.is_wal_name(n))
-    assert shipped and set(shipped) <= set(archived)
-    assert [line["detail"] for line in proc.lines if line["stage"] == "ship"] == shipped
-    client = s3_client(s3_endpoint)
-    sysid = pg.sql("SELECT system_identifier FROM pg_control_system()")
-    segment = next(n for n in shipped if lib.WAL_SEGMENT_RE.match(n))
-    head = client.head_object(Bucket=bucket, Key=f"pginfra/pg1/{sysid}/wal/{segment}")
-    assert head["Metadata"]["sha256"] == lib.sha256_file(pg.archive / segment)[0]
-    again = run("pginfra-backup", config, "ship-wal")
-    assert again.returncode == 0 and "nothing new" in again.stdout
+    assert stage(proc, "pgbackrest-check")[0]["status"] == "ok"
+    checked, = stage(proc, "pgbackrest-verify")
+    assert checked["status"] == "ok" and checked["detail"].startswith("repo1: ")
+    assert {full["label"], diff["label"]} <= set(verify_record(config)["repos"]["1"]["valid"])
+    assert last_success(config, "verify")["repos"] == {"1": True}
 
-    # fetch-wal, as the server calls it: not in this (empty) archive directory, so from S3
-    empty = pg.root / "ship" / "empty-archive"
-    empty.mkdir()
-    shutil.chown(empty, pg.uid, pg.gid)
-    fetch = pg.config("fetch", s3_settings(s3_endpoint, bucket, credentials),
-                      wal_archive_dir=str(empty))
-    dest = pg.root / "fetch" / "RECOVERYXLOG"
-    proc = run("pginfra-restore", fetch, "fetch-wal", segment, dest)
-    assert proc.returncode == 0, proc.stderr
-    assert dest.read_bytes() == (pg.archive / segment).read_bytes()
-    # tampered in S3: refused; absent everywhere: exit 1 quietly
-    client.put_object(Bucket=bucket, Key=f"pginfra/pg1/{sysid}/wal/{segment}", Body=b"x",
-                      Metadata={"sha256": head["Metadata"]["sha256"]})
-    proc = run("pginfra-restore", fetch, "fetch-wal", segment, dest.with_name("X"))
-    assert proc.returncode == 1 and "not handing it to the server" in proc.stderr
-    assert not dest.with_name("X").exists()
-    proc = run("pginfra-restore", fetch, "fetch-wal", "00000009.history", dest.with_name("H"))
-    assert proc.returncode == 1 and proc.stdout == "" and proc.stderr == ""
+    listing = json.loads(run("pginfra-backup", config, "list", "--json").stdout)
+    mine = {b["label"]: b for b in listing["pgbackrest"]}
+    assert mine[full["label"]]["type"] == "full" and mine[diff["label"]]["type"] == "diff"
+    assert mine[diff["label"]]["repo"] == 1 and listing["errors"] == {}
+    text = run("pginfra-backup", config, "list").stdout
+    assert any(line.startswith("repo1") and diff["label"] in line for line in text.splitlines())
 
 
-@needs_postgres
+@needs_pgbackrest
+def test_a_corrupt_backup_file_fails_verify_naming_the_backup(cluster):
+    # one repository failing does not stop the next; a diff without a full is made a full
+    two = cluster.config("two-repos", pgbackrest={"repos": [2, 1]})
+    proc = run("pginfra-backup", two, "diff")
+    assert proc.returncode == 1
+    repo2, repo1 = stage(proc, "backup")
+    assert repo2["status"] == "failed" and "key '2' is not valid" in repo2["detail"]
+    assert repo1["status"] == "ok" and "changed to full" in repo1["detail"]
+    assert not state(two, "last-success", "diff.json").exists()
+    assert run("pginfra-backup", two, "full", "--repo", "3").returncode == 2
+
+    config = cluster.config("corrupt")
+    assert run("pginfra-backup", config, "verify").returncode == 0
+    success = state(config, "last-success", "verify.json").read_text()
+    label = json.loads(cluster.pgbackrest("--output=json", "info").stdout)[0]["backup"][0][
+        "label"]
+    files = sorted((cluster.archive / "backup" / cluster.STANZA / label / "pg_data" / "base")
+                   .rglob("*"), key=lambda p: p.stat().st_size)
+    victim = files[-1]
+    data = bytearray(victim.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 16):
+        data[i] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    proc = run("pginfra-backup", config, "verify")
+    assert proc.returncode == 1  # pgbackrest verify itself said 0
+    bad = failed(proc)[0]
+    assert bad["stage"] == "pgbackrest-verify" and bad["detail"].startswith("repo1: ")
+    assert f"backup {label}: status invalid" in bad["detail"]
+    assert f"backup {label}: checksum invalid: 1" in bad["detail"] \
+        or f"backup {label}: other: 1" in bad["detail"]
+    record = verify_record(config)["repos"]["1"]
+    assert record["ok"] is False and any(label in p for p in record["problems"])
+    assert label not in record["valid"]
+    assert state(config, "last-success", "verify.json").read_text() == success  # unchanged
+
+
+# ---------------------------------------------------------------------------------------------
+# point-in-time recovery, standbys
+
+@needs_pgbackrest
+def test_pitr_dry_run_chooses_the_newest_backup_before_the_target(pg):
+    config = pg.config("dry-run")
+    assert run("pginfra-backup", config, "full").returncode == 0
+    full = last_success(config, "full")["repos"]["1"]
+    time.sleep(1.1)  # pgBackRest compares whole seconds
+    target = pg.sql("SELECT now()")
+    time.sleep(1.1)
+    assert run("pginfra-backup", config, "diff").returncode == 0
+    diff = last_success(config, "diff")["repos"]["1"]
+
+    def plan(when, *args):
+        proc = run("pginfra-restore", config, "pitr", "--target-time", when, "--dry-run",
+                   *args, root=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return json.loads(next(line for line in proc.stdout.splitlines() if '"dry_run"' in line))
+
+    chosen = plan(target)
+    assert chosen["backup"]["label"] == full["label"] and chosen["repo"] == 1
+    assert chosen["command"].endswith(f"--repo=1 --delta --type=time '--target={target}' "
+                                      "--target-action=promote restore")
+    assert f"--config={pg.pgbr_config}" in chosen["command"]
+    time.sleep(1.1)
+    assert plan(pg.sql("SELECT now()"), "--repo", "1")["backup"]["label"] == diff["label"]
+    assert (pg.data / "postmaster.pid").exists()  # nothing was stopped
+    oldest = json.loads(pg.pgbackrest("--output=json", "info").stdout)[0]["backup"][0]
+    proc = run("pginfra-restore", config, "pitr", "--target-time", "2001-01-01 00:00:00+00",
+               "--dry-run", root=True)
+    assert proc.returncode == 2
+    assert "before the oldest backup's stop time " + lib.iso(
+        lib.epoch_time(oldest["timestamp"]["stop"])) in proc.stderr
+    proc = run("pginfra-restore", config, "pitr", "--target-time", target, "--from-s3",
+               "--dry-run", root=True)
+    assert proc.returncode == 2 and "no s3 section" in proc.stderr
+    proc = run("pginfra-restore", config, "pitr", "--target-time", "2026-01-01 00:00",
+               "--dry-run", root=True)
+    assert proc.returncode == 2 and "numeric UTC offset" in proc.stderr
+
+
+@needs_pgbackrest
+def test_pitr_restores_to_the_target_and_resets_the_recovery_settings(cluster):
+    config = cluster.config("pitr")
+    cluster.sql("CREATE TABLE marks (m text, at timestamptz DEFAULT clock_timestamp())")
+    cluster.sql("INSERT INTO marks VALUES ('before the backup')")
+    assert run("pginfra-backup", config, "full").returncode == 0
+    label = last_success(config, "full")["repos"]["1"]["label"]
+    cluster.sql("INSERT INTO marks VALUES ('before the target')")
+    time.sleep(1.1)  # pgBackRest compares whole seconds: the target is after the stop's
+    target = cluster.sql("SELECT now()")
+    time.sleep(0.3)
+    cluster.sql("INSERT INTO marks VALUES ('after the target')")
+    cluster.switch_wal()
+    proc = run("pginfra-restore", config, "pitr", "--target-time", target, root=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])  # the last line: the report
+    assert report["timeline"] == 2 and report["repo"] == 1 and report["backup"] == label
+    assert report["target_time"] == target
+    assert cluster.sql("SELECT string_agg(m, ',' ORDER BY at) FROM marks") == \
+        "before the backup,before the target"
+    assert cluster.sql("SELECT pg_is_in_recovery()") == "f"
+    assert cluster.sql("SELECT count(*) FROM pg_file_settings WHERE name IN "
+                       "('restore_command', 'recovery_target_time', "
+                       "'recovery_target_action')") == "0"
+    auto = (cluster.data / "postgresql.auto.conf").read_text()
+    assert "recovery_target" not in auto and "restore_command" not in auto
+    assert not (cluster.data / "recovery.signal").exists()
+    assert cluster.sql("SELECT count(*) FROM pg_settings WHERE pending_restart") == "0"
+    assert last_success(config, "pitr")["timeline"] == 2
+    # the promoted cluster archives its new timeline, and backs up again
+    assert run("pginfra-backup", config, "diff").returncode == 0
+
+
+@needs_pgbackrest
+def test_a_standby_skips_refuses_pitr_and_is_rebuilt_from_the_repository(cluster):
+    primary = cluster.config("primary")
+    assert run("pginfra-backup", primary, "full").returncode == 0
+    standby = cluster.standby()
+    try:
+        config = cluster.config(
+            "standby", port=standby.port, socket_dir=str(standby.root),
+            data_directory=str(standby.data),
+            stop_command=[*standby.pg_ctl, "-m", "fast", "-w", "stop"],
+            start_command=[*standby.pg_ctl, "-l", str(standby.pg_log), "-o",
+                           standby.start_options, "-w", "-t", "120", "start"],
+            pgbackrest={"config": str(standby.pgbr_config)})
+        for job in ("full", "diff", "dump", "drill"):
+            proc = run("pginfra-backup", config, job)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert (proc.lines[0]["stage"], proc.lines[0]["status"]) == ("standby", "skipped")
+        assert not backups(config).exists()
+        proc = run("pginfra-backup", config, "retention")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert stage(proc, "pgbackrest-expire")[0]["status"] == "skipped"
+        proc = run("pginfra-backup", config, "verify")  # the repository, without check
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert stage(proc, "pgbackrest-check")[0]["status"] == "skipped"
+
+        target = cluster.sql("SELECT now()")
+        proc = run("pginfra-restore", config, "pitr", "--target-time", target, root=True)
+        assert proc.returncode == 2 and "this server is a standby" in proc.stderr
+        proc = run("pginfra-restore", primary, "standby", root=True)
+        assert proc.returncode == 2 and "this server is a primary" in proc.stderr
+        assert cluster.sql("SELECT pg_is_in_recovery()") == "f"
+
+        proc = run("pginfra-restore", config, "standby", root=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        report = json.loads(proc.stdout.splitlines()[-1])
+        assert report["repo"] == 1 and report["replay_lsn"].count("/") == 1
+        assert report["backup"] == last_success(primary, "full")["repos"]["1"]["label"]
+        assert standby.sql("SELECT pg_is_in_recovery()") == "t"
+        cluster.sql("CREATE TABLE after_rebuild AS SELECT 1 AS one")
+        cluster.switch_wal()
+        deadline = time.monotonic() + 60
+        while standby.sql("SELECT to_regclass('after_rebuild') IS NOT NULL") != "t":
+            assert time.monotonic() < deadline, "the rebuilt standby does not replay"
+            time.sleep(0.5)
+
+        # stopped without standby.signal: it may be a primary, refused
+        standby.stop()
+        (standby.data / "standby.signal").rename(standby.root / "standby.signal")
+        proc = run("pginfra-restore", config, "standby", root=True)
+        assert proc.returncode == 2 and "standby.signal is absent" in proc.stderr
+    finally:
+        drop_cluster(standby)
+
+
+# ---------------------------------------------------------------------------------------------
+# retention: pgbackrest expire, dumps, the pre-pgBackRest layout
+
+@needs_pgbackrest
+def test_retention_removes_the_old_layout_only_after_enough_verified_fulls(cluster):
+    config = cluster.config("retention", databases=["postgres"], keep_local_dumps=1)
+    old_bases = [backups(config, "base", "20260101T000000Z"),
+                 backups(config, "base", "20260102T000000Z.partial")]
+    for path in old_bases:
+        path.mkdir(parents=True)
+        (path / "base.tar.gz").write_bytes(b"old" * 1000)
+    loose = ["000000010000000000000001", "00000002.history",
+             "000000010000000000000001.00000028.backup", "000000010000000000000002.partial",
+             "archtemp.000000010000000000000003.4242.1700000000000"]
+    for name in loose:
+        (cluster.archive / name).write_bytes(b"w" * 100)
+    (cluster.archive / "notes.txt").write_text("not WAL")
+    state(config, "wal-shipped").mkdir(parents=True)
+    state(config, "wal-shipped", loose[0]).write_text("{}")
+    for path in (backups(config), cluster.archive, state(config)):
+        subprocess.run(["chown", "-R", "postgres:postgres", str(path)], check=True)
+
+    def retention(*args):
+        proc = run("pginfra-backup", config, "retention", *args)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert stage(proc, "pgbackrest-expire")[0]["status"] in ("ok", "dry-run")
+        return stage(proc, "legacy")[0]
+
+    def still_there():
+        return all(p.exists() for p in old_bases) and all(
+            (cluster.archive / n).exists() for n in loose)
+
+    legacy = retention()
+    assert legacy["status"] == "waiting" and "(now 0)" in legacy["detail"]
+    assert "2 base backup(s)" in legacy["detail"] and "5 WAL file(s)" in legacy["detail"]
+    assert still_there()
+    assert run("pginfra-backup", config, "full").returncode == 0
+    legacy = retention()
+    assert legacy["status"] == "waiting" and "(now 1)" in legacy["detail"]
+    assert still_there()
+    for _ in range(2):
+        assert run("pginfra-backup", config, "dump", "--no-globals").returncode == 0
+    assert run("pginfra-backup", config, "full").returncode == 0
+    legacy = retention("--dry-run")
+    assert legacy["status"] == "dry-run" and still_there()
+    assert len(list(backups(config, "dumps", "postgres").glob("*.dump"))) == 2
+
+    proc = run("pginfra-backup", config, "retention")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    legacy, = stage(proc, "legacy")
+    assert legacy["status"] == "ok" and legacy["detail"].startswith("removed 2 base backup(s)")
+    assert "20260101T000000Z" in legacy["detail"] and "repo1 holds 2 valid" in legacy["detail"]
+    assert not any(backups(config, "base").iterdir())
+    assert sorted(os.listdir(cluster.archive)) == ["archive", "backup", "notes.txt"]
+    assert not state(config, "wal-shipped").exists()
+    assert len(list(backups(config, "dumps", "postgres").glob("*.dump"))) == 1
+    assert stage(proc, "expire-local")[0]["status"] == "ok"
+    assert retention()["detail"] == "nothing of it is left"
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration and locks
+
+@needs_pgbackrest
+def test_a_bad_configuration_key_exits_2_naming_it(pg):
+    for name, change, message in (
+            ("old-key", lambda raw: raw.update(keep_local_base=2),
+             "unknown key(s) 'keep_local_base'"),
+            ("no-repos", lambda raw: raw["pgbackrest"].pop("repos"),
+             "key 'pgbackrest.repos' is missing")):
+        config = pg.config(name)
+        raw = json.loads(config.read_text())
+        change(raw)
+        config.write_text(json.dumps(raw))
+        for program, job in (("pginfra-backup", "full"), ("pginfra-restore", "list")):
+            proc = run(program, config, job)
+            assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+            assert not state(config).exists()
+
+
+@needs_pgbackrest
+def test_full_and_diff_share_a_lock(pg):
+    config = pg.config("backup-lock")
+    lock = state(config, "locks", "backup.lock")
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    subprocess.run(["chown", "-R", "postgres:postgres", str(state(config))], check=True)
+    with open(lock, "r+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for job in ("full", "diff"):
+            proc = run("pginfra-backup", config, job)
+            assert proc.returncode == 75
+            assert (proc.lines[0]["stage"], proc.lines[0]["status"]) == ("lock", "skipped")
+    assert not state(config, "last-success").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# dumps, drills, their S3 copies
+
+@needs_pgbackrest
 def test_dump_verified_uploaded_and_a_truncated_copy_fails_verify(pg, s3_endpoint, bucket,
                                                                    credentials):
     config = pg.config("dump", s3_settings(s3_endpoint, bucket, credentials))
@@ -403,8 +656,9 @@ def test_dump_verified_uploaded_and_a_truncated_copy_fails_verify(pg, s3_endpoin
     assert keys(client, bucket) == sorted(
         f"{root}{db}/{label}.{ext}" for db, e in (("app", "dump"), ("community", "dump"),
                                                   ("_globals", "sql")) for ext in (e, "json"))
-    proc = run("pginfra-backup", config, "verify", "--s3", "--kind", "dump")
+    proc = run("pginfra-backup", config, "verify", "--s3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sum(line["stage"] == "verify" and line["status"] == "ok" for line in proc.lines) == 6
 
     # Truncate the published app dump (its metadata and manifest still claim the original).
     key = f"{root}app/{label}.dump"
@@ -412,15 +666,29 @@ def test_dump_verified_uploaded_and_a_truncated_copy_fails_verify(pg, s3_endpoin
     body = obj["Body"].read()
     client.put_object(Bucket=bucket, Key=key, Body=body[: len(body) // 2],
                       Metadata=obj["Metadata"])
-    proc = run("pginfra-backup", config, "verify", "--s3", label)
+    proc = run("pginfra-backup", config, "verify", "--s3")
     assert proc.returncode == 1
     bad = failed(proc)
     assert bad[0]["stage"] == "verify" and f"{label}.dump: size {len(body) // 2}" \
         in bad[0]["detail"]
-    assert sum(line["stage"] == "verify" and line["status"] == "ok" for line in proc.lines) == 2
+    assert sum(line["stage"] == "verify" and line["status"] == "ok" for line in proc.lines) == 5
+    mark, = stage(proc, "mark-bad")
+    assert f"dump app {label} (s3) is bad" in mark["detail"]
+    found = {(d["where"], d["database"]): d for d in json.loads(
+        run("pginfra-backup", config, "list", "--json").stdout)["dumps"]}
+    assert found[("s3", "app")]["state"] == "bad"
+    assert found[("local", "app")]["state"] == "verified"  # the local copy is fine
+    assert found[("local", "app")]["published_bad"]["reason"].startswith(f"{label}.dump: size")
+
+    # the next dump run publishes the good local copy again; then it verifies
+    time.sleep(1)  # a new label
+    proc = run("pginfra-backup", config, "dump", "--database", "community", "--no-globals")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"app/{label}" in last_success(config, "dump")["published"]
+    assert run("pginfra-backup", config, "verify", "--s3").returncode == 0
 
 
-@needs_postgres
+@needs_pgbackrest
 def test_drill_and_restore_of_a_dump(pg):
     config = pg.config("drill", None)
     assert run("pginfra-backup", config, "dump", "--database", "app").returncode == 0
@@ -442,7 +710,7 @@ def test_drill_and_restore_of_a_dump(pg):
     proc = run("pginfra-restore", config, "dump", "--database", "app_copy", "--source", "app")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert pg.sql("SELECT count(*) FROM items", "app_copy") == "1000"
-    assert run("pginfra-backup", config, "verify").returncode == 0  # the local copies
+    assert run("pginfra-backup", config, "verify").returncode == 0  # pgBackRest, the dumps
     refused = run("pginfra-restore", config, "dump", "--database", "app_copy", "--source",
                   "app")
     assert refused.returncode == 1 and "pass --replace" in failed(refused)[0]["detail"]
@@ -454,7 +722,7 @@ def test_drill_and_restore_of_a_dump(pg):
 
     dump = next(backups(config, "dumps", "app").glob("*.dump"))
     dump.write_bytes(dump.read_bytes()[:-100])
-    proc = run("pginfra-backup", config, "verify", "--kind", "dump")
+    proc = run("pginfra-backup", config, "verify")
     assert proc.returncode == 1 and f"{dump.name}: size" in failed(proc)[0]["detail"]
     refused = run("pginfra-restore", config, "dump", "--database", "app_copy2", "--source",
                   "app")
@@ -462,10 +730,7 @@ def test_drill_and_restore_of_a_dump(pg):
     assert pg.sql("SELECT count(*) FROM pg_database WHERE datname = 'app_copy2'") == "0"
 
 
-# ---------------------------------------------------------------------------------------------
-# failures, locks, retention
-
-@needs_postgres
+@needs_pgbackrest
 def test_s3_unreachable_fails_keeps_the_local_copy_and_last_success(pg, credentials,
                                                                     s3_endpoint, bucket):
     nowhere = s3_settings(f"http://127.0.0.1:{free_port()}", "nowhere", credentials)
@@ -480,25 +745,53 @@ def test_s3_unreachable_fails_keeps_the_local_copy_and_last_success(pg, credenti
     assert "Could not connect to the endpoint URL" in upload["detail"]
     assert state(config, "last-success", "dump.json").read_text() == success
     listing = run("pginfra-backup", config, "list", "--json", "--local")
-    dumps = [b for b in json.loads(listing.stdout)["backups"] if b["database"] == "app"]
+    dumps = [b for b in json.loads(listing.stdout)["dumps"] if b["database"] == "app"]
     assert len(dumps) == 2
     assert all(b["state"] == "verified" and not b["published"] for b in dumps)
     assert all(Path(b["location"]).is_file() for b in dumps)
 
-    # S3 is back: `upload` publishes what is verified and not published yet
+    # S3 is back: the next dump run publishes its dump and the two earlier ones
     back = json.loads(config.read_text())
     back["s3"] = s3_settings(s3_endpoint, bucket, credentials)
     config.write_text(json.dumps(back))
-    proc = run("pginfra-backup", config, "upload")
+    time.sleep(1)
+    proc = run("pginfra-backup", config, "dump", "--database", "app", "--no-globals")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert sum(line["stage"] == "publish" for line in proc.lines) == 2
-    listing = json.loads(run("pginfra-backup", config, "list", "--json").stdout)["backups"]
+    assert sum(line["stage"] == "publish" for line in proc.lines) == 3
+    listing = json.loads(run("pginfra-backup", config, "list", "--json").stdout)["dumps"]
     assert sorted((b["where"], b["state"], b["published"]) for b in listing) == [
-        ("local", "verified", True), ("local", "verified", True),
-        ("s3", "published", True), ("s3", "published", True)]
+        ("local", "verified", True)] * 3 + [("s3", "published", True)] * 3
 
 
-@needs_postgres
+@pytest.fixture(scope="module")
+def s3_tls_endpoint(tmp_path_factory):
+    """moto behind TLS with a certificate from a CA of its own."""
+    if not MOTO.exists():
+        pytest.skip(f"{MOTO} is absent: install moto[server]")
+    with local_s3(ca_dir=tmp_path_factory.mktemp("ca")) as url:
+        yield url
+
+
+@needs_pgbackrest
+def test_dumps_go_to_an_https_endpoint_signed_by_the_configured_ca(pg, s3_tls_endpoint,
+                                                                    credentials):
+    ca = pg.root / "s3-ca.crt"
+    shutil.copy(s3_tls_endpoint.ca, ca)
+    ca.chmod(0o644)
+    s3_local_client(s3_tls_endpoint).create_bucket(Bucket="tls")
+    settings = s3_settings(str(s3_tls_endpoint), "tls", credentials)
+    config = pg.config("tls-system-cas", settings)  # ca_file "": the system's CAs
+    proc = run("pginfra-backup", config, "dump", "--database", "community", "--no-globals")
+    assert proc.returncode == 1
+    assert "certificate verify failed" in failed(proc)[0]["detail"].lower()
+    config = pg.config("tls", {**settings, "ca_file": str(ca)})
+    proc = run("pginfra-backup", config, "dump", "--database", "community", "--no-globals")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert stage(proc, "publish")[0]["status"] == "ok"
+    assert len(keys(s3_local_client(s3_tls_endpoint), "tls")) == 2  # the dump, its manifest
+
+
+@needs_pgbackrest
 def test_a_second_run_while_the_lock_is_held_exits_75(pg):
     config = pg.config("locked", None)
     locks = state(config, "locks")
@@ -514,357 +807,3 @@ def test_a_second_run_while_the_lock_is_held_exits_75(pg):
     assert proc.lines[0]["stage"] == "lock" and proc.lines[0]["status"] == "skipped"
     assert not backups(config, "dumps").exists()
     assert not state(config, "last-success", "dump.json").exists()
-
-
-def _label_after(label: str, seconds: int) -> str:
-    return lib.new_label(lib.label_time(label) + timedelta(seconds=seconds))
-
-
-@needs_postgres
-def test_retention_keeps_the_previous_good_backup_when_the_newest_failed(
-        pg, s3_endpoint, bucket, credentials):
-    work = pg.root / "retention-archive"
-    settings = {**s3_settings(s3_endpoint, bucket, credentials)}
-    config = pg.config("retention", settings, keep_local_base=1, wal_archive_dir=str(work))
-    for args in (["--no-upload"], []):  # the older one stays local only
-        proc = run("pginfra-backup", config, "base", *args)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    pg.switch_wal()
-    shutil.copytree(pg.archive, work)  # a copy of its own, for deleting
-    subprocess.run(["chown", "-R", "postgres:", str(work)], check=True)
-    first, second = sorted(p.name for p in backups(config, "base").iterdir())
-    # the newest run failed; an older run (before the first: labels are seconds apart) left a
-    # partial directory
-    failed_label, partial_label = _label_after(second, 5), _label_after(first, -1)
-    (backups(config, "base", failed_label)).mkdir()
-    (backups(config, "base", failed_label, "pginfra.json")).write_text(json.dumps(
-        {"label": failed_label, "kind": "base", "verified": False, "error": "test"}))
-    (backups(config, "base", f"{partial_label}.partial")).mkdir()
-    subprocess.run(["chown", "-R", "postgres:", str(backups(config))], check=True)
-
-    second_start = json.loads(backups(config, "base", second, "pginfra.json").read_text())[
-        "start_wal_segment"]
-    older = sorted(n for n in os.listdir(work) if lib.wal_position(n)
-                   and lib.wal_position(n) < second_start[8:24])
-    assert older
-    proc = run("pginfra-backup", config, "retention", "--local")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert sorted(p.name for p in backups(config, "base").iterdir()) == [second, failed_label]
-    # nothing shipped yet: the old WAL stays
-    assert all((work / n).exists() for n in older)
-    assert f"{len(older)} not shipped to S3 yet, kept" in str(proc.lines)
-
-    # Shipped, it goes. In S3: an expired published backup and a stale multipart upload.
-    assert run("pginfra-backup", config, "ship-wal").returncode == 0
-    client = s3_client(s3_endpoint)
-    sysid = pg.sql("SELECT system_identifier FROM pg_control_system()")
-    root = f"pginfra/pg1/{sysid}/"
-    old = "20200101T000000Z"
-    client.put_object(Bucket=bucket, Key=f"{root}base/{old}/base.tar.gz", Body=b"old")
-    client.put_object(Bucket=bucket, Key=f"{root}base/{old}/pginfra.json", Body=json.dumps(
-        {"label": old, "kind": "base", "verified": True, "end_time": "2020-01-01T00:10:00Z",
-         "start_wal_segment": "000000010000000000000001", "files": {}}).encode())
-    client.create_multipart_upload(Bucket=bucket, Key=f"{root}tmp/leftover")
-    proc = run("pginfra-backup", config, "retention", "--stale-tmp-hours", "0")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert not any((work / n).exists() for n in older)
-    assert (work / second_start).exists()
-    assert not any(state(config, "wal-shipped", n).exists() for n in older)  # stale markers
-    remaining = keys(client, bucket)
-    assert not any(k.startswith(f"{root}base/{old}/") for k in remaining)
-    assert f"{root}base/{second}/pginfra.json" in remaining  # the newest published stays
-    wal = [k.rsplit("/", 1)[1] for k in remaining if k.startswith(f"{root}wal/")]
-    assert second_start in wal  # S3 keeps WAL back to its oldest base backup's start
-    assert all(lib.wal_position(n) is None or lib.wal_position(n) >= second_start[8:24]
-               for n in wal)
-    assert uploads(client, bucket) == []
-    assert "1 multipart upload(s)" in str(proc.lines)
-
-
-@needs_postgres
-def test_retention_removes_only_stale_basic_archive_temporary_files(pg):
-    """archtemp.* files a failed basic_archive attempt left behind go once an hour old; a
-    fresh one (an attempt in progress), the segments and any other name stay."""
-    pg.switch_wal()
-    work = pg.root / "archtemp-archive"
-    work.mkdir()
-    segment = max(n for n in os.listdir(pg.archive) if lib.WAL_SEGMENT_RE.match(n))
-    shutil.copy(pg.archive / segment, work / segment)
-    stale = work / f"archtemp.{segment}.4242.1700000000000"
-    fresh = work / f"archtemp.{segment}.4243.{int(time.time() * 1000)}"
-    other = work / "archtemp-notes.txt"  # not basic_archive's pattern
-    stale.write_bytes(b"half a segment")
-    fresh.write_bytes(b"being written")
-    other.write_text("notes")
-    two_hours_ago = time.time() - 2 * 3600
-    for path in (stale, other, work / segment):
-        os.utime(path, (two_hours_ago, two_hours_ago))
-    subprocess.run(["chown", "-R", "postgres:", str(work)], check=True)
-    config = pg.config("archtemp", None, wal_archive_dir=str(work))
-
-    proc = run("pginfra-backup", config, "retention", "--local", "--dry-run")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    sweep = next(line for line in proc.lines if line["stage"] == "sweep-archtemp")
-    assert sweep["status"] == "dry-run" and stale.name in sweep["detail"]
-    assert stale.exists()
-
-    proc = run("pginfra-backup", config, "retention", "--local")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert sorted(os.listdir(work)) == sorted([segment, fresh.name, other.name])
-    sweep = next(line for line in proc.lines if line["stage"] == "sweep-archtemp")
-    assert sweep["status"] == "ok" and sweep["bytes"] == len(b"half a segment")
-    assert f"1 basic_archive temporary file(s) older than 60 min removed: {stale.name}" \
-        in sweep["detail"]
-    assert fresh.name not in sweep["detail"]
-
-
-@needs_postgres
-def test_a_standby_does_nothing(pg):
-    standby = pg.standby()
-    try:
-        config = pg.config("standby", None, port=standby.port, socket_dir=str(standby.root),
-                           data_directory=str(standby.data))
-        for job in ("base", "dump", "retention", "drill"):
-            proc = run("pginfra-backup", config, job)
-            assert proc.returncode == 0, proc.stdout + proc.stderr
-            assert "standby" in proc.lines[0]["detail"]
-        assert not backups(config).exists()
-    finally:
-        drop_cluster(standby)
-
-
-# ---------------------------------------------------------------------------------------------
-# a base backup that fails verify is bad everywhere
-
-health = host_program("pginfra-health")
-
-
-def backup_base_check(config: Path) -> dict:
-    """pginfra-health's backup_base check (as postgres, as from cron) on what this backup
-    configuration's jobs recorded."""
-    backup = json.loads(config.read_text())
-    work = Path(backup["state_dir"]).parent
-    raw = {"host": "pg1", "version": 15, "cluster": "main", "port": backup["port"],
-           "socket_dir": backup["socket_dir"], "data_directory": backup["data_directory"],
-           "wal_archive_dir": backup["wal_archive_dir"], "state_dir": str(work / "health"),
-           "query_timeout": 5, "run_timeout": 30, "pgbouncer": None,
-           "backup": {"state_dir": backup["state_dir"]}, "textfile": None,
-           "thresholds": {name: list(default)
-                          for name, (default, _low, _high) in health.THRESHOLDS.items()}}
-    path = work / "health.json"
-    path.write_text(json.dumps(raw))
-    proc = subprocess.run(["runuser", "-u", "postgres", "--", HOST_PYTHON,
-                           str(FILES / "pginfra-health"), "--config", str(path), "--json",
-                           "--check", "backup_base"], capture_output=True, text=True, env=ENV,
-                          cwd="/", timeout=60)
-    report = json.loads(proc.stdout.splitlines()[-1])
-    return next(c for c in report["checks"] if c["check"] == "backup_base")
-
-
-def flip_bytes(data: bytes) -> bytes:
-    """The same size, 64 bytes in the middle inverted: what a bad disk or a bad copy does."""
-    out = bytearray(data)
-    for i in range(len(out) // 2, min(len(out) // 2 + 64, len(out))):
-        out[i] ^= 0xFF
-    return bytes(out)
-
-
-def listed(config: Path, *args) -> dict:
-    proc = run("pginfra-backup", config, "list", "--json", *args)
-    assert proc.returncode == 0, proc.stderr
-    return {(b["where"], b["kind"], b["label"]): b for b in json.loads(proc.stdout)["backups"]}
-
-
-@needs_postgres
-def test_a_local_base_backup_that_fails_verify_is_bad_everywhere(pg):
-    work = pg.root / "bad-base-archive"
-    config = pg.config("bad-base", None, keep_local_base=1, wal_archive_dir=str(work))
-    labels = []
-    for _ in range(2):
-        proc = run("pginfra-backup", config, "base")
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        labels.append(json.loads(state(config, "last-success", "base.json").read_text())[
-            "label"])
-    good, newest = labels
-    pg.switch_wal()
-    shutil.copytree(pg.archive, work)  # a copy of its own, for retention to delete from
-    subprocess.run(["chown", "-R", "postgres:", str(work)], check=True)
-    good_manifest = json.loads(backups(config, "base", good, "pginfra.json").read_text())
-    good_start = good_manifest["start_wal_segment"]
-    needed = [n for n in os.listdir(work) if lib.WAL_SEGMENT_RE.match(n)
-              and lib.wal_position(n) >= good_start[8:24]]
-    assert good_start in needed
-    assert backup_base_check(config)["data"]["label"] == newest
-
-    tar = backups(config, "base", newest, "base.tar.gz")
-    tar.write_bytes(flip_bytes(tar.read_bytes()))
-    proc = run("pginfra-backup", config, "verify", "--kind", "base")
-    assert proc.returncode == 1
-    assert failed(proc)[0]["stage"] == "verify"
-    assert "base.tar.gz: sha256" in failed(proc)[0]["detail"]
-    mark = next(line for line in proc.lines if line["stage"] == "mark-bad")
-    assert newest in mark["detail"] and "base.tar.gz: sha256" in mark["detail"]
-    manifest = json.loads(backups(config, "base", newest, "pginfra.json").read_text())
-    assert manifest["bad"]["reason"].startswith("base.tar.gz: sha256")
-    assert manifest["bad"]["where"] == "local" and lib.parse_time(manifest["bad"]["time"])
-
-    # the health check's record now names the newest good one, with its age
-    record = json.loads(state(config, "last-success", "base.json").read_text())
-    assert record["label"] == good and record["time"] == good_manifest["end_time"]
-    check = backup_base_check(config)
-    assert check["status"] == "ok" and check["data"]["label"] == good
-    assert check["data"]["time"] == good_manifest["end_time"]
-
-    found = listed(config, "--local")
-    assert found[("local", "base", newest)]["state"] == "bad"
-    assert found[("local", "base", newest)]["error"].startswith("base.tar.gz: sha256")
-    assert found[("local", "base", good)]["state"] == "verified"
-    text = run("pginfra-backup", config, "list", "--local").stdout
-    row = next(line for line in text.splitlines() if newest in line)
-    assert "bad since" in row and "base.tar.gz: sha256" in row and "verified" not in row
-
-    # verify's "newest" is now the good one, which passes; pitr picks it, and not the bad one
-    proc = run("pginfra-backup", config, "verify", "--kind", "base")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert any(line["stage"] == "verify" and good in line["detail"] for line in proc.lines)
-    target = pg.sql("SELECT now()")
-    proc = run("pginfra-restore", config, "pitr", "--target-time", target, "--dry-run",
-               root=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    choose = next(line for line in proc.lines if line["stage"] == "choose")
-    assert choose["detail"].startswith(f"base backup {good} (local)")
-    proc = run("pginfra-restore", config, "pitr", "--target-time", target, "--dry-run",
-               "--backup", newest, root=True)
-    assert proc.returncode == 1 and "it is marked bad" in failed(proc)[0]["detail"]
-
-    # retention (keep 1): the good one is the one kept, with the WAL it needs; the bad one
-    # does not count (it stays, like a failed one, until a newer good one exists)
-    proc = run("pginfra-backup", config, "retention", "--local")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert sorted(p.name for p in backups(config, "base").iterdir()) == [good, newest]
-    assert all((work / n).exists() for n in needed)
-    proc = run("pginfra-backup", config, "base")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    third = json.loads(state(config, "last-success", "base.json").read_text())["label"]
-    proc = run("pginfra-backup", config, "retention", "--local")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert [p.name for p in backups(config, "base").iterdir()] == [third]
-
-
-@needs_postgres
-def test_a_published_copy_that_fails_verify_s3_is_bad_there(pg, s3_endpoint, bucket,
-                                                            credentials):
-    work = pg.root / "bad-s3-archive"
-    work.mkdir()
-    shutil.chown(work, pg.uid, pg.gid)
-    config = pg.config("bad-s3", s3_settings(s3_endpoint, bucket, credentials),
-                       wal_archive_dir=str(work))
-    proc = run("pginfra-backup", config, "base")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    label = json.loads(state(config, "last-success", "base.json").read_text())["label"]
-    client = s3_client(s3_endpoint)
-    sysid = pg.sql("SELECT system_identifier FROM pg_control_system()")
-    root = f"pginfra/pg1/{sysid}/"
-    old = "20200101T000000Z"  # an old good published one, long past keep_days
-    client.put_object(Bucket=bucket, Key=f"{root}base/{old}/pginfra.json", Body=json.dumps(
-        {"label": old, "kind": "base", "verified": True, "end_time": "2020-01-01T00:10:00Z",
-         "start_wal_segment": "000000010000000000000001", "files": {}}).encode())
-
-    key = f"{root}base/{label}/base.tar.gz"  # other bytes, the same size and metadata
-    obj = client.get_object(Bucket=bucket, Key=key)
-    client.put_object(Bucket=bucket, Key=key, Body=flip_bytes(obj["Body"].read()),
-                      Metadata=obj["Metadata"])
-    proc = run("pginfra-backup", config, "verify", "--s3", "--kind", "base")
-    assert proc.returncode == 1
-    assert failed(proc)[0]["stage"] == "verify"
-    assert "base.tar.gz: sha256" in failed(proc)[0]["detail"]
-    published = json.loads(client.get_object(
-        Bucket=bucket, Key=f"{root}base/{label}/pginfra.json")["Body"].read())
-    assert published["bad"]["where"] == "s3"
-    assert published["bad"]["reason"].startswith("base.tar.gz: sha256")
-    local = json.loads(backups(config, "base", label, "pginfra.json").read_text())
-    assert "bad" not in local and local["published"]["bad"] == published["bad"]
-
-    found = listed(config)
-    assert found[("s3", "base", label)]["state"] == "bad"
-    assert found[("s3", "base", label)]["error"].startswith("base.tar.gz: sha256")
-    assert found[("s3", "base", old)]["state"] == "published"
-    assert found[("local", "base", label)]["state"] == "verified"  # the local copy is fine
-    assert found[("local", "base", label)]["published_bad"]["reason"] == \
-        published["bad"]["reason"]
-    text = run("pginfra-backup", config, "list").stdout
-    assert "published copy bad" in next(line for line in text.splitlines()
-                                        if label in line and line.startswith("local"))
-
-    # the record named it and no other local base backup is good: gone, and critical
-    assert not state(config, "last-success", "base.json").exists()
-    check = backup_base_check(config)
-    assert check["status"] == "critical" and "no verified base backup" in check["detail"]
-
-    target = pg.sql("SELECT now()")
-    proc = run("pginfra-restore", config, "pitr", "--target-time", target, "--from-s3",
-               "--dry-run", root=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    choose = next(line for line in proc.lines if line["stage"] == "choose")
-    assert choose["detail"].startswith(f"base backup {old} (s3)")
-
-    # retention: the bad copy is not "a newer published one", so the old good one stays
-    proc = run("pginfra-backup", config, "retention")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    remaining = keys(client, bucket, root)
-    assert f"{root}base/{old}/pginfra.json" in remaining
-    assert f"{root}base/{label}/pginfra.json" in remaining
-
-    # upload publishes the good local copy again; then it verifies
-    proc = run("pginfra-backup", config, "upload")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    proc = run("pginfra-backup", config, "verify", "--s3", label)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert listed(config)[("s3", "base", label)]["state"] == "published"
-    assert listed(config)[("local", "base", label)]["published_bad"] is None
-
-
-# ---------------------------------------------------------------------------------------------
-# point-in-time recovery
-
-@needs_postgres
-def test_pitr_from_a_published_base_backup(s3_endpoint, bucket):
-    cluster = new_cluster()
-    try:
-        creds = cluster.root / "s3-credentials"
-        creds.write_text("[default]\naws_access_key_id = t\naws_secret_access_key = t\n")
-        config = cluster.config("pitr", s3_settings(s3_endpoint, bucket, str(creds)))
-        cluster.sql("CREATE TABLE marks (m text, at timestamptz DEFAULT clock_timestamp())")
-        cluster.sql("INSERT INTO marks VALUES ('before the backup')")
-        proc = run("pginfra-backup", config, "base")
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        cluster.sql("INSERT INTO marks VALUES ('before the target')")
-        time.sleep(0.3)
-        target = cluster.sql("SELECT now()")
-        time.sleep(0.3)
-        cluster.sql("INSERT INTO marks VALUES ('after the target')")
-        cluster.switch_wal()
-        proc = run("pginfra-restore", config, "pitr", "--target-time", target, "--from-s3",
-                   root=True)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        report = json.loads(proc.stdout.splitlines()[-1])  # the last line: the report
-        assert proc.lines[-2]["stage"] == "report" and proc.lines[-2]["detail"] == report
-        assert report["timeline"] == 2 and report["base_backup_from"] == "s3"
-        assert report["old_data_directory"] == f"{cluster.data}.pre-pitr-{report['base_backup']}"
-        assert Path(report["old_data_directory"], "PG_VERSION").exists()
-        assert cluster.sql("SELECT string_agg(m, ',' ORDER BY at) FROM marks") == \
-            "before the backup,before the target"
-        assert cluster.sql("SELECT pg_is_in_recovery()") == "f"
-        assert cluster.sql("SELECT timeline_id FROM pg_control_checkpoint()") == "2"
-        assert cluster.sql("SELECT count(*) FROM pg_file_settings WHERE name IN "
-                           "('restore_command', 'recovery_target_time', "
-                           "'recovery_target_action')") == "0"
-        assert not (cluster.data / "recovery.signal").exists()
-        assert "recovery_target" not in (cluster.data / "postgresql.auto.conf").read_text()
-        assert (cluster.data.stat().st_mode & 0o777) == 0o700
-        assert cluster.data.stat().st_uid == cluster.uid
-        assert state(config, "last-success", "pitr.json").exists()
-        assert state(config, "locks").stat().st_uid == cluster.uid  # root made it for postgres
-    finally:
-        cluster.stop()
-        shutil.rmtree(cluster.root, ignore_errors=True)

@@ -134,3 +134,13 @@ def test_pgbackrest_itself_accepts_every_file(tmp_path, name):
     # 31 invalid option, 32 option invalid value, 37 option required, 29 option invalid
     assert result.returncode not in (29, 31, 32, 37), output
     assert "invalid option" not in output and "not valid for section" not in output, output
+
+
+def test_stanza_create_leaves_the_standbys_out():
+    """Before the replication step a new standby is Debian's empty cluster, a second primary
+    to pgBackRest: the primary's stanza-create resets every pg2.. option."""
+    flags = pgbr.local_only_flags(host("pg1", cluster()))
+    assert "--reset-pg2-host" in flags and "--reset-pg3-path" in flags
+    assert "--reset-backup-standby" in flags
+    assert not [f for f in flags if f.startswith("--reset-pg1")]
+    assert pgbr.local_only_flags(host("db1")) == []

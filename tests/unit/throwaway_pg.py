@@ -3,6 +3,10 @@ temporary directory, its own port and socket directory, archiving with basic_arc
 own archive directory, fsync off. Skipped (with the reason) where PostgreSQL 15, root or the
 host's Python modules are missing.
 
+``PgBackRestCluster`` archives with pgBackRest instead: a stanza of its own in a temporary
+configuration (repo1 posix in the cluster's directory, encrypted with a passphrase kept in a
+0600 conf.d file; spool, lock and log paths in that directory too).
+
 The programs run as postgres, who may not enter the checkout (a clone in root's 0700 home): they
 run from ``PROGRAMS``, a copy of ``files/`` and ``sql/`` in a world-readable temporary directory
 made once per test session, with ``HOST_PYTHON``, Debian's ``/usr/bin/python3`` and its
@@ -96,6 +100,10 @@ class Cluster:
         return subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], check=check,
                               capture_output=True, text=True, cwd="/", env=ENV, **kw)
 
+    def archive_settings(self) -> str:
+        return ("archive_library = 'basic_archive'\n"
+                f"basic_archive.archive_directory = '{self.archive}'\n")
+
     def init(self) -> Cluster:
         self.archive.mkdir()
         shutil.chown(self.archive, self.uid, self.gid)
@@ -104,9 +112,7 @@ class Cluster:
                          "--auth-host=reject", "-U", "postgres", "--wal-segsize=1")
         with open(self.data / "postgresql.conf", "a") as conf:
             conf.write(f"listen_addresses = ''\nunix_socket_directories = '{self.root}'\n"
-                       f"port = {self.port}\narchive_mode = on\n"
-                       "archive_library = 'basic_archive'\n"
-                       f"basic_archive.archive_directory = '{self.archive}'\n"
+                       f"port = {self.port}\narchive_mode = on\n{self.archive_settings()}"
                        "fsync = off\nshared_buffers = 16MB\n")
         self.start()
         return self
@@ -149,6 +155,105 @@ class Cluster:
         segment = self.sql("SELECT pg_walfile_name(pg_switch_wal())")
         deadline = time.monotonic() + 30
         while not (self.archive / segment).exists():
+            assert time.monotonic() < deadline, f"{segment} was not archived"
+            time.sleep(0.1)
+
+
+PGBACKREST = shutil.which("pgbackrest") or "/usr/bin/pgbackrest"
+
+
+def pgbackrest_missing() -> str | None:
+    return postgres_missing() or (None if os.access(PGBACKREST, os.X_OK)
+                                  else f"{PGBACKREST} is absent: apt-get install pgbackrest")
+
+
+needs_pgbackrest = pytest.mark.skipif(pgbackrest_missing() is not None,
+                                      reason=pgbackrest_missing() or "")
+
+
+class PgBackRestCluster(Cluster):
+    """The throwaway cluster archived by pgBackRest: stanza ``STANZA`` in the configuration
+    ``pgbr_config`` (include path ``pgbr_include``), repo1 (posix) in ``archive``, cipher
+    aes-256-cbc with the passphrase in the 0600 ``conf.d/secrets.conf``. archive_library is
+    empty (with PG 15 it would otherwise win over archive_command)."""
+
+    STANZA = "test"
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.pgbr = root / "pgbackrest"
+        self.archive = root / "repo1"  # repo1-path: the configuration's wal_archive_dir
+        self.pgbr_config = self.pgbr / "pgbackrest.conf"
+        self.pgbr_include = self.pgbr / "conf.d"
+
+    def pgbr_options(self) -> list[str]:
+        return [f"--config={self.pgbr_config}", f"--config-include-path={self.pgbr_include}",
+                f"--stanza={self.STANZA}"]
+
+    def archive_settings(self) -> str:
+        command = " ".join([PGBACKREST, *self.pgbr_options(), "archive-push", "%p"])
+        return f"archive_library = ''\narchive_command = '{command}'\n"
+
+    def write_pgbackrest_config(self) -> None:
+        for path in (self.pgbr, self.pgbr_include, *(self.pgbr / d for d in (
+                "spool", "lock", "log"))):
+            path.mkdir(mode=0o700, exist_ok=True)
+            shutil.chown(path, self.uid, self.gid)
+        self.pgbr_config.write_text(
+            "[global]\n"
+            f"repo1-type=posix\nrepo1-path={self.archive}\nrepo1-cipher-type=aes-256-cbc\n"
+            "repo1-retention-full=2\nrepo1-retention-full-type=count\n"
+            f"spool-path={self.pgbr}/spool\nlock-path={self.pgbr}/lock\n"
+            f"log-path={self.pgbr}/log\nlog-level-console=warn\nlog-level-file=detail\n"
+            "compress-type=lz4\ncompress-level=1\nstart-fast=y\narchive-async=n\n"
+            "archive-timeout=30\n"
+            f"\n[{self.STANZA}]\npg1-path={self.data}\npg1-port={self.port}\n"
+            f"pg1-socket-path={self.root}\n")
+        secrets = self.pgbr_include / "secrets.conf"
+        secrets.write_text(f"[global]\nrepo1-cipher-pass={os.urandom(24).hex()}\n")
+        secrets.chmod(0o600)
+        for path in (self.pgbr_config, secrets):
+            shutil.chown(path, self.uid, self.gid)
+
+    def init(self) -> PgBackRestCluster:
+        self.write_pgbackrest_config()
+        super().init()
+        self.pgbackrest("stanza-create")
+        return self
+
+    def pgbackrest(self, *args, check=True, **kw):
+        """pgbackrest as postgres with this cluster's configuration and stanza."""
+        return self.as_postgres(PGBACKREST, *self.pgbr_options(), *args, check=check, **kw)
+
+    def standby(self, name: str = "standby") -> Cluster:
+        """Cluster.standby, ready for pgBackRest: its own configuration ``pgbr_config`` (pg1 is
+        the standby; the same repo1 and passphrase), and ``start_options`` for pg_ctl -o: its
+        port, socket directory, cluster_name and primary_conninfo on the command line, since a
+        pgBackRest restore replaces the files in the data directory (postgresql.conf and
+        postgresql.auto.conf included: a Debian cluster keeps its configuration elsewhere)."""
+        standby = super().standby(name)
+        standby.start_options = (
+            f"-p {standby.port} -k {standby.root} -c cluster_name={name} "
+            f"-c 'primary_conninfo=host={self.root} port={self.port} user=postgres "
+            f"application_name={name}'")
+        pgbr = standby.root / "pgbackrest"
+        shutil.copytree(self.pgbr_include, pgbr / "conf.d")
+        for directory in ("spool", "lock", "log"):
+            (pgbr / directory).mkdir()
+        standby.pgbr_config = pgbr / "pgbackrest.conf"
+        standby.pgbr_config.write_text(self.pgbr_config.read_text().replace(
+            f"pg1-path={self.data}\npg1-port={self.port}\npg1-socket-path={self.root}\n",
+            f"pg1-path={standby.data}\npg1-port={standby.port}\n"
+            f"pg1-socket-path={standby.root}\n").replace(f"={self.pgbr}/", f"={pgbr}/"))
+        subprocess.run(["chown", "-R", "postgres:postgres", str(pgbr)], check=True)
+        return standby
+
+    def switch_wal(self) -> None:
+        """Switch to a new segment and wait for the archiver to report it archived."""
+        segment = self.sql("SELECT pg_walfile_name(pg_switch_wal())")
+        deadline = time.monotonic() + 30
+        while self.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") \
+                < segment:
             assert time.monotonic() < deadline, f"{segment} was not archived"
             time.sleep(0.1)
 
