@@ -51,11 +51,22 @@ def test_pgbouncer():
 
 def test_backup():
     figures = run_short("backup")
-    assert positive(figures["throughput_ratio_pginfra_to_plain"],
-                    figures["baseline_plain_pg_basebackup"]["seconds"])
-    for recovery in ("pitr_from_local", "pitr_from_s3_alone"):
-        assert figures[recovery]["rows_as_of_target_only"], figures[recovery]
-        assert figures[recovery]["timeline"] > 1
+    baseline, pgbr = figures["baseline"], figures["pgbackrest"]
+    for name in ("pg_basebackup_gzip", "pg_basebackup_lz4"):
+        assert positive(baseline[name]["seconds"], baseline[name]["bytes"]), baseline[name]
+    assert positive(baseline["untar_gzip"]["seconds"], baseline["untar_gzip"]["bytes_written"])
+    for name in ("full_repo1", "pginfra_backup_full_repo1", "full_repo2_s3"):
+        assert positive(pgbr[name]["seconds"], pgbr[name]["bytes"]), pgbr[name]
+    assert pgbr["verify_repo1"]["ok"] and pgbr["verify_repo1"]["backups_verified"] > 0, \
+        pgbr["verify_repo1"]
+    assert positive(pgbr["verify_repo1"]["seconds"], pgbr["restore_empty_dir_repo1"]["seconds"],
+                    pgbr["restore_empty_dir_repo1"]["bytes_written"])
+    recovery = pgbr["pitr_repo1"]
+    assert recovery["rows_as_of_target_only"] and recovery["batches"] == "1", recovery
+    assert recovery["timeline"] > 1 and positive(recovery["seconds"]), recovery
+    for name in ("gzip", "lz4"):
+        assert positive(*figures[f"ratios_to_pg_basebackup_{name}"].values())
+    assert positive(*figures["ratios_to_untar_gzip"].values())
 
 
 def test_harden():
