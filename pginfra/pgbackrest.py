@@ -190,7 +190,7 @@ def local_only_flags(settings: Settings) -> list[str]:
     replication step, when a new standby is still Debian's empty cluster, which pgBackRest
     would take for a second primary."""
     return [f"--reset-{key}" for key, _ in stanza_options(settings)
-            if not key.startswith("pg1-")]
+            if key.startswith("pg") and not key.startswith("pg1-")]
 
 
 def backs_up_from_standby(settings: Settings) -> bool:
