@@ -92,7 +92,9 @@ def test_standby_runs_no_backups_maintenance_or_bundles(host, upstream):
     for program in ("pginfra-backup", "pginfra-maintenance", "pginfra-migrate"):
         assert not host.file(f"/usr/local/lib/pginfra/{program}").exists, program
     assert host.file("/usr/local/lib/pginfra/pginfra-health").exists
-    assert not host.file("/etc/pginfra/backup.json").exists
+    # pginfra-restore, to rebuild the standby from the repository (pginfra-restore standby)
+    assert host.file("/usr/local/lib/pginfra/pginfra-restore").exists
+    assert host.file("/etc/pginfra/backup.json").exists
 
 
 def test_health_check_sees_the_role(host, upstream):
