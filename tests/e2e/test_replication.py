@@ -267,8 +267,13 @@ def test_a_backup_taken_from_a_standby_restores(lab):
                          f"--set={label}", f"--pg1-path={scratch}", "--type=immediate",
                          "--target-action=promote", "--archive-mode=off", "restore"],
                 timeout=900)
+        # recovery needs at least the primary's values of these (hot-standby minimums)
+        minimums = "".join(
+            f"{name} = {q(lab, 'pgr1', f'SHOW {name}')}\n"
+            for name in ("max_connections", "max_worker_processes", "max_wal_senders",
+                         "max_prepared_transactions", "max_locks_per_transaction"))
         conf = (f"port = 5499\nlisten_addresses = ''\nunix_socket_directories = '/tmp'\n"
-                f"hba_file = '{scratch}/pg_hba.conf'\n")
+                f"hba_file = '{scratch}/pg_hba.conf'\n{minimums}")
         for name, text in (("postgresql.conf", conf), ("pg_hba.conf", "local all all peer\n")):
             lab.ssh("pgr1", [*as_pg, "sh", "-c", shlex.quote(f"cat > {scratch}/{name}")],
                     input=text)
