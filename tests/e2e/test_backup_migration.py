@@ -37,7 +37,7 @@ sed -i -e "s|^archive_library = ''|archive_library = 'basic_archive'|" \\
        -e '/^archive_command = /d' -e '/^restore_command = /d' {CONF}
 rm -rf {ARCHIVE}/archive {ARCHIVE}/backup /etc/pgbackrest/conf.d/main.conf \\
        /etc/pgbackrest/conf.d/main-secrets.conf /var/spool/pgbackrest/archive
-install -d -o postgres -m 700 {LEGACY_BASE}
+install -d -o postgres -g postgres -m 700 {LEGACY_BASE.rsplit("/", 1)[0]} {LEGACY_BASE}
 echo '{{}}' > {LEGACY_BASE}/pginfra.json
 chown postgres {LEGACY_BASE}/pginfra.json
 """

@@ -113,7 +113,7 @@ def test_a_blocked_lock_is_reported_with_both_pids(lab, lowered):
 
 def test_a_read_only_wal_archive_is_critical(lab, lowered):
     failures = int(sql(lab, "SELECT failed_count FROM pg_stat_archiver"))
-    lab.ssh("pgt1", ["chmod", "0500", ARCHIVE])
+    lab.ssh("pgt1", ["chmod", "0000", ARCHIVE])  # postgres can neither write nor enter it
     try:
         sql(lab, "CREATE TABLE IF NOT EXISTS health_e2e_wal (x int); "
                  "INSERT INTO health_e2e_wal VALUES (1); SELECT pg_switch_wal()")

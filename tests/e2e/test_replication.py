@@ -296,15 +296,17 @@ def test_a_standby_that_fell_too_far_behind_is_rebuilt_from_the_repository(lab):
     """pgr3 is stopped while the primary writes more WAL than its slot may keep: the slot loses
     it. The next deploy creates the slot again; pginfra-restore standby rebuilds pgr3 from the
     repository (delta: only the files that differ), and it streams again."""
-    deploy_ok(lab, "pgr1,pgr2,pgr3", "", "--data", "postgres_max_slot_wal_keep_size=64MB")
+    # a small cap on the slot, and no wal_keep_size holding the WAL for it either
+    deploy_ok(lab, "pgr1,pgr2,pgr3", "", "--data", "postgres_max_slot_wal_keep_size=64MB",
+              "--data", 'postgres_parameters={"wal_keep_size": "0"}')
     lab.ssh("pgr3", ["systemctl", "stop", "postgresql@15-main"])
     q(lab, "pgr1", "CREATE TABLE public.churn AS SELECT g AS id, repeat('x', 100) AS pad "
       "FROM generate_series(1, 600000) g", db="app")
     for _ in range(3):
         q(lab, "pgr1", "SELECT pg_switch_wal(); CHECKPOINT")
-    wait_for(lambda: q(lab, "pgr1", "SELECT wal_status FROM pg_replication_slots "
-                       "WHERE slot_name = 'pgr3'") == "lost", "pgr3's slot to lose its WAL",
-             timeout=120)
+    wait_for(lambda: q(lab, "pgr1", "SELECT pg_switch_wal(); CHECKPOINT; SELECT wal_status "
+                       "FROM pg_replication_slots WHERE slot_name = 'pgr3'") == "lost",
+             "pgr3's slot to lose its WAL", timeout=180)
     lab.ssh("pgr1", ["cd", "/tmp", "&&", "runuser", "-u", "postgres", "--",
                      "/usr/local/lib/pginfra/pginfra-backup", "full", "--repo", "1"],
             timeout=900)

@@ -129,8 +129,8 @@ def test_archive_fault_keeps_the_segment_and_archives_it_once_cleared(lab, first
     if fault == "full":  # a full filesystem over the repository (which it also hides)
         lab.ssh("pgt1", ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700,uid=postgres,"
                          "gid=postgres", "tmpfs", ARCHIVE])
-    else:
-        lab.ssh("pgt1", ["chmod", "0500", ARCHIVE])
+    else:  # the repository read-only
+        lab.ssh("pgt1", ["chmod", "-R", "a-w", f"{ARCHIVE}/archive"])
     try:
         segment = _switch(lab)
         _wait(lab, lambda s: s[1] > failed0 and s[3] == segment)
@@ -140,7 +140,7 @@ def test_archive_fault_keeps_the_segment_and_archives_it_once_cleared(lab, first
         if fault == "full":
             lab.ssh("pgt1", ["umount", ARCHIVE])
         else:
-            lab.ssh("pgt1", ["chmod", "0700", ARCHIVE])
+            lab.ssh("pgt1", ["chmod", "-R", "u+w", f"{ARCHIVE}/archive"])
     _switch(lab)  # wakes the archiver
     _wait(lab, lambda s: s[2] > segment, timeout=90)
     assert _in_repository(lab, segment)
