@@ -305,7 +305,8 @@ def test_a_standby_that_fell_too_far_behind_is_rebuilt_from_the_repository(lab):
     for _ in range(3):
         q(lab, "pgr1", "SELECT pg_switch_wal(); CHECKPOINT")
     wait_for(lambda: q(lab, "pgr1", "SELECT pg_switch_wal(); CHECKPOINT; SELECT wal_status "
-                       "FROM pg_replication_slots WHERE slot_name = 'pgr3'") == "lost",
+                       "FROM pg_replication_slots WHERE slot_name = 'pgr3'").splitlines()[-1]
+             == "lost",
              "pgr3's slot to lose its WAL", timeout=180)
     lab.ssh("pgr1", ["cd", "/tmp", "&&", "runuser", "-u", "postgres", "--",
                      "/usr/local/lib/pginfra/pginfra-backup", "full", "--repo", "1"],
