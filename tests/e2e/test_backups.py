@@ -125,16 +125,15 @@ def test_configuration_files_modes_and_jobs(lab, s3):
         assert "exit" in ok(lab, program, "--help").stdout.lower()
 
 
-def target_between(lab, before: str, after: str) -> str:
+def target_between(lab, before: str, after: str) -> tuple[str, str]:
     """Run ``before`` in app, note the server's time, run ``after``; then close the WAL segment
-    so it is archived. Returns the noted time: the recovery target."""
+    so it is archived. Returns the noted time (the recovery target) and that segment."""
     sql(lab, before, "app")
     time.sleep(1.5)
     target = sql(lab, "SELECT now()")
     time.sleep(1.5)
     sql(lab, after, "app")
-    sql(lab, "SELECT pg_switch_wal()")
-    return target
+    return target, sql(lab, "SELECT pg_walfile_name(pg_switch_wal())")
 
 
 def test_full_and_differential_backups_reach_both_repositories_verified(lab, s3):
@@ -163,12 +162,10 @@ def test_point_in_time_recovery_to_exact_rows(lab, s3, repo):
     sql(lab, f"INSERT INTO {table} SELECT 1, g FROM generate_series(1, 100) g", "app")
     ok(lab, BACKUP, "diff", "--repo", str(repo))
     timeline = int(sql(lab, "SELECT timeline_id FROM pg_control_checkpoint()"))
-    target = target_between(
+    target, segment = target_between(
         lab, f"INSERT INTO {table} SELECT 2, g FROM generate_series(1, 100) g",
         f"INSERT INTO {table} SELECT 3, g FROM generate_series(1, 100) g")
-    wait_for(lambda: archive_max(lab, repo) >= sql(
-        lab, "SELECT pg_walfile_name(pg_current_wal_lsn() - 1)"), "the segment archived",
-        timeout=120)
+    wait_for(lambda: archive_max(lab, repo) >= segment, "the segment archived", timeout=120)
     report = json.loads(ok(lab, RESTORE, "pitr", "--repo", str(repo), "--target-time",
                            repr(target), user="root").stdout.strip().splitlines()[-1])
     assert sql(lab, f"SELECT batch, count(*) FROM {table} GROUP BY 1 ORDER BY 1", "app") \
@@ -193,11 +190,10 @@ def test_restore_from_s3_alone(lab, s3):
     makes the local one again and backs up into it."""
     sql(lab, "DROP TABLE IF EXISTS s3_probe; CREATE TABLE s3_probe (n int)", "app")
     ok(lab, BACKUP, "diff", "--repo", "2")
-    target = target_between(lab, "INSERT INTO s3_probe SELECT generate_series(1, 50)",
-                            "INSERT INTO s3_probe SELECT generate_series(51, 100)")
-    wait_for(lambda: archive_max(lab, 2) >= sql(
-        lab, "SELECT pg_walfile_name(pg_current_wal_lsn() - 1)"), "the segment in S3",
-        timeout=120)
+    target, segment = target_between(
+        lab, "INSERT INTO s3_probe SELECT generate_series(1, 50)",
+        "INSERT INTO s3_probe SELECT generate_series(51, 100)")
+    wait_for(lambda: archive_max(lab, 2) >= segment, "the segment in S3", timeout=120)
     lab.ssh("pgt1", ["sh", "-c", f"'rm -rf {ARCHIVE}/archive {ARCHIVE}/backup'"])
     ok(lab, RESTORE, "pitr", "--from-s3", "--target-time", repr(target), user="root")
     assert sql(lab, "SELECT count(*), max(n) FROM s3_probe", "app") == "50|50"
@@ -240,8 +236,7 @@ def test_s3_down_for_two_minutes_under_writes_loses_nothing(lab, s3):
         writes = ok(lab, "pgbench", "-n", "-T", "120", "-c", "2", "app", timeout=400)
         assert " failed: 0" in writes.stdout or "failed transactions: 0" in writes.stdout \
             or "number of failed" not in writes.stdout, writes.stdout
-        sql(lab, "SELECT pg_switch_wal()")
-        last = sql(lab, "SELECT pg_walfile_name(pg_current_wal_lsn() - 1)")
+        last = sql(lab, "SELECT pg_walfile_name(pg_switch_wal())")
         assert sql(lab, "SELECT pg_is_in_recovery()") == "f"
         code, checks = health(lab, "archiver")
         assert code != 0 and checks["archiver"]["status"] in ("warning", "critical"), checks
