@@ -21,6 +21,7 @@ from pginfra.steps import (
     replicate,
     run_pgbouncer,
     run_service,
+    schedule_jobs,
 )
 
 settings = load_settings()  # 0. validate this host's inventory data and its place in the
@@ -38,6 +39,7 @@ replicate(settings, new_cluster)  # 7. the primary's replication role and slots;
 manage_roles(settings, new_cluster)  # 8. roles, passwords, databases, pg_stat_statements
 run_pgbouncer(settings, new_cluster, tls_files)  # 9. PgBouncer, its userlist in step with 8.
 install_backups(settings)  # 10. the first full backup, verified; dumps, S3 copies, drills
-install_health(settings)  # 11. health checks, maintenance, metrics; /etc/cron.d/pginfra
-harden_databases(settings, new_cluster)  # 12. SQL bundles as tracked migrations: monitoring
+install_health(settings)  # 11. health checks, maintenance, metrics (Prometheus exporters)
+schedule_jobs(settings)  # 12. /etc/cron.d/pginfra: backups, health checks, maintenance
+harden_databases(settings, new_cluster)  # 13. SQL bundles as tracked migrations: monitoring
 #                                           views, constraints and indexes, safely on a live db

@@ -23,6 +23,7 @@ from __future__ import annotations
 import posixpath
 from urllib.parse import urlsplit
 
+from pginfra import layout
 from pginfra.settings import Settings
 
 CONFIG = "/etc/pgbackrest/pgbackrest.conf"
@@ -63,7 +64,7 @@ def stanza(settings: Settings) -> str:
 
 
 def data_directory(settings: Settings) -> str:
-    return f"/var/lib/postgresql/{settings.postgres_version}/{settings.postgres_cluster}"
+    return layout.data_directory(settings)
 
 
 def repos(settings: Settings) -> list[int]:

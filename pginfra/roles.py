@@ -314,6 +314,10 @@ def plan_slots(wanted: list[str], have: list[dict], keep: list[str]) -> tuple[li
     return create, drop
 
 
+# The Prometheus exporter packages' own OS user; peer authentication maps it to the role of the
+# same name (the health step creates it; the configure step's pg_ident.conf maps it).
+EXPORTER_ROLE = "prometheus"
+
 # Statements carrying SCRAM verifiers must not reach the server log, even when slow or failing,
 # nor pgAudit's entries (its role class logs ALTER ROLE ... PASSWORD).
 QUIET = ("SET log_min_duration_statement = -1;\nSET log_min_error_statement = panic;\n"

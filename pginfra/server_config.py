@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from pginfra import pgbackrest
+from pginfra import layout, pgbackrest
 from pginfra.settings import Settings, SettingsError
 from pginfra.topology import synchronous_standby_names
 from pginfra.tuning import contradictions, tune
@@ -142,7 +142,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
 
 def config_dir(settings: Settings) -> str:
     """Debian's configuration directory of the cluster."""
-    return f"/etc/postgresql/{settings.postgres_version}/{settings.postgres_cluster}"
+    return layout.config_directory(settings)
 
 
 def tls_paths(settings: Settings) -> dict[str, str]:

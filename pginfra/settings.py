@@ -231,7 +231,9 @@ def directory_problem(path: str, data_directory: str) -> str | None:
 
 
 def _directory_problems(values: Mapping[str, Any]) -> list[str]:
-    data = f"/var/lib/postgresql/{values['postgres_version']}/{values['postgres_cluster']}"
+    from pginfra.layout import cluster_data_directory
+
+    data = cluster_data_directory(values["postgres_version"], values["postgres_cluster"])
     found = []
     for key in POSTGRES_DIRECTORIES:
         problem = directory_problem(values[key], data)

@@ -11,6 +11,7 @@ from pginfra.steps.pgbouncer import run_pgbouncer
 from pginfra.steps.replication import replicate
 from pginfra.steps.repository import prepare_repository
 from pginfra.steps.roles import manage_roles
+from pginfra.steps.schedule import schedule_jobs
 from pginfra.steps.service import run_service
 from pginfra.steps.tls import install_tls
 
@@ -18,4 +19,5 @@ __all__ = [
     "configure_server", "create_cluster", "harden_databases", "install_backups",
     "install_health", "install_packages", "install_tls",
     "manage_roles", "prepare_repository", "replicate", "run_pgbouncer", "run_service",
+    "schedule_jobs",
 ]

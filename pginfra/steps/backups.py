@@ -12,26 +12,26 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server
 
-from pginfra import ROOT
+from pginfra import layout
 from pginfra import pgbackrest as pgbr
 from pginfra.facts import PgBackRestRepos
+from pginfra.programs import install_programs
 from pginfra.s3_access import credentials_text, s3_keys
 from pginfra.settings import Settings
 from pginfra.templating import render_io
 
-BIN = "/usr/local/lib/pginfra"
-CONFIG = "/etc/pginfra/backup.json"
-CREDENTIALS = "/etc/pginfra/s3-credentials"
-STATE_DIR = "/var/lib/pginfra/backup"
-LOG_DIR = "/var/log/pginfra"
+BIN = layout.BIN
+CONFIG = f"{layout.CONFIG_DIR}/backup.json"
+CREDENTIALS = f"{layout.CONFIG_DIR}/s3-credentials"
+STATE_DIR = layout.BACKUP_STATE_DIR
+LOG_DIR = layout.LOG_DIR
 PROGRAMS = ("pginfra-backup", "pginfra-restore")
-LIBRARY = "pginfra_backup_lib.py"
 
 
 def backup_config(settings: Settings, host_name: str) -> dict:
     """What /etc/pginfra/backup.json tells the host programs."""
     version, cluster = settings.postgres_version, settings.postgres_cluster
-    unit = f"postgresql@{version}-{cluster}"
+    unit = layout.unit(settings)
     s3 = None
     if settings.backup_s3_bucket:
         s3 = {
@@ -92,7 +92,7 @@ def install_backups(settings: Settings):
     # from the repository (pginfra-restore standby) when it fell too far behind.
     install_programs(("pginfra-restore",) if settings.is_standby else PROGRAMS)
 
-    files.directory(name="Directory /etc/pginfra", path="/etc/pginfra", user="root",
+    files.directory(name="Directory /etc/pginfra", path=layout.CONFIG_DIR, user="root",
                     group="root", mode="0755")
     config = backup_config(settings, host.name)
     files.put(name="Backup configuration", src=render_io("backup.json.j2", config=config),
@@ -134,21 +134,3 @@ def install_backups(settings: Settings):
         server.shell(name="First dumps, so a single database can be restored from now on",
                      commands=[f"cd /tmp && runuser -u postgres -- {BIN}/pginfra-backup dump "
                                ">/dev/null"])
-
-
-def install_programs(programs, shared: bool = True) -> None:
-    """Put host programs (names under files/) into /usr/local/lib/pginfra. ``shared``: also
-    what every one of them needs (the directory, their library, /var/log/pginfra and its
-    rotation); the first step that installs programs in a run does it."""
-    if shared:
-        files.directory(name="Directory of pginfra's host programs", path=BIN, user="root",
-                        group="root", mode="0755")
-        files.put(name="Library of the host programs", src=str(ROOT / "files" / LIBRARY),
-                  dest=f"{BIN}/{LIBRARY}", user="root", group="root", mode="0644")
-        files.directory(name=f"Directory {LOG_DIR}", path=LOG_DIR, user="postgres",
-                        group="adm", mode="0750")
-        files.put(name=f"Log rotation of {LOG_DIR}", src=render_io("logrotate.d-pginfra.j2"),
-                  dest="/etc/logrotate.d/pginfra", user="root", group="root", mode="0644")
-    for program in programs:
-        files.put(name=f"Program {program}", src=str(ROOT / "files" / program),
-                  dest=f"{BIN}/{program}", user="root", group="root", mode="0755")

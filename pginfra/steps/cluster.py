@@ -8,6 +8,7 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
+from pginfra import layout
 from pginfra.facts import PostgresClusterData, PostgresClusters
 from pginfra.settings import Settings
 
@@ -27,7 +28,7 @@ def createcluster_command(settings: Settings) -> str:
 def reinit_commands(settings: Settings, data_directory: str) -> list[str]:
     """Re-initialise an empty cluster's data directory in place, keeping its configuration in
     /etc/postgresql (pg_createcluster keeps it there; initdb's copies are removed)."""
-    unit = f"postgresql@{settings.postgres_version}-{settings.postgres_cluster}"
+    unit = layout.unit(settings)
     initdb = f"/usr/lib/postgresql/{settings.postgres_version}/bin/initdb"
     data = shlex.quote(data_directory)
     return [

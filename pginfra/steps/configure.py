@@ -14,8 +14,9 @@ from pyinfra.facts.hardware import Cpus, Memory
 from pyinfra.operations import files, python
 from pyinfra.operations.util import any_changed
 
-from pginfra import ROOT
+from pginfra import ROOT, layout
 from pginfra.pgbouncer import AUTH_USER
+from pginfra.roles import EXPORTER_ROLE
 from pginfra.secrets import require_strong_password
 from pginfra.server_config import (
     CONF_NAME,
@@ -28,11 +29,10 @@ from pginfra.server_config import (
     server_parameters,
 )
 from pginfra.settings import Settings, SettingsError, resolve
-from pginfra.steps.health import EXPORTER_ROLE
 from pginfra.templating import render_io
 from pginfra.tuning import MB, format_size
 
-APPLY_CONFIG = "/usr/local/lib/pginfra/pginfra-apply-config"
+APPLY_CONFIG = layout.program("pginfra-apply-config")
 
 
 def apply_command(settings: Settings, pairs: list[tuple[str, str]]) -> str:

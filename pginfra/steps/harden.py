@@ -17,13 +17,13 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server
 
-from pginfra import ROOT
+from pginfra import ROOT, layout
 from pginfra.facts import DatabaseHasTable, MigrationHistory
 from pginfra.settings import Settings, SettingsError
 from pginfra.sql_bundles import archive, bundles_for, databases_with_bundles, plan
 from pginfra.templating import render_io
 
-RUNNER = "/usr/local/lib/pginfra/pginfra-migrate"
+RUNNER = layout.program("pginfra-migrate")
 SQL_DIR = "/usr/local/share/pginfra/sql"
 STAMP = ".bundles.sha256"  # the digest of the uploaded archive
 EXAMPLE_DB = "community"
@@ -93,7 +93,7 @@ def harden_databases(settings: Settings, new_cluster: bool = False):
         return  # none, or a standby: it replays what the primary applied
     pending = pending_by_database(settings, new_cluster)  # may refuse: before any operation
 
-    files.directory(name="Directory of pginfra's host programs", path="/usr/local/lib/pginfra",
+    files.directory(name="Directory of pginfra's host programs", path=layout.BIN,
                     user="root", group="root", mode="0755")
     files.put(name="Upload the migration runner", src=str(ROOT / "files/pginfra-migrate"),
               dest=RUNNER, user="root", group="root", mode="0755")

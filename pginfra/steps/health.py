@@ -16,22 +16,22 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from pginfra import layout
 from pginfra import pgbackrest as pgbr
 from pginfra.facts import psql_command
 from pginfra.pgbouncer import listen_addresses as pgbouncer_listen_addresses
+from pginfra.programs import install_programs
+from pginfra.roles import EXPORTER_ROLE
 from pginfra.settings import Settings
-from pginfra.steps.backups import BIN, LOG_DIR, STATE_DIR, install_programs
 from pginfra.templating import render, render_io
 
-HEALTH_CONFIG = "/etc/pginfra/health.json"
-MAINTENANCE_CONFIG = "/etc/pginfra/maintenance.json"
-HEALTH_STATE = "/var/lib/pginfra/health"
-MAINTENANCE_STATE = "/var/lib/pginfra/maintenance"
-METRICS_DIR = "/var/lib/pginfra/metrics"  # node-exporter's textfile directory
-TEXTFILE = f"{METRICS_DIR}/pginfra_health.prom"
-CRON_FILE = "/etc/cron.d/pginfra"
-# The Debian packages' own OS user; peer authentication maps it to the role of the same name.
-EXPORTER_ROLE = "prometheus"
+BIN, LOG_DIR, STATE_DIR = layout.BIN, layout.LOG_DIR, layout.BACKUP_STATE_DIR
+HEALTH_CONFIG = f"{layout.CONFIG_DIR}/health.json"
+MAINTENANCE_CONFIG = f"{layout.CONFIG_DIR}/maintenance.json"
+HEALTH_STATE = layout.HEALTH_STATE_DIR
+MAINTENANCE_STATE = layout.MAINTENANCE_STATE_DIR
+METRICS_DIR = layout.METRICS_DIR
+TEXTFILE = layout.HEALTH_TEXTFILE
 EXPORTER_PACKAGES = ("prometheus-postgres-exporter", "prometheus-node-exporter")
 EXPORTER_DROPIN = "/etc/systemd/system/prometheus-postgres-exporter.service.d/pginfra.conf"
 THRESHOLDS = ("connections_percent", "long_running_seconds", "idle_in_transaction_seconds",
@@ -42,9 +42,9 @@ THRESHOLDS = ("connections_percent", "long_running_seconds", "idle_in_transactio
 
 
 def _cluster(settings: Settings, host_name: str) -> dict:
-    version, cluster = settings.postgres_version, settings.postgres_cluster
-    return {"host": host_name, "version": version, "port": settings.postgres_port,
-            "data_directory": f"/var/lib/postgresql/{version}/{cluster}"}
+    return {"host": host_name, "version": settings.postgres_version,
+            "port": settings.postgres_port,
+            "data_directory": layout.data_directory(settings)}
 
 
 def health_config(settings: Settings, host_name: str) -> dict:
@@ -86,25 +86,6 @@ def maintenance_config(settings: Settings, host_name: str) -> dict:
         "lock_timeout": settings.maintenance_lock_timeout,
         "statement_timeout": settings.maintenance_statement_timeout,
     }
-
-
-def cron_file(settings: Settings) -> str | None:
-    """/etc/cron.d/pginfra: every scheduled job of pginfra; None when nothing is scheduled."""
-    backup = health = maintenance = None
-    if settings.runs_backups:
-        backup = {key: getattr(settings, f"backup_schedule_{key}")
-                  for key in ("full", "diff", "verify", "dump", "retention", "drill")}
-    if settings.health_enabled:
-        health = {"schedule": settings.health_schedule,
-                  "textfile": TEXTFILE if settings.health_prometheus else None}
-    if settings.runs_maintenance:
-        maintenance = {key: getattr(settings, f"maintenance_schedule_{key}")
-                       for key in ("vacuum", "reindex", "refresh")}
-    if not (backup or health or maintenance):
-        return None
-    return render("cron.d-pginfra.j2", bin=BIN, backup=backup, health=health,
-                  maintenance=maintenance,
-                  cluster=f"{settings.postgres_version}/{settings.postgres_cluster}")
 
 
 def exporter_address(settings: Settings) -> str:
@@ -164,8 +145,8 @@ def install_health(settings: Settings):
     """
     Install ``pginfra-health`` (``/etc/pginfra/health.json``, thresholds from the
     ``health_*`` settings) and ``pginfra-maintenance`` (``/etc/pginfra/maintenance.json``),
-    schedule them in ``/etc/cron.d/pginfra`` next to the backup jobs, and with
-    ``health_prometheus`` run both Prometheus exporters on the host's address.
+    and with ``health_prometheus`` run both Prometheus exporters on the host's address. The
+    next step schedules them in ``/etc/cron.d/pginfra``.
 
     .. code:: python
 
@@ -197,14 +178,6 @@ def install_health(settings: Settings):
         for service in EXPORTER_PACKAGES:
             systemd.service(name=f"{service} stopped (health_prometheus is off)",
                             service=service, running=False, enabled=False)
-
-    text = cron_file(settings)
-    if text:
-        files.put(name="Scheduled jobs: backups, health check, maintenance",
-                  src=io.StringIO(text), dest=CRON_FILE, user="root", group="root",
-                  mode="0644")
-    else:
-        files.file(name="No scheduled jobs", path=CRON_FILE, present=False)
 
 
 def _install_exporters(settings: Settings):

@@ -8,6 +8,7 @@ from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from pginfra.credentials import credentials
 from pginfra.facts import Listeners
 from pginfra.pgbouncer import (
     INI,
@@ -22,7 +23,6 @@ from pginfra.scram import make_verifier, verify
 from pginfra.secrets import require_strong_password
 from pginfra.server_config import tls_paths
 from pginfra.settings import Settings
-from pginfra.steps.roles import credentials
 from pginfra.templating import render_io
 
 LIMITS_DROPIN = "/etc/systemd/system/pgbouncer.service.d/pginfra.conf"

@@ -10,6 +10,7 @@ from pyinfra import host, inventory, logger
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
+from pginfra import layout
 from pginfra.facts import PostgresClusters, PostgresRoles, ReplicationState
 from pginfra.roles import (
     literal,
@@ -38,12 +39,11 @@ def _lsn(text: str | None) -> int:
 def data_directory(settings: Settings) -> str:
     key = f"{settings.postgres_version}/{settings.postgres_cluster}"
     cluster = host.get_fact(PostgresClusters).get(key) or {}
-    return cluster.get("data_directory") or (
-        f"/var/lib/postgresql/{settings.postgres_version}/{settings.postgres_cluster}")
+    return cluster.get("data_directory") or layout.data_directory(settings)
 
 
 def unit(settings: Settings) -> str:
-    return f"postgresql@{settings.postgres_version}-{settings.postgres_cluster}"
+    return layout.unit(settings)
 
 
 def psql(settings: Settings, atomic: bool = True) -> str:
@@ -66,7 +66,7 @@ def _other_state(name: str) -> dict | None:
                               ("postgres_port", "postgres_version", "postgres_cluster"))
     try:
         state = other.get_fact(ReplicationState, port=port,
-                               data_directory=f"/var/lib/postgresql/{version}/{cluster}")
+                               data_directory=layout.cluster_data_directory(version, cluster))
     except Exception as exc:  # noqa: BLE001 - an unreachable host is "unknown", said so
         logger.warning(f"{host.name}: could not read {name}'s replication state: {exc}")
         return None

@@ -8,6 +8,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.systemd import SystemdEnabled
 from pyinfra.operations import files, systemd
 
+from pginfra import layout
 from pginfra.facts import Listeners, PostgresListenAddresses
 from pginfra.programs import host_program
 from pginfra.settings import Settings
@@ -18,7 +19,7 @@ WAIT_ONLINE = "systemd-networkd-wait-online.service"
 
 
 def unit_name(settings: Settings) -> str:
-    return f"postgresql@{settings.postgres_version}-{settings.postgres_cluster}.service"
+    return f"{layout.unit(settings)}.service"
 
 
 @deploy("Run the PostgreSQL service")

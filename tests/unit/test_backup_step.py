@@ -10,7 +10,7 @@ from pginfra.s3_access import credentials_text, s3_keys
 from pginfra.s3_local import local_s3
 from pginfra.settings import SettingsError, resolve
 from pginfra.steps.backups import backup_config
-from pginfra.steps.health import cron_file
+from pginfra.steps.schedule import cron_file
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,12 @@ from pginfra.programs import host_program
 from pginfra.settings import SettingsError, resolve
 from pginfra.steps.health import (
     TEXTFILE,
-    cron_file,
     exporter_address,
     exporter_defaults,
     health_config,
     maintenance_config,
 )
+from pginfra.steps.schedule import cron_file
 from pginfra.templating import render
 
 BIN = "/usr/local/lib/pginfra"

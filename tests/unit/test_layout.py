@@ -1,0 +1,47 @@
+"""The control side's shape: the runbook's steps lean on shared modules, never on each other,
+and a host's paths come from one module (pginfra/layout.py)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from pginfra import ROOT, layout
+from pginfra.settings import resolve
+
+STEPS = ROOT / "pginfra" / "steps"
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_no_step_imports_another_step():
+    for path in sorted(STEPS.glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        steps = {m for m in imported_modules(path) if m.startswith("pginfra.steps")}
+        assert not steps, f"{path.name} imports {sorted(steps)}: share a module instead"
+
+
+def test_a_clusters_paths_come_from_the_layout():
+    settings = resolve({"postgres_cluster": "reports", "postgres_port": 5433})
+    assert layout.unit(settings) == "postgresql@15-reports"
+    assert layout.data_directory(settings) == "/var/lib/postgresql/15/reports"
+    assert layout.config_directory(settings) == "/etc/postgresql/15/reports"
+    assert layout.program("pginfra-health") == "/usr/local/lib/pginfra/pginfra-health"
+
+
+def test_no_step_spells_a_clusters_paths_itself():
+    for path in sorted(STEPS.glob("*.py")):
+        text = path.read_text()
+        for spelled in ('f"/var/lib/postgresql/{', 'f"/etc/postgresql/{', 'f"postgresql@{',
+                        '"/usr/local/lib/pginfra'):
+            assert spelled not in text, f"{path.name} spells {spelled}...: use pginfra.layout"
