@@ -42,8 +42,8 @@ import time
 
 from common import bench_lab, deploy, gateway, host_sql, parse_args, write_results
 
-from pginfra.rehearsal import Lab
-from pginfra.s3_local import local_s3
+from pginfra_lab.rehearsal import Lab
+from pginfra_lab.s3_local import local_s3
 
 NODE = "pgk1"
 BUCKET = "pginfra-bench"

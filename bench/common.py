@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pginfra.rehearsal import Lab, free_subnet  # noqa: E402
 from pginfra.secrets import generate_missing  # noqa: E402
+from pginfra_lab.rehearsal import Lab, free_subnet  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

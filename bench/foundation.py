@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from common import parse_args, write_results  # noqa: E402
 
-from pginfra.rehearsal import Lab, free_subnet  # noqa: E402
 from pginfra.secrets import generate_missing  # noqa: E402
+from pginfra_lab.rehearsal import Lab, free_subnet  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

@@ -29,7 +29,7 @@ import time
 
 from common import ROOT, bench_lab, deploy, host_sql, parse_args, write_results
 
-from pginfra.rehearsal import Lab
+from pginfra_lab.rehearsal import Lab
 
 NODE = "pgh1"
 SQL_DIR = "/usr/local/share/pginfra/sql"

@@ -29,7 +29,7 @@ import time
 
 from common import bench_lab, deploy, host_sql, parse_args, write_results
 
-from pginfra.rehearsal import Lab
+from pginfra_lab.rehearsal import Lab
 
 NODE = "pgm1"
 HEALTH = "/usr/local/lib/pginfra/pginfra-health"

@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 from common import address, bench_lab, deploy, parse_args, write_results
 
-from pginfra.rehearsal import Lab
+from pginfra_lab.rehearsal import Lab
 
 ROLES = [{"name": "app_owner"}, {"name": "app", "login": True, "member_of": ["app_owner"]},
          {"name": "bench", "login": True}]

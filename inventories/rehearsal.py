@@ -14,7 +14,7 @@ inventory: a standby taken out); ``PGINFRA_REHEARSAL_PRIMARY=pg2`` names another
 
 import os
 
-from pginfra.inventory import rehearsal_hosts, rehearsal_lab
+from pginfra_lab.inventory import rehearsal_hosts, rehearsal_lab
 
 lab = rehearsal_lab()
 _hosts = rehearsal_hosts(lab)

@@ -8,7 +8,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["rehearsal"]:
-        from pginfra.rehearsal import main as rehearsal_main
+        from pginfra_lab.rehearsal import main as rehearsal_main
 
         return rehearsal_main(argv[1:])
     if argv[:1] == ["settings"]:

@@ -22,8 +22,8 @@ import psycopg
 import pytest
 
 from pginfra import ROOT
-from pginfra.rehearsal import REQUIRED_TOOLS, Lab, free_subnet, plan_addresses
 from pginfra.secrets import generate_missing, password_for
+from pginfra_lab.rehearsal import REQUIRED_TOOLS, Lab, free_subnet, plan_addresses
 
 STATE_DIR = Path(os.environ.get("PGINFRA_E2E_DIR", "/var/lib/pginfra/e2e"))
 

@@ -14,8 +14,8 @@ import time
 import pytest
 from conftest import CA_DIR, GATEWAY, control_env, deploy_ok, run_pyinfra, sql, wait_for
 
-from pginfra.s3_local import client as s3_client
-from pginfra.s3_local import local_s3
+from pginfra_lab.s3_local import client as s3_client
+from pginfra_lab.s3_local import local_s3
 
 BACKUP = "/usr/local/lib/pginfra/pginfra-backup"
 RESTORE = "/usr/local/lib/pginfra/pginfra-restore"

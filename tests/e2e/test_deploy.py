@@ -51,7 +51,7 @@ def test_typo_in_data_stops_before_any_operation(lab, first_deploy):
 def test_bad_value_in_an_inventory_file_names_host_and_key(lab, first_deploy, tmp_path):
     inventory = tmp_path / "typo.py"
     inventory.write_text(
-        "from pginfra.inventory import rehearsal_hosts\n"
+        "from pginfra_lab.inventory import rehearsal_hosts\n"
         "postgres_servers = ([h for h in rehearsal_hosts()], {'postgres_port': '5432x'})\n"
     )
     result = run_pyinfra(lab, inventory=str(inventory))

@@ -10,7 +10,7 @@ from pathlib import Path
 from conftest import BIN, E2E, GATEWAY, HOST
 
 from pginfra import ROOT
-from pginfra.rehearsal import BOOT_ID, Lab, free_subnet, plan_addresses
+from pginfra_lab.rehearsal import BOOT_ID, Lab, free_subnet, plan_addresses
 
 
 def rehearsal(*args, state_dir, subnet=None, bridge=None, prefix=None, check=False):

@@ -20,8 +20,8 @@ import pytest
 from conftest import BIN, STATE_DIR, Deploy, record_timing, wait_for
 
 from pginfra import ROOT
-from pginfra.rehearsal import Lab, free_subnet
 from pginfra.secrets import generate_missing
+from pginfra_lab.rehearsal import Lab, free_subnet
 
 LAB_DIR = STATE_DIR.parent / "e2e-replication"
 CONTROL = STATE_DIR.parent / "e2e-replication-control"

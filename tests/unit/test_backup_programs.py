@@ -36,8 +36,8 @@ from throwaway_pg import (
 )
 from throwaway_pg import new_cluster as _new_cluster
 
-from pginfra.s3_local import MOTO, local_s3
-from pginfra.s3_local import client as s3_local_client
+from pginfra_lab.s3_local import MOTO, local_s3
+from pginfra_lab.s3_local import client as s3_local_client
 
 _spec = importlib.util.spec_from_file_location("pginfra_backup_lib",
                                                FILES / "pginfra_backup_lib.py")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from pginfra.s3_access import credentials_text, s3_keys
-from pginfra.s3_local import local_s3
 from pginfra.settings import SettingsError, resolve
 from pginfra.steps.backups import backup_config
 from pginfra.steps.schedule import cron_file
+from pginfra_lab.s3_local import local_s3
 
 
 @pytest.fixture(scope="module")

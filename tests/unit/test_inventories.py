@@ -9,8 +9,8 @@ from pyinfra.context import ctx_state
 from pyinfra_cli.inventory import make_inventory as _make_inventory
 
 from pginfra import ROOT
-from pginfra.inventory import rehearsal_hosts
 from pginfra.settings import problems
+from pginfra_lab.inventory import rehearsal_hosts
 
 
 def make_inventory(path, **kwargs):

@@ -45,3 +45,15 @@ def test_no_step_spells_a_clusters_paths_itself():
         for spelled in ('f"/var/lib/postgresql/{', 'f"/etc/postgresql/{', 'f"postgresql@{',
                         '"/usr/local/lib/pginfra'):
             assert spelled not in text, f"{path.name} spells {spelled}...: use pginfra.layout"
+
+
+def test_the_runtime_package_does_not_carry_the_lab():
+    """pginfra_lab (rehearsal hosts, the local S3 endpoint and its moto) stays out of the
+    runtime package: only the `pginfra rehearsal` command reaches it, when it is run."""
+    for path in sorted((ROOT / "pginfra").rglob("*.py")):
+        modules = imported_modules(path)
+        lab = {m for m in modules if m.startswith(("pginfra_lab", "moto"))}
+        if path.name == "cli.py":
+            assert lab <= {"pginfra_lab.rehearsal"}, lab
+        else:
+            assert not lab, f"{path.relative_to(ROOT)} imports {sorted(lab)}"

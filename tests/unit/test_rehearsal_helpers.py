@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from pginfra import rehearsal
-from pginfra.rehearsal import (
+from pginfra_lab import rehearsal
+from pginfra_lab.rehearsal import (
     Lab,
     RehearsalError,
     free_subnet,

@@ -11,7 +11,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 def rehearsal_lab(state_dir: str | os.PathLike | None = None) -> dict:
     """What ``pginfra rehearsal up`` recorded: subnet, hosts and their addresses, key paths."""
-    from pginfra.rehearsal import DEFAULT_STATE_DIR
+    from pginfra_lab.rehearsal import DEFAULT_STATE_DIR
 
     state_dir = Path(state_dir or os.environ.get("PGINFRA_REHEARSAL_DIR") or DEFAULT_STATE_DIR)
     state_file = state_dir / "hosts.json"

@@ -10,7 +10,7 @@ client: boto3 and pgBackRest talk to it as they would to S3.
         endpoint.start()  # ... and comes back, on the same port, with the same data
 
 With ``ca_dir``, moto serves plain HTTP on loopback behind a small TLS terminator
-(``python -m pginfra.s3_local proxy``): moto's own TLS (werkzeug) drops connections without a
+(``python -m pginfra_lab.s3_local proxy``): moto's own TLS (werkzeug) drops connections without a
 TLS close_notify, which pgBackRest (OpenSSL 3) rightly treats as an error. The certificate
 names the address as an IP and as a DNS name, since pgBackRest 2.45 checks only DNS names.
 """
@@ -113,7 +113,7 @@ def local_s3(address: str = "127.0.0.1", buckets: tuple[str, ...] | list[str] = 
                 tls_port = free_port(address)
                 endpoint = Endpoint(f"https://{address}:{tls_port}")
                 endpoint.ca = str(ca_cert)
-                endpoint.proxy = [sys.executable, "-m", "pginfra.s3_local", "proxy", address,
+                endpoint.proxy = [sys.executable, "-m", "pginfra_lab.s3_local", "proxy", address,
                                   str(tls_port), str(port), str(cert), str(key)]
                 endpoint.start()
             yield endpoint
