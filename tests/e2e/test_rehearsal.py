@@ -125,7 +125,8 @@ def test_non_root_is_refused_before_anything_changes(tmp_path):
     copy = Path(tempfile.mkdtemp(prefix="pginfra-nobody-"))
     try:
         copy.chmod(0o755)
-        shutil.copytree(ROOT / "pginfra", copy / "pginfra")
+        for package in ("pginfra", "pginfra_lab"):  # the runtime package and the lab's
+            shutil.copytree(ROOT / package, copy / package)
         before = machine_snapshot()
         proc = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
