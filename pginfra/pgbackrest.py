@@ -52,6 +52,7 @@ CIPHER = "aes-256-cbc"
 # An unreachable S3 must not hold local archiving for minutes (8 tries of io-timeout each):
 # archive-push gives up on a repository after this many seconds of silence, and retries later.
 ARCHIVE_PUSH_IO_TIMEOUT = 20
+ARCHIVE_GET_IO_TIMEOUT = 10  # a lost primary must not hold a standby's promotion for minutes
 MAX_PG = 8  # pgBackRest's pg1..pg8
 # The secrets source's names of the passphrases (repo 2 uses repo 1's when it has none).
 CIPHER_SECRET = "backup_cipher_pass"
@@ -212,7 +213,8 @@ def stanza_text(settings: Settings, cpus: int) -> str:
     return render("conf.d-stanza.conf.j2", stanza=stanza(settings),
                   repo_options=repo_options(settings, cpus),
                   stanza_options=stanza_options(settings),
-                  push_io_timeout=ARCHIVE_PUSH_IO_TIMEOUT)
+                  push_io_timeout=ARCHIVE_PUSH_IO_TIMEOUT,
+                  get_io_timeout=ARCHIVE_GET_IO_TIMEOUT)
 
 
 def secrets_text(settings: Settings, cipher_pass: str, s3_cipher_pass: str | None,

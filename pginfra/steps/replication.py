@@ -25,6 +25,7 @@ from pginfra.server_config import primary_conninfo
 from pginfra.settings import BY_NAME, Settings
 from pginfra.topology import TopologyError
 
+PROMOTE_WAIT = 300  # seconds a promotion may take
 BUILD_RETRIES_CASCADE = 120  # 10 minutes of 5 s: a cascade's upstream may be built this run
 
 
@@ -183,17 +184,19 @@ def wait_streaming_command(settings: Settings, seconds: int = 120) -> str:
     ])
 
 
-def promote_command(settings: Settings) -> str:
+def promote_command(settings: Settings, seconds: int = PROMOTE_WAIT) -> str:
     cluster = f"{settings.postgres_version} {settings.postgres_cluster}"
     recovering = probe(settings, "SELECT pg_is_in_recovery()")
     return "\n".join([
         "set -eu",
-        f"pg_ctlcluster {cluster} promote",
-        "for i in $(seq 1 60); do",
+        # no wait in pg_ctl (60 s): a restore_command still trying the lost primary's
+        # repository holds the promotion up until it gives up (pgBackRest's io-timeout)
+        f"pg_ctlcluster {cluster} promote -- -W",
+        f"for i in $(seq 1 {seconds}); do",
         f"  [ \"$({recovering})\" = f ] && exit 0",
         "  sleep 1",
         "done",
-        "echo 'still in recovery 60 s after pg_ctlcluster promote' >&2",
+        f"echo 'still in recovery {seconds} s after pg_ctlcluster promote' >&2",
         "exit 1",
     ])
 

@@ -617,20 +617,25 @@ def test_waiting_for_streaming(run, on_host):
 
 
 def test_promoting(run):
-    script = promote_command(node_settings("pg2"))
-    assert script.splitlines()[:2] == ["set -eu", "pg_ctlcluster 15 main promote"]
+    # pg_ctl does not wait (its 60 s may not be enough while restore_command still tries a
+    # lost primary's repository): the script waits, for as long as it is told
+    assert "pg_ctlcluster 15 main promote -- -W" in promote_command(node_settings("pg2"))
+    assert "seq 1 300" in promote_command(node_settings("pg2"))
+    script = promote_command(node_settings("pg2"), seconds=3)
+    assert [ln for ln in script.splitlines() if ln.startswith("pg_ctlcluster")] == [
+        "pg_ctlcluster 15 main promote -- -W"]
     assert "-p 5433 -c 'SELECT pg_is_in_recovery()'" in script
     proc, log = run(script, SHIM_PSQL="f")
     assert proc.returncode == 0
-    assert log == ["pg_ctlcluster 15 main promote",
+    assert log == ["pg_ctlcluster 15 main promote -- -W",
                    "runuser -u postgres -- psql -XAtq -p 5433 -c SELECT pg_is_in_recovery()"]
     proc, log = run(script, SHIM_PSQL="t")
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "still in recovery 60 s after pg_ctlcluster promote"
-    assert sum(ln.startswith("runuser") for ln in log) == 60
+    assert proc.stderr.strip() == "still in recovery 3 s after pg_ctlcluster promote"
+    assert sum(ln.startswith("runuser") for ln in log) == 3
     proc, log = run(script, SHIM_PG_CTLCLUSTER_FAIL="1")
     assert proc.returncode == 1
-    assert log == ["pg_ctlcluster 15 main promote"]
+    assert log == ["pg_ctlcluster 15 main promote -- -W"]
 
 
 # -- standby_needs_build and check_promotion: never wipe data, never two primaries -----------------
