@@ -124,8 +124,10 @@ def install_backups(settings: Settings):
             name="First pgBackRest full backup, verified: point-in-time recovery works from now",
             commands=[f"cd /tmp && runuser -u postgres -- pgbackrest --stanza={stanza} "
                       "--log-level-console=warn stanza-create",  # a promoted standby's first
+                      # a checkpoint first: right after a promotion, pg_control has the new
+                      # timeline only once the end-of-recovery checkpoint is done
                       f"cd /tmp && runuser -u postgres -- psql -X -q -p {settings.postgres_port}"
-                      " -c 'SELECT pg_switch_wal()' >/dev/null",
+                      " -c CHECKPOINT -c 'SELECT pg_switch_wal()' >/dev/null",
                       f"cd /tmp && runuser -u postgres -- pgbackrest --stanza={stanza} check",
                       *(f"cd /tmp && runuser -u postgres -- {BIN}/pginfra-backup full "
                         f"--repo {n} >/dev/null" for n in empty)])
