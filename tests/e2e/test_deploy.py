@@ -83,10 +83,21 @@ def deploy_with_secrets_file(lab, tmp_path, text, mode):
 
 
 def test_missing_password_stops_before_any_operation(lab, first_deploy, tmp_path):
-    _, result, output = deploy_with_secrets_file(lab, tmp_path, "passwords: {}\n", 0o600)
+    # (the backup passphrase is there: without it, the repository step refuses first, below)
+    _, result, output = deploy_with_secrets_file(
+        lab, tmp_path, "passwords: {backup_cipher_pass: a-passphrase-of-32-characters-xx}\n",
+        0o600)
     assert result.returncode != 0
     assert "pgt1: no password for role 'postgres'" in output
     assert "PGINFRA_PASSWORD_POSTGRES" in output
+    assert "Starting operation" not in output
+
+
+def test_missing_backup_passphrase_stops_before_any_operation(lab, first_deploy, tmp_path):
+    _, result, output = deploy_with_secrets_file(lab, tmp_path, "passwords: {}\n", 0o600)
+    assert result.returncode != 0
+    assert "pgt1: the secrets source has no 'backup_cipher_pass'" in output
+    assert "PGINFRA_PASSWORD_BACKUP_CIPHER_PASS" in output and "nothing was changed" in output
     assert "Starting operation" not in output
 
 
