@@ -15,6 +15,7 @@ from pginfra.steps import (
     install_backups,
     install_health,
     install_packages,
+    install_programs,
     install_tls,
     manage_roles,
     prepare_repository,
@@ -28,18 +29,19 @@ settings = load_settings()  # 0. validate this host's inventory data and its pla
 #                               cluster (the group 'primary'; every other host a standby)
 
 install_packages(settings)  # 1. PostgreSQL from Debian's packages
-new_cluster = create_cluster(settings)  # 2. the cluster, created with data checksums
-run_service(settings)  # 3. running under systemd, started at boot
-tls_files = install_tls(settings)  # 4. the host's own key and certificate
-prepare_repository(settings)  # 5. pgBackRest: encrypted repositories (local, S3), the stanza
-configure_server(settings, tls_files)  # 6. tuned config and pg_hba, WAL to pgBackRest:
+install_programs(settings)  # 2. pginfra's host programs (the pginfra_host package)
+new_cluster = create_cluster(settings)  # 3. the cluster, created with data checksums
+run_service(settings)  # 4. running under systemd, started at boot
+tls_files = install_tls(settings)  # 5. the host's own key and certificate
+prepare_repository(settings)  # 6. pgBackRest: encrypted repositories (local, S3), the stanza
+configure_server(settings, tls_files)  # 7. tuned config and pg_hba, WAL to pgBackRest:
 #                                  checked, reloaded, restarted only when a parameter needs it
-replicate(settings, new_cluster)  # 7. the primary's replication role and slots; standbys
+replicate(settings, new_cluster)  # 8. the primary's replication role and slots; standbys
 #                                     made from it over TLS, streaming; a named promotion
-manage_roles(settings, new_cluster)  # 8. roles, passwords, databases, pg_stat_statements
-run_pgbouncer(settings, new_cluster, tls_files)  # 9. PgBouncer, its userlist in step with 8.
-install_backups(settings)  # 10. the first full backup, verified; dumps, S3 copies, drills
-install_health(settings)  # 11. health checks, maintenance, metrics (Prometheus exporters)
-schedule_jobs(settings)  # 12. /etc/cron.d/pginfra: backups, health checks, maintenance
-harden_databases(settings, new_cluster)  # 13. SQL bundles as tracked migrations: monitoring
+manage_roles(settings, new_cluster)  # 9. roles, passwords, databases, pg_stat_statements
+run_pgbouncer(settings, new_cluster, tls_files)  # 10. PgBouncer, its userlist in step with 9.
+install_backups(settings)  # 11. the first full backup, verified; dumps, S3 copies, drills
+install_health(settings)  # 12. health checks, maintenance, metrics (Prometheus exporters)
+schedule_jobs(settings)  # 13. /etc/cron.d/pginfra: backups, health checks, maintenance
+harden_databases(settings, new_cluster)  # 14. SQL bundles as tracked migrations: monitoring
 #                                           views, constraints and indexes, safely on a live db

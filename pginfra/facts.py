@@ -545,3 +545,24 @@ class PgBackRestRepos(FactBase):
             if key in found:
                 found[key]["backups"] += 1
         return found
+
+
+class PythonSitePackages(FactBase):
+    """
+    Where the host's own ``python3`` finds locally installed packages: the first of
+    ``site.getsitepackages()`` (Debian: ``/usr/local/lib/python3.<minor>/dist-packages``, which
+    no Debian package writes to). The host programs' package goes there.
+
+    .. code:: python
+
+        "/usr/local/lib/python3.11/dist-packages"
+    """
+
+    def requires_command(self, *args, **kwargs) -> str:
+        return "python3"
+
+    def command(self) -> str:
+        return "python3 -c 'import site; print(site.getsitepackages()[0])'"
+
+    def process(self, output):
+        return "\n".join(output).strip() or None

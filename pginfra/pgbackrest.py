@@ -23,8 +23,8 @@ from __future__ import annotations
 import posixpath
 from urllib.parse import urlsplit
 
-from pginfra import layout
 from pginfra.settings import Settings
+from pginfra_host import layout
 
 CONFIG = "/etc/pgbackrest/pgbackrest.conf"
 CONFIG_DIR = "/etc/pgbackrest"
@@ -65,7 +65,7 @@ def stanza(settings: Settings) -> str:
 
 
 def data_directory(settings: Settings) -> str:
-    return layout.data_directory(settings)
+    return layout.data_directory(*settings.pg_cluster)
 
 
 def repos(settings: Settings) -> list[int]:

@@ -1,55 +1,65 @@
-"""The host programs of ``files/``, imported on the control machine as modules, so the deploy
-plans and validates with the programs' own code (and unit tests reach their functions).
+"""The host programs: the ``pginfra_host`` package and its entry points, as the control machine
+sees them. The deploy ships them (the programs step), plans with their own code (the migration
+runner's planning, the configurations they validate), and unit tests reach their functions.
 
     >>> host_program("pginfra-migrate").__name__
-    'pginfra_migrate'
+    'pginfra_host.migrate'
+    >>> print(entry_point("pginfra-health"))  # doctest: +ELLIPSIS
+    #!/usr/bin/python3
+    ...
+    from pginfra_host.health import main
+    ...
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.machinery
-import importlib.util
-import sys
+import importlib
+from pathlib import Path
 from types import ModuleType
 
-from pginfra import ROOT, layout
+import pginfra_host
+from pginfra_host import layout
 
-FILES = ROOT / "files"
+PACKAGE_DIR = Path(pginfra_host.__file__).resolve().parent
 
 
-@functools.cache
 def host_program(name: str) -> ModuleType:
-    """``files/<name>`` (no .py suffix) imported as module ``name`` with - turned into _; the
-    library the programs share is importable beside it, as on the host."""
-    if str(FILES) not in sys.path:
-        sys.path.append(str(FILES))
-    loader = importlib.machinery.SourceFileLoader(name.replace("-", "_"), str(FILES / name))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[loader.name] = module  # dataclasses look their module up there
-    loader.exec_module(module)
-    return module
+    """The module of host program ``name`` (``pginfra-health``: ``pginfra_host.health``)."""
+    return importlib.import_module(layout.PROGRAMS[name])
 
 
-def install_programs(programs, shared: bool = True) -> None:
-    """Put host programs (names under files/) into ``layout.BIN``. ``shared``: also what every
-    one of them needs (the directory, their library, the log directory and its rotation); the
-    first step that installs programs in a run does it."""
-    from pyinfra.operations import files
+def entry_point(name: str) -> str:
+    """The whole of ``/usr/local/lib/pginfra/<name>``: the host's python3 imports the program's
+    module from its site directory and runs ``main()``; no bytecode is written beside the
+    package (the deploy's copy stays exactly what was shipped)."""
+    module = layout.PROGRAMS[name]
+    return (f"#!/usr/bin/python3\n"
+            f'"""{name}: see {module} (python3 -m {module} --help)."""\n'
+            f"import sys\n\n"
+            f"sys.dont_write_bytecode = True\n"
+            f"from {module} import main  # noqa: E402\n\n"
+            f"sys.exit(main())\n")
 
-    from pginfra.templating import render_io
 
-    if shared:
-        files.directory(name="Directory of pginfra's host programs", path=layout.BIN,
-                        user="root", group="root", mode="0755")
-        files.put(name="Library of the host programs", src=str(FILES / layout.LIBRARY),
-                  dest=layout.program(layout.LIBRARY), user="root", group="root", mode="0644")
-        files.directory(name=f"Directory {layout.LOG_DIR}", path=layout.LOG_DIR,
-                        user="postgres", group="adm", mode="0750")
-        files.put(name=f"Log rotation of {layout.LOG_DIR}",
-                  src=render_io("logrotate.d-pginfra.j2"), dest="/etc/logrotate.d/pginfra",
-                  user="root", group="root", mode="0644")
-    for program in programs:
-        files.put(name=f"Program {program}", src=str(FILES / program),
-                  dest=layout.program(program), user="root", group="root", mode="0755")
+def package_files() -> list[Path]:
+    """The package's source files, relative to its directory (no bytecode)."""
+    return sorted(p.relative_to(PACKAGE_DIR) for p in PACKAGE_DIR.rglob("*.py")
+                  if "__pycache__" not in p.parts)
+
+
+def wanted_programs(settings) -> list[str]:
+    """The entry points this host gets; the others are removed. A standby's backups are the
+    primary's: it keeps pginfra-restore only, to rebuild itself from the repository."""
+    from pginfra.sql_bundles import databases_with_bundles
+
+    wanted = ["pginfra-apply-config"]
+    if settings.backup_enabled:
+        wanted += ["pginfra-restore"] if settings.is_standby else ["pginfra-backup",
+                                                                   "pginfra-restore"]
+    if settings.health_enabled:
+        wanted.append("pginfra-health")
+    if settings.runs_maintenance:
+        wanted.append("pginfra-maintenance")
+    if settings.runs_bundles and databases_with_bundles(settings):
+        wanted.append("pginfra-migrate")
+    return wanted

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import re
 
-from pginfra import layout, pgbackrest
+from pginfra import pgbackrest
 from pginfra.settings import Settings, SettingsError
 from pginfra.topology import synchronous_standby_names
 from pginfra.tuning import contradictions, tune
+from pginfra_host import layout
 
 CONF_NAME = "postgresql-production.conf"
 
@@ -142,7 +143,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
 
 def config_dir(settings: Settings) -> str:
     """Debian's configuration directory of the cluster."""
-    return layout.config_directory(settings)
+    return layout.config_directory(*settings.pg_cluster)
 
 
 def tls_paths(settings: Settings) -> dict[str, str]:

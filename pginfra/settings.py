@@ -31,6 +31,7 @@ from typing import Any
 from pyinfra.api.exceptions import PyinfraError
 
 from pginfra.tuning import PROFILES, STORAGE
+from pginfra_host import durations
 
 OWNED_PREFIXES = ("postgres_", "pgbouncer_", "pginfra_", "backup_", "health_", "maintenance_")
 
@@ -111,20 +112,16 @@ def _thresholds(lower_is_worse: bool = False, most: float | None = None):
     return check
 
 
-_UNIT_MS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000}
-
-
 def _duration_ms(zero: bool = True):
     """A PostgreSQL duration (``_DURATION``) that fits its int milliseconds; 0 only if ``zero``."""
 
     def check(value) -> str | None:
-        found = re.fullmatch(r"([0-9]+)(ms|s|min|h)?", str(value))
-        if not found:
-            return None  # the pattern reports it
-        ms = int(found.group(1)) * _UNIT_MS[found.group(2) or "ms"]
+        ms = durations.milliseconds(str(value))
+        if ms is None:
+            return None  # the pattern (a narrower grammar) reports it
         if ms == 0 and not zero:
             return "must be more than 0"
-        if ms > 2_147_483_647:
+        if ms > durations.INT_MAX:
             return f"{value!r} is more than PostgreSQL's largest timeout (2147483647ms)"
         return None
 
@@ -231,7 +228,7 @@ def directory_problem(path: str, data_directory: str) -> str | None:
 
 
 def _directory_problems(values: Mapping[str, Any]) -> list[str]:
-    from pginfra.layout import cluster_data_directory
+    from pginfra_host.layout import data_directory as cluster_data_directory
 
     data = cluster_data_directory(values["postgres_version"], values["postgres_cluster"])
     found = []
@@ -992,6 +989,11 @@ class Settings:
         # load_settings(); None is a server on its own, a primary without standbys.
         self.node = None
         self.cluster: dict = {}
+
+    @property
+    def pg_cluster(self) -> tuple[int, str]:
+        """(postgres_version, postgres_cluster): what the host layout's paths take."""
+        return self.postgres_version, self.postgres_cluster
 
     @property
     def is_standby(self) -> bool:

@@ -8,6 +8,7 @@ from pginfra.steps.harden import harden_databases
 from pginfra.steps.health import install_health
 from pginfra.steps.packages import install_packages
 from pginfra.steps.pgbouncer import run_pgbouncer
+from pginfra.steps.programs import install_programs
 from pginfra.steps.replication import replicate
 from pginfra.steps.repository import prepare_repository
 from pginfra.steps.roles import manage_roles
@@ -17,7 +18,7 @@ from pginfra.steps.tls import install_tls
 
 __all__ = [
     "configure_server", "create_cluster", "harden_databases", "install_backups",
-    "install_health", "install_packages", "install_tls",
+    "install_health", "install_packages", "install_programs", "install_tls",
     "manage_roles", "prepare_repository", "replicate", "run_pgbouncer", "run_service",
     "schedule_jobs",
 ]

@@ -12,26 +12,24 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server
 
-from pginfra import layout
 from pginfra import pgbackrest as pgbr
 from pginfra.facts import PgBackRestRepos
-from pginfra.programs import install_programs
 from pginfra.s3_access import credentials_text, s3_keys
 from pginfra.settings import Settings
 from pginfra.templating import render_io
+from pginfra_host import layout
 
 BIN = layout.BIN
 CONFIG = f"{layout.CONFIG_DIR}/backup.json"
 CREDENTIALS = f"{layout.CONFIG_DIR}/s3-credentials"
 STATE_DIR = layout.BACKUP_STATE_DIR
 LOG_DIR = layout.LOG_DIR
-PROGRAMS = ("pginfra-backup", "pginfra-restore")
 
 
 def backup_config(settings: Settings, host_name: str) -> dict:
     """What /etc/pginfra/backup.json tells the host programs."""
     version, cluster = settings.postgres_version, settings.postgres_cluster
-    unit = layout.unit(settings)
+    unit = layout.unit(*settings.pg_cluster)
     s3 = None
     if settings.backup_s3_bucket:
         s3 = {
@@ -88,10 +86,6 @@ def install_backups(settings: Settings):
     credentials = credentials_text(s3_keys(settings, host.name))  # may refuse: before any op
     if not settings.backup_enabled:
         return  # the next step leaves the backup jobs out of /etc/cron.d/pginfra
-    # A standby's backups are the primary's; it gets pginfra-restore only, to rebuild itself
-    # from the repository (pginfra-restore standby) when it fell too far behind.
-    install_programs(("pginfra-restore",) if settings.is_standby else PROGRAMS)
-
     files.directory(name="Directory /etc/pginfra", path=layout.CONFIG_DIR, user="root",
                     group="root", mode="0755")
     config = backup_config(settings, host.name)

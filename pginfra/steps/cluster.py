@@ -8,9 +8,9 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
-from pginfra import layout
 from pginfra.facts import PostgresClusterData, PostgresClusters
 from pginfra.settings import Settings
+from pginfra_host import layout
 
 
 def createcluster_command(settings: Settings) -> str:
@@ -28,7 +28,7 @@ def createcluster_command(settings: Settings) -> str:
 def reinit_commands(settings: Settings, data_directory: str) -> list[str]:
     """Re-initialise an empty cluster's data directory in place, keeping its configuration in
     /etc/postgresql (pg_createcluster keeps it there; initdb's copies are removed)."""
-    unit = layout.unit(settings)
+    unit = layout.unit(*settings.pg_cluster)
     initdb = f"/usr/lib/postgresql/{settings.postgres_version}/bin/initdb"
     data = shlex.quote(data_directory)
     return [

@@ -14,7 +14,6 @@ from pyinfra.facts.hardware import Cpus, Memory
 from pyinfra.operations import files, python
 from pyinfra.operations.util import any_changed
 
-from pginfra import ROOT, layout
 from pginfra.pgbouncer import AUTH_USER
 from pginfra.roles import EXPORTER_ROLE
 from pginfra.secrets import require_strong_password
@@ -31,6 +30,7 @@ from pginfra.server_config import (
 from pginfra.settings import Settings, SettingsError, resolve
 from pginfra.templating import render_io
 from pginfra.tuning import MB, format_size
+from pginfra_host import layout
 
 APPLY_CONFIG = layout.program("pginfra-apply-config")
 
@@ -71,12 +71,6 @@ def configure_server(settings: Settings, tls_changed=None):
         files.directory(name=f"Directory {path} (postgres, 0700)", path=path,
                         user="postgres", group="postgres", mode="700")
 
-    program = files.put(
-        name="Install pginfra-apply-config",
-        src=str(ROOT / "files/pginfra-apply-config"),
-        dest=APPLY_CONFIG, user="root", group="root", mode="755", create_remote_dir=True,
-    )
-
     targets = {
         CONF_NAME: f"{conf}/conf.d/{CONF_NAME}",
         "pg_hba.conf": f"{conf}/pg_hba.conf",
@@ -115,7 +109,7 @@ def configure_server(settings: Settings, tls_changed=None):
         name="Check, reload, and restart only if needed (pginfra-apply-config)",
         function=run_reporting,
         command=apply_command(settings, [(f"{staged_dir}/{n}", t) for n, t in targets.items()]),
-        _if=any_changed(program, *staged_ops, *passfile_ops, *(tls_changed or []))
+        _if=any_changed(*staged_ops, *passfile_ops, *(tls_changed or []))
         if not drifted else None,
     )
 

@@ -17,11 +17,11 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server
 
-from pginfra import ROOT, layout
 from pginfra.facts import DatabaseHasTable, MigrationHistory
 from pginfra.settings import Settings, SettingsError
 from pginfra.sql_bundles import archive, bundles_for, databases_with_bundles, plan
 from pginfra.templating import render_io
+from pginfra_host import layout
 
 RUNNER = layout.program("pginfra-migrate")
 SQL_DIR = "/usr/local/share/pginfra/sql"
@@ -93,10 +93,6 @@ def harden_databases(settings: Settings, new_cluster: bool = False):
         return  # none, or a standby: it replays what the primary applied
     pending = pending_by_database(settings, new_cluster)  # may refuse: before any operation
 
-    files.directory(name="Directory of pginfra's host programs", path=layout.BIN,
-                    user="root", group="root", mode="0755")
-    files.put(name="Upload the migration runner", src=str(ROOT / "files/pginfra-migrate"),
-              dest=RUNNER, user="root", group="root", mode="0755")
     tar, digest = archive()
     on_host = host.get_fact(Command, f"cat {SQL_DIR}/{STAMP} 2>/dev/null || true")
     if (on_host or "").strip() != digest:

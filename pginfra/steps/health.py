@@ -16,14 +16,13 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from pginfra import layout
 from pginfra import pgbackrest as pgbr
 from pginfra.facts import psql_command
 from pginfra.pgbouncer import listen_addresses as pgbouncer_listen_addresses
-from pginfra.programs import install_programs
 from pginfra.roles import EXPORTER_ROLE
 from pginfra.settings import Settings
 from pginfra.templating import render, render_io
+from pginfra_host import layout
 
 BIN, LOG_DIR, STATE_DIR = layout.BIN, layout.LOG_DIR, layout.BACKUP_STATE_DIR
 HEALTH_CONFIG = f"{layout.CONFIG_DIR}/health.json"
@@ -44,7 +43,7 @@ THRESHOLDS = ("connections_percent", "long_running_seconds", "idle_in_transactio
 def _cluster(settings: Settings, host_name: str) -> dict:
     return {"host": host_name, "version": settings.postgres_version,
             "port": settings.postgres_port,
-            "data_directory": layout.data_directory(settings)}
+            "data_directory": layout.data_directory(*settings.pg_cluster)}
 
 
 def health_config(settings: Settings, host_name: str) -> dict:
@@ -152,12 +151,6 @@ def install_health(settings: Settings):
 
         install_health(load_settings())
     """
-    programs = [name for name, wanted in (("pginfra-health", settings.health_enabled),
-                                          ("pginfra-maintenance", settings.runs_maintenance))
-                if wanted]
-    if programs:
-        # the backup step installed what programs share, unless backups are off
-        install_programs(programs, shared=not settings.backup_enabled)
     for wanted, path, state, config in (
             (settings.health_enabled, HEALTH_CONFIG, HEALTH_STATE, health_config),
             (settings.runs_maintenance, MAINTENANCE_CONFIG, MAINTENANCE_STATE,

@@ -10,7 +10,6 @@ from pyinfra import host, inventory, logger
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
-from pginfra import layout
 from pginfra.facts import PostgresClusters, PostgresRoles, ReplicationState
 from pginfra.roles import (
     literal,
@@ -24,6 +23,7 @@ from pginfra.secrets import require_strong_password
 from pginfra.server_config import primary_conninfo
 from pginfra.settings import BY_NAME, Settings
 from pginfra.topology import TopologyError
+from pginfra_host import layout
 
 PROMOTE_WAIT = 300  # seconds a promotion may take
 BUILD_RETRIES_CASCADE = 120  # 10 minutes of 5 s: a cascade's upstream may be built this run
@@ -40,11 +40,11 @@ def _lsn(text: str | None) -> int:
 def data_directory(settings: Settings) -> str:
     key = f"{settings.postgres_version}/{settings.postgres_cluster}"
     cluster = host.get_fact(PostgresClusters).get(key) or {}
-    return cluster.get("data_directory") or layout.data_directory(settings)
+    return cluster.get("data_directory") or layout.data_directory(*settings.pg_cluster)
 
 
 def unit(settings: Settings) -> str:
-    return layout.unit(settings)
+    return layout.unit(*settings.pg_cluster)
 
 
 def psql(settings: Settings, atomic: bool = True) -> str:
@@ -67,7 +67,7 @@ def _other_state(name: str) -> dict | None:
                               ("postgres_port", "postgres_version", "postgres_cluster"))
     try:
         state = other.get_fact(ReplicationState, port=port,
-                               data_directory=layout.cluster_data_directory(version, cluster))
+                               data_directory=layout.data_directory(version, cluster))
     except Exception as exc:  # noqa: BLE001 - an unreachable host is "unknown", said so
         logger.warning(f"{host.name}: could not read {name}'s replication state: {exc}")
         return None

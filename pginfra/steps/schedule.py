@@ -9,9 +9,9 @@ import io
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from pginfra import layout
 from pginfra.settings import Settings
 from pginfra.templating import render
+from pginfra_host import layout
 
 
 def cron_file(settings: Settings) -> str | None:

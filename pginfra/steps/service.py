@@ -8,18 +8,18 @@ from pyinfra.api import deploy
 from pyinfra.facts.systemd import SystemdEnabled
 from pyinfra.operations import files, systemd
 
-from pginfra import layout
 from pginfra.facts import Listeners, PostgresListenAddresses
 from pginfra.programs import host_program
 from pginfra.settings import Settings
 from pginfra.templating import render_io
+from pginfra_host import layout
 
 DROPIN = "/etc/systemd/system/postgresql@.service.d/pginfra.conf"
 WAIT_ONLINE = "systemd-networkd-wait-online.service"
 
 
 def unit_name(settings: Settings) -> str:
-    return f"{layout.unit(settings)}.service"
+    return f"{layout.unit(*settings.pg_cluster)}.service"
 
 
 @deploy("Run the PostgreSQL service")

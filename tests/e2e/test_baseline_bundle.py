@@ -1,4 +1,4 @@
-"""sql/baseline on a real PostgreSQL 15 (the lab's host), applied by files/pginfra-migrate to a
+"""sql/baseline on a real PostgreSQL 15 (the lab's host), applied by pginfra_host/migrate.py to a
 fresh database: the views and health checks report what is seeded, only pg_monitor may read
 them, the refresh queue debounces and loses no request, and a rollback removes it all."""
 
@@ -71,7 +71,8 @@ def denied(lab, query: str, user: str) -> str:
 
 
 def migrate(lab, *args: str):
-    """The runner uploaded from files/, run by the host's python3 (/tmp may be noexec)."""
+    """The runner (pginfra_host/migrate.py: the standard library and psycopg only), uploaded
+    and run by the host's python3 (/tmp may be noexec)."""
     return lab.ssh("pgt1", ["cd", "/tmp", "&&", "runuser", "-u", "postgres", "--",
                             "/usr/bin/python3", RUNNER, "--dbname", DB, *args],
                    check=False, timeout=300)
@@ -102,7 +103,7 @@ def applied(lab, first_deploy):
     apply of the bundle, uploaded with the runner under /tmp/baseline_e2e."""
     cleanup(lab)
     lab.ssh("pgt1", ["mkdir", "-p", f"{WORK}/baseline"])
-    upload(lab, RUNNER, (ROOT / "files/pginfra-migrate").read_text())
+    upload(lab, RUNNER, (ROOT / "pginfra_host/migrate.py").read_text())
     for path in sorted(BUNDLE.glob("*.sql")):
         upload(lab, f"{WORK}/baseline/{path.name}", path.read_text())
     lab.ssh("pgt1", ["chown", "-R", "postgres", WORK])

@@ -1,4 +1,5 @@
-"""files/pginfra-migrate on a real PostgreSQL 15 (the lab's host): tracked, locked, safe."""
+"""pginfra-migrate (pginfra_host/migrate.py) on a real PostgreSQL 15 (the lab's host): tracked,
+locked, safe."""
 
 import json
 import subprocess
@@ -28,7 +29,7 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS posts_user_id_idx ON posts (user_id);
 @pytest.fixture(scope="module")
 def runner(lab, first_deploy):
     lab.ssh("pgt1", ["sh", "-c", f"'cat > {RUNNER} && chmod 755 {RUNNER}'"],
-            input=(ROOT / "files/pginfra-migrate").read_text())
+            input=(ROOT / "pginfra_host/migrate.py").read_text())
     return RUNNER
 
 

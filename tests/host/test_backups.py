@@ -69,10 +69,17 @@ def test_tls_server_between_the_hosts_of_a_cluster(host):
 @pytest.mark.usefixtures("primary_only")
 class TestOnThePrimary:
     def test_programs_installed(self, host):
-        for name, mode in (("pginfra-backup", 0o755), ("pginfra-restore", 0o755),
-                           ("pginfra_backup_lib.py", 0o644)):
+        for name, mode in (("pginfra-backup", 0o755), ("pginfra-restore", 0o755)):
             f = host.file(f"{BIN}/{name}")
             assert (f.user, f.group, f.mode) == ("root", "root", mode), name
+        # what the programs share: the host package where Debian's python3 finds it, no
+        # longer a library beside them
+        site = host.check_output("python3 -c 'import site; print(site.getsitepackages()[0])'")
+        for module in ("pginfra_host/runner.py", "pginfra_host/pgbr.py"):
+            f = host.file(f"{site}/{module}")
+            assert (f.user, f.group, f.mode) == ("root", "root", 0o644), module
+        assert not host.file(f"{BIN}/pginfra_backup_lib.py").exists
+        assert host.run("runuser -u postgres -- python3 -c 'import pginfra_host.backup'").rc == 0
         assert host.package("python3-boto3").is_installed
 
     def test_configuration_readable_by_postgres_only(self, host, settings):

@@ -1,20 +1,12 @@
 """files/pginfra-apply-config: install, check, revert on any failure; a syntax error on a
 throwaway PostgreSQL 15. The rest of the server side is proven end to end."""
 
-import importlib.machinery
-import importlib.util
 import os
 
 import pytest
 from throwaway_pg import drop_cluster, needs_postgres, new_cluster
 
-from pginfra import ROOT
-
-loader = importlib.machinery.SourceFileLoader("apply_config",
-                                              str(ROOT / "files/pginfra-apply-config"))
-spec = importlib.util.spec_from_loader("apply_config", loader)
-apply_config = importlib.util.module_from_spec(spec)
-loader.exec_module(apply_config)
+from pginfra_host import apply_config
 
 
 class FakeServer:

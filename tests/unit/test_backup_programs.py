@@ -11,12 +11,10 @@ The programs run from throwaway_pg's world-readable copy of files/ with Debian's
 import contextlib
 import fcntl
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,8 +23,8 @@ import botocore.exceptions
 import pytest
 from botocore.config import Config as BotoConfig
 from throwaway_pg import (
+    BIN,
     ENV,
-    FILES,
     HOST_PYTHON,
     PgBackRestCluster,
     drop_cluster,
@@ -36,15 +34,9 @@ from throwaway_pg import (
 )
 from throwaway_pg import new_cluster as _new_cluster
 
+from pginfra_host import backup_config, pgbr, runner, s3store, util
 from pginfra_lab.s3_local import MOTO, local_s3
 from pginfra_lab.s3_local import client as s3_local_client
-
-_spec = importlib.util.spec_from_file_location("pginfra_backup_lib",
-                                               FILES / "pginfra_backup_lib.py")
-lib = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("pginfra_backup_lib", lib)
-_spec.loader.exec_module(lib)
-
 
 # ---------------------------------------------------------------------------------------------
 # usage
@@ -54,16 +46,16 @@ _spec.loader.exec_module(lib)
     ("pginfra-restore", ["list", "dump", "pitr", "standby"])])
 def test_help_explains_the_options_and_exit_codes(program, subcommands):
     for words in ([], *([sub] for sub in subcommands)):
-        proc = subprocess.run([HOST_PYTHON, str(FILES / program), *words, "--help"],
+        proc = subprocess.run([HOST_PYTHON, str(BIN / program), *words, "--help"],
                               capture_output=True, text=True, env=ENV)
         assert proc.returncode == 0, proc.stderr
         assert "Exit codes: 0" in proc.stdout and "75 another run" in proc.stdout
     for gone in {"pginfra-backup": ("base", "upload", "ship-wal"),
                  "pginfra-restore": ("fetch-wal",)}[program]:
-        proc = subprocess.run([HOST_PYTHON, str(FILES / program), gone], capture_output=True,
+        proc = subprocess.run([HOST_PYTHON, str(BIN / program), gone], capture_output=True,
                               text=True, env=ENV)
         assert proc.returncode == 2 and "invalid choice" in proc.stderr
-    proc = subprocess.run([HOST_PYTHON, str(FILES / program), "--config", "/nonexistent.json",
+    proc = subprocess.run([HOST_PYTHON, str(BIN / program), "--config", "/nonexistent.json",
                            "list"], capture_output=True, text=True, env=ENV)
     assert proc.returncode == 2 and "/nonexistent.json: no such file" in proc.stderr
 
@@ -100,9 +92,10 @@ def s3_settings(endpoint: str, bucket: str, credentials_file: str = "") -> dict:
 
 
 def store_for(endpoint, bucket, sysid="7000000000000000001", client=None, chunk=None):
-    settings = lib.validate_config({**_base_raw(), "s3": s3_settings(endpoint, bucket)}).s3
-    log = lib.JobLog("test", None, stream=None)
-    return lib.S3Store(settings, "pg1", sysid, log, client=client or s3_client(endpoint),
+    raw = {**_base_raw(), "s3": s3_settings(endpoint, bucket)}
+    settings = backup_config.validate_config(raw).s3
+    log = runner.JobLog("test", None, stream=None)
+    return s3store.S3Store(settings, "pg1", sysid, log, client=client or s3_client(endpoint),
                        chunk_override=chunk)
 
 
@@ -130,14 +123,14 @@ def uploads(client, bucket):
 # S3 transfers in-process: multipart, temporary keys, aborts, head checks, batched deletes
 
 def test_multipart_upload_via_a_temporary_key_then_publish(tmp_path, s3_endpoint, bucket):
-    data = os.urandom(12 * lib.MiB + 123)
+    data = os.urandom(12 * util.MiB + 123)
     path = tmp_path / "L.dump"
     path.write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()
     store = store_for(s3_endpoint, bucket, chunk=1)  # the test hook: 5 MiB parts
-    log = lib.JobLog("test", None, stream=None)
+    log = runner.JobLog("test", None, stream=None)
     meta = {"size": len(data), "sha256": digest}
-    lib.publish(store, log, [(path, store.key("dumps", "app", "L.dump"), meta)],
+    s3store.publish(store, log, [(path, store.key("dumps", "app", "L.dump"), meta)],
                 store.key("dumps", "app", "L.json"), {"verified": True,
                                                       "files": {"L.dump": meta}})
     client = store.client
@@ -175,8 +168,8 @@ def _failing_client(endpoint, fail_part=2, fail_first_abort=False):
                                                             "leftover-aborted-by-us"])
 def test_a_failed_multipart_upload_is_aborted(tmp_path, s3_endpoint, bucket, abort_fails):
     path = tmp_path / "big.dump"
-    path.write_bytes(os.urandom(16 * lib.MiB))
-    digest, size = lib.sha256_file(path)
+    path.write_bytes(os.urandom(16 * util.MiB))
+    digest, size = util.sha256_file(path)
     client, seen = _failing_client(s3_endpoint, fail_first_abort=abort_fails)
     store = store_for(s3_endpoint, bucket, client=client, chunk=1)
     records = []
@@ -198,9 +191,9 @@ def test_head_object_verification_names_the_key(tmp_path, s3_endpoint, bucket):
     key = store.key("dumps", "app", "20261101T000000Z.dump")
     store.client.put_object(Bucket=bucket, Key=key, Body=b"abc",
                             Metadata={"sha256": hashlib.sha256(b"abd").hexdigest()})
-    with pytest.raises(lib.Failed, match=f"{key}: 3 bytes with sha256"):
+    with pytest.raises(runner.Failed, match=f"{key}: 3 bytes with sha256"):
         store.check_object(key, 3, hashlib.sha256(b"abc").hexdigest())
-    with pytest.raises(lib.Failed, match="not there after the upload"):
+    with pytest.raises(runner.Failed, match="not there after the upload"):
         store.check_object(key + "x", 3, "0")
     store.check_object(key, 3, hashlib.sha256(b"abd").hexdigest())
 
@@ -294,7 +287,7 @@ def credentials(pg):
 
 
 def run(program: str, config: Path, *args, root: bool = False, timeout: float = 180):
-    cmd = [HOST_PYTHON, str(FILES / program), "--config", str(config), *map(str, args)]
+    cmd = [HOST_PYTHON, str(BIN / program), "--config", str(config), *map(str, args)]
     if not root:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout,
@@ -345,7 +338,7 @@ def test_full_then_diff_each_verified_with_the_standby_fallback(pg):
     assert "unable to find standby cluster" in warning["detail"]
     full = last_success(config, "full")["repos"]["1"]
     assert full["type"] == "full" and full["label"].endswith("F") and full["size"] > 0
-    assert full["repo_size"] > 0 and lib.parse_time(full["stop"]) <= lib.utcnow()
+    assert full["repo_size"] > 0 and util.parse_time(full["stop"]) <= util.utcnow()
     record = verify_record(config)
     assert record["repos"]["1"]["ok"] is True and full["label"] in record["repos"]["1"]["valid"]
     assert oct(state(config, "pgbackrest-verify.json").stat().st_mode & 0o777) == "0o600"
@@ -442,8 +435,8 @@ def test_pitr_dry_run_chooses_the_newest_backup_before_the_target(pg):
     proc = run("pginfra-restore", config, "pitr", "--target-time", "2001-01-01 00:00:00+00",
                "--dry-run", root=True)
     assert proc.returncode == 2
-    assert "before the oldest backup's stop time " + lib.iso(
-        lib.epoch_time(oldest["timestamp"]["stop"])) in proc.stderr
+    assert "before the oldest backup's stop time " + util.iso(
+        pgbr.epoch_time(oldest["timestamp"]["stop"])) in proc.stderr
     proc = run("pginfra-restore", config, "pitr", "--target-time", target, "--from-s3",
                "--dry-run", root=True)
     assert proc.returncode == 2 and "no s3 section" in proc.stderr

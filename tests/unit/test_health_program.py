@@ -32,8 +32,8 @@ from pathlib import Path
 
 import pytest
 from throwaway_pg import (
+    BIN,
     ENV,
-    FILES,
     HOST_PYTHON,
     PGBIN,
     Cluster,
@@ -46,7 +46,7 @@ from throwaway_pg import (
 
 from pginfra.programs import host_program
 
-PROGRAM = FILES / "pginfra-health"
+PROGRAM = BIN / "pginfra-health"
 DATA = Path(__file__).parent / "data" / "health-pgbackrest"
 PGBACKREST = "/usr/bin/pgbackrest"
 STANZA = "main"
@@ -421,7 +421,7 @@ BAD_CONFIGS = [
 
 @pytest.mark.parametrize("raw, named", BAD_CONFIGS, ids=[n for _r, n in BAD_CONFIGS])
 def test_validation_names_the_bad_key(raw, named):
-    with pytest.raises(health.lib.ConfigError) as caught:
+    with pytest.raises(health.runner.ConfigError) as caught:
         health.validate_config(raw)
     assert named in str(caught.value) and "\n" not in str(caught.value)
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from pginfra import ROOT, layout
+from pginfra import ROOT
 from pginfra.settings import resolve
+from pginfra_host import layout
 
 STEPS = ROOT / "pginfra" / "steps"
 
@@ -33,9 +34,9 @@ def test_no_step_imports_another_step():
 
 def test_a_clusters_paths_come_from_the_layout():
     settings = resolve({"postgres_cluster": "reports", "postgres_port": 5433})
-    assert layout.unit(settings) == "postgresql@15-reports"
-    assert layout.data_directory(settings) == "/var/lib/postgresql/15/reports"
-    assert layout.config_directory(settings) == "/etc/postgresql/15/reports"
+    assert layout.unit(*settings.pg_cluster) == "postgresql@15-reports"
+    assert layout.data_directory(*settings.pg_cluster) == "/var/lib/postgresql/15/reports"
+    assert layout.config_directory(*settings.pg_cluster) == "/etc/postgresql/15/reports"
     assert layout.program("pginfra-health") == "/usr/local/lib/pginfra/pginfra-health"
 
 

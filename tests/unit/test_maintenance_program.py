@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 from throwaway_pg import (
+    BIN,
     ENV,
-    FILES,
     HOST_PYTHON,
     PGBIN,
     SQL,
@@ -36,7 +36,7 @@ from throwaway_pg import new_cluster as _new_cluster
 
 from pginfra.programs import host_program
 
-PROGRAM = FILES / "pginfra-maintenance"
+PROGRAM = BIN / "pginfra-maintenance"
 
 maintenance = host_program("pginfra-maintenance")
 
@@ -110,7 +110,7 @@ def _without(key):
     ([], "JSON object"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_a_bad_configuration_names_the_key(raw, key):
-    with pytest.raises(maintenance.lib.ConfigError, match=re.escape(key)):
+    with pytest.raises(maintenance.runner.ConfigError, match=re.escape(key)):
         maintenance.validate_config(raw)
 
 
@@ -167,7 +167,7 @@ class MaintenanceCluster(Cluster):
 
     def migrate(self, db: str) -> None:
         proc = subprocess.run(
-            ["runuser", "-u", "postgres", "--", HOST_PYTHON, str(FILES / "pginfra-migrate"),
+            ["runuser", "-u", "postgres", "--", HOST_PYTHON, str(BIN / "pginfra-migrate"),
              "--dbname", db, "--host", str(self.root), "--port", str(self.port), "apply",
              str(SQL / "baseline")], capture_output=True, text=True, env=ENV, cwd="/")
         assert proc.returncode == 0, proc.stdout + proc.stderr

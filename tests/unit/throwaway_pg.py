@@ -8,7 +8,8 @@ configuration (repo1 posix in the cluster's directory, encrypted with a passphra
 0600 conf.d file; spool, lock and log paths in that directory too).
 
 The programs run as postgres, who may not enter the checkout (a clone in root's 0700 home): they
-run from ``PROGRAMS``, a copy of ``files/`` and ``sql/`` in a world-readable temporary directory
+run from ``PROGRAMS``, a copy of ``pginfra_host/`` (with the entry points) and ``sql/``
+in
 made once per test session, with ``HOST_PYTHON``, Debian's ``/usr/bin/python3`` and its
 python3-psycopg and python3-boto3, as on a host (``PGINFRA_TEST_PYTHON`` overrides it)."""
 
@@ -27,6 +28,8 @@ from pathlib import Path
 import pytest
 
 from pginfra import ROOT
+from pginfra.programs import PACKAGE_DIR, entry_point
+from pginfra_host import layout
 
 PGBIN = Path("/usr/lib/postgresql/15/bin")
 HOST_PYTHON = os.environ.get("PGINFRA_TEST_PYTHON", "/usr/bin/python3")
@@ -37,18 +40,28 @@ ENV.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/nonexistent",
 
 
 def _copy_programs() -> Path:
-    """files/ and sql/ copied where every user can read them, removed when the session ends."""
+    """The host package (in lib/), the programs' entry points as the deploy writes them (in
+    bin/) and sql/, copied where every user can read them, removed when the session ends.
+    PYTHONPATH names lib/ for the programs (and runuser keeps it), as a host's site directory
+    holds the package."""
     top = Path(tempfile.mkdtemp(prefix="pginfra-programs-"))
     top.chmod(0o755)
-    for part in ("files", "sql"):
-        shutil.copytree(ROOT / part, top / part)
+    shutil.copytree(PACKAGE_DIR, top / "lib" / PACKAGE_DIR.name,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "sql", top / "sql")
+    (top / "bin").mkdir(mode=0o755)
+    for name in layout.PROGRAMS:
+        (top / "bin" / name).write_text(entry_point(name))
+        (top / "bin" / name).chmod(0o755)
     atexit.register(shutil.rmtree, top, ignore_errors=True)
     return top
 
 
 PROGRAMS = _copy_programs()
-FILES = PROGRAMS / "files"
+BIN = PROGRAMS / "bin"
 SQL = PROGRAMS / "sql"
+os.environ["PYTHONPATH"] = str(PROGRAMS / "lib")  # for the host's python3, run by the tests
+ENV["PYTHONPATH"] = os.environ["PYTHONPATH"]
 
 
 def _host_modules_missing() -> str | None:

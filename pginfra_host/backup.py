@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Back up this host's PostgreSQL cluster: physical backups with pgBackRest (which also archives
 the WAL and expires old backups by itself), logical dumps kept locally and in S3, their
 verification and retention, and restore drills.
@@ -66,17 +65,18 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import pginfra_backup_lib as lib  # noqa: E402
+from pginfra_host import backup_config, catalog, dumps, pg, pgbr, runner, s3store, util
+from pginfra_host.backup_config import Config
+from pginfra_host.runner import JobLog
 
-PROGRAM = os.path.realpath(__file__)
+PROGRAM = "pginfra-backup"
 
 
-def chosen_repos(cfg: lib.Config, repo: int | None) -> list[int]:
+def chosen_repos(cfg: Config, repo: int | None) -> list[int]:
     if repo is None:
         return list(cfg.pgbackrest.repos)
     if repo not in cfg.pgbackrest.repos:
-        raise lib.ConfigError(f"--repo {repo}: not one of pgbackrest.repos "
+        raise runner.ConfigError(f"--repo {repo}: not one of pgbackrest.repos "
                               f"{cfg.pgbackrest.repos}")
     return [repo]
 
@@ -84,33 +84,33 @@ def chosen_repos(cfg: lib.Config, repo: int | None) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # full, diff
 
-def backup_repo(cfg: lib.Config, log: lib.JobLog, repo: int, kind: str) -> bool:
+def backup_repo(cfg: Config, log: JobLog, repo: int, kind: str) -> bool:
     """One pgbackrest backup into ``repo``, from a standby when configured (from the primary
     when none answers). False: it failed (logged)."""
     standby = cfg.pgbackrest.backup_standby
     try:
         with log.stage("backup", detail=f"repo{repo} {kind}") as info:
-            proc = lib.pgbackrest(cfg, f"--type={kind}",
+            proc = pgbr.pgbackrest(cfg, f"--type={kind}",
                                   *(["--backup-standby"] if standby else []), "backup",
                                   repo=repo)
-            if standby and proc.returncode == lib.PGBR_NO_STANDBY:
+            if standby and proc.returncode == pgbr.PGBR_NO_STANDBY:
                 log.emit("backup-standby", "warning",
-                         detail=f"repo{repo}: {lib.tail(proc.stderr, 2)}: no standby answers; "
+                         detail=f"repo{repo}: {util.tail(proc.stderr, 2)}: no standby answers; "
                          "taking the backup from the primary")
-                proc = lib.pgbackrest(cfg, f"--type={kind}", "backup", repo=repo)
+                proc = pgbr.pgbackrest(cfg, f"--type={kind}", "backup", repo=repo)
             if proc.returncode != 0:
-                raise lib.pgbackrest_failed(proc, "backup")
+                raise pgbr.pgbackrest_failed(proc, "backup")
             if proc.stderr.strip():  # warnings, e.g. a diff made a full
-                info.detail += f": {lib.tail(proc.stderr, 3)}"
-    except lib.Failed:
+                info.detail += f": {util.tail(proc.stderr, 3)}"
+    except runner.Failed:
         return False
     return True
 
 
-def job_backup(cfg: lib.Config, args, log: lib.JobLog):
+def job_backup(cfg: Config, args, log: JobLog):
     repos = chosen_repos(cfg, args.repo)
-    with lib.connect(cfg) as conn:
-        if lib.standby_skip(conn, log):
+    with pg.connect(cfg) as conn:
+        if pg.standby_skip(conn, log):
             return {"skipped": "standby"}
     results, done = {}, {}
     for repo in repos:
@@ -118,35 +118,35 @@ def job_backup(cfg: lib.Config, args, log: lib.JobLog):
             continue
         if args.command == "full":  # verify reads the whole repository (2.45 has no --set):
             # weekly with each full; the differentials are checked by the daily verify job
-            results[repo] = lib.verify_repo(cfg, log, repo)
-        with contextlib.suppress(lib.Failed), \
+            results[repo] = pgbr.verify_repo(cfg, log, repo)
+        with contextlib.suppress(runner.Failed), \
                 log.stage("pgbackrest-info", detail=f"repo{repo}") as info:
-            newest = lib.repo_backups(lib.pgbackrest_info(cfg, repo), repo)[-1]
-            done[str(repo)] = lib.backup_summary(newest)
+            newest = pgbr.repo_backups(pgbr.pgbackrest_info(cfg, repo), repo)[-1]
+            done[str(repo)] = pgbr.backup_summary(newest)
             info.detail = (f"repo{repo}: {newest['type']} backup {newest['label']}, "
-                           f"{lib.human(newest['info']['repository']['delta'])} stored")
+                           f"{util.human(newest['info']['repository']['delta'])} stored")
     if results:
-        lib.record_verify(cfg, results)
+        pgbr.record_verify(cfg, results)
     return {"repos": done}
 
 
 # ---------------------------------------------------------------------------------------------
 # dump
 
-def run_pg_dump(cfg: lib.Config, db: str, target: Path) -> dict:
+def run_pg_dump(cfg: Config, db: str, target: Path) -> dict:
     """pg_dump -Fc of ``db`` in an exported snapshot, and, in that same snapshot, the exact
     row count of every table: what the drill compares a restore against."""
-    with lib.connect(cfg, db) as conn:
+    with pg.connect(cfg, db) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         with tempfile.TemporaryFile(mode="w+") as err:
             proc = subprocess.Popen(
                 [cfg.bin("pg_dump"), "-Fc", "--no-password", f"--snapshot={snapshot}",
-                 "-f", str(target), "-d", lib.conninfo(cfg, db)],
+                 "-f", str(target), "-d", pg.conninfo(cfg, db)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                 env={**os.environ, "LC_ALL": "C"})
             try:
-                counts = lib.row_counts(conn)
+                counts = pg.row_counts(conn)
             except BaseException:
                 proc.kill()
                 proc.wait()
@@ -156,17 +156,17 @@ def run_pg_dump(cfg: lib.Config, db: str, target: Path) -> dict:
             errors = err.read()
         conn.execute("COMMIT")
     if rc != 0:
-        raise lib.Failed(f"pg_dump of {db} exited with {rc}: {lib.tail(errors)}")
+        raise runner.Failed(f"pg_dump of {db} exited with {rc}: {util.tail(errors)}")
     return counts
 
 
-def dump_one(cfg: lib.Config, log: lib.JobLog, db: str, label: str, common: dict) -> dict:
-    kind = "globals" if db == lib.GLOBALS else "dump"
+def dump_one(cfg: Config, log: JobLog, db: str, label: str, common: dict) -> dict:
+    kind = "globals" if db == dumps.GLOBALS else "dump"
     ext = "sql" if kind == "globals" else "dump"
-    directory = lib.ensure_dir(Path(cfg.backup_dir) / "dumps" / db)
+    directory = util.ensure_dir(Path(cfg.backup_dir) / "dumps" / db)
     partial, final = directory / f"{label}.{ext}.partial", directory / f"{label}.{ext}"
     manifest = {**common, "label": label, "kind": kind, "database": db,
-                "start_time": lib.iso(lib.utcnow()), "end_time": None, "files": {},
+                "start_time": util.iso(util.utcnow()), "end_time": None, "files": {},
                 "verified": False, "error": None}
     try:
         if kind == "dump":
@@ -175,41 +175,41 @@ def dump_one(cfg: lib.Config, log: lib.JobLog, db: str, label: str, common: dict
                 info.bytes = partial.stat().st_size
         else:
             with log.stage("pg_dumpall", detail="--globals-only --no-role-passwords") as info:
-                proc = lib.run([cfg.bin("pg_dumpall"), "--globals-only", "--no-role-passwords",
+                proc = util.run([cfg.bin("pg_dumpall"), "--globals-only", "--no-role-passwords",
                                 "--no-password", "-h", cfg.socket_dir, "-p", str(cfg.port),
                                 "-f", str(partial)])
                 if proc.returncode != 0:
-                    raise lib.Failed(f"pg_dumpall exited with {proc.returncode}: "
-                                     f"{lib.tail(proc.stderr)}")
+                    raise runner.Failed(f"pg_dumpall exited with {proc.returncode}: "
+                                     f"{util.tail(proc.stderr)}")
                 info.bytes = partial.stat().st_size
-        manifest["end_time"] = lib.iso(lib.utcnow())
+        manifest["end_time"] = util.iso(util.utcnow())
         with log.stage("verify", detail=f"{db}/{final.name}") as info:
-            problem = (lib.verify_dump_file(partial, cfg) if kind == "dump"
-                       else lib.verify_globals_file(partial))
+            problem = (dumps.verify_dump_file(partial, cfg) if kind == "dump"
+                       else dumps.verify_globals_file(partial))
             if problem:
-                raise lib.Failed(problem)
-            digest, size = lib.sha256_file(partial)
+                raise runner.Failed(problem)
+            digest, size = util.sha256_file(partial)
             info.bytes = size
         manifest["files"] = {final.name: {"size": size, "sha256": digest}}
         manifest["verified"] = True
         partial.rename(final)
-    except lib.Failed as exc:
+    except runner.Failed as exc:
         manifest["error"] = str(exc)
-    lib.write_json(directory / f"{label}.json", manifest)
+    util.write_json(directory / f"{label}.json", manifest)
     return manifest
 
 
-def job_dump(cfg: lib.Config, args, log: lib.JobLog):
-    with lib.connect(cfg) as conn:
-        if lib.standby_skip(conn, log):
+def job_dump(cfg: Config, args, log: JobLog):
+    with pg.connect(cfg) as conn:
+        if pg.standby_skip(conn, log):
             return {"skipped": "standby"}
-        sysid = lib.sql_system_identifier(conn)
+        sysid = pg.sql_system_identifier(conn)
         version = conn.info.server_version
     databases = args.database or cfg.databases
     if not args.no_globals:
-        databases = [*databases, lib.GLOBALS]
-    dumps_dir = lib.ensure_dir(Path(cfg.backup_dir) / "dumps")
-    label = lib.fresh_label(lambda label: any(
+        databases = [*databases, dumps.GLOBALS]
+    dumps_dir = util.ensure_dir(Path(cfg.backup_dir) / "dumps")
+    label = dumps.fresh_label(lambda label: any(
         (dumps_dir / db / f"{label}.json").exists() for db in databases))
     common = {"host": cfg.host, "system_identifier": sysid, "server_version": version}
     done = [m for m in (dump_one(cfg, log, db, label, common) for db in databases)
@@ -217,16 +217,16 @@ def job_dump(cfg: lib.Config, args, log: lib.JobLog):
     published = []
     if cfg.s3 is not None and not args.no_upload:
         # this run's dumps, and the verified ones an earlier run could not publish
-        store = lib.S3Store(cfg.s3, cfg.host, sysid, log)
-        for entry in lib.local_entries(cfg):
-            if not lib.usable(entry) or (entry["published"] and not entry["published_bad"]) \
+        store = s3store.S3Store(cfg.s3, cfg.host, sysid, log)
+        for entry in dumps.local_entries(cfg):
+            if not dumps.usable(entry) or (entry["published"] and not entry["published_bad"]) \
                     or str(entry["manifest"].get("system_identifier")) != sysid:
                 continue
             name = f"{entry['database']}/{entry['label']}"
             try:
-                lib.publish_entry(cfg, store, log, entry)
+                catalog.publish_entry(cfg, store, log, entry)
                 published.append(name)
-            except lib.Failed:
+            except runner.Failed:
                 log.emit("dump", "failed", detail=f"{name} is verified and kept locally but "
                          "not published; the next dump run retries")
     return {"label": label, "databases": [m["database"] for m in done],
@@ -236,26 +236,26 @@ def job_dump(cfg: lib.Config, args, log: lib.JobLog):
 # ---------------------------------------------------------------------------------------------
 # retention
 
-def expire_dumps_local(cfg: lib.Config, log: lib.JobLog, dry_run: bool) -> int:
+def expire_dumps_local(cfg: Config, log: JobLog, dry_run: bool) -> int:
     groups: dict[str | None, list[dict]] = {}
-    for entry in lib.local_entries(cfg):
+    for entry in dumps.local_entries(cfg):
         groups.setdefault(entry["database"], []).append(entry)
     deleted = 0
     for db, group in sorted(groups.items()):
-        items = [lib.Item(e["label"], lib.usable(e), e) for e in group]
-        for item in lib.select_local_retention(items, cfg.keep_local_dumps)[1]:
+        items = [dumps.Item(e["label"], dumps.usable(e), e) for e in group]
+        for item in dumps.select_local_retention(items, cfg.keep_local_dumps)[1]:
             entry = item.ref
             with log.stage("expire-local", detail=f"{entry['kind']} {db} {entry['label']} "
                            f"({entry['state']})") as info:
                 if not dry_run:
-                    lib.remove_paths(entry["paths"])
+                    dumps.remove_paths(entry["paths"])
                 info.bytes, info.status = entry["size"], "dry-run" if dry_run else "ok"
                 deleted += 1
     return deleted
 
 
-def expire_dumps_s3(cfg: lib.Config, store: lib.S3Store, log: lib.JobLog, dry_run: bool) -> int:
-    now = lib.utcnow()
+def expire_dumps_s3(cfg: Config, store: s3store.S3Store, log: JobLog, dry_run: bool) -> int:
+    now = util.utcnow()
     groups: dict[str | None, list[dict]] = {}
     with log.stage("s3-list") as info:
         for entry in store.entries():
@@ -263,8 +263,8 @@ def expire_dumps_s3(cfg: lib.Config, store: lib.S3Store, log: lib.JobLog, dry_ru
         info.detail = f"s3://{store.bucket}/{store.root}dumps/"
     manifests, files = [], []
     for group in groups.values():
-        items = [lib.Item(e["label"], lib.usable(e), e) for e in group]
-        for item in lib.select_s3_expiry(items, cfg.s3.keep_days, now):
+        items = [dumps.Item(e["label"], dumps.usable(e), e) for e in group]
+        for item in dumps.select_s3_expiry(items, cfg.s3.keep_days, now):
             manifests += [k for k in item.ref["keys"] if k == item.ref["manifest_key"]]
             files += [k for k in item.ref["keys"] if k != item.ref["manifest_key"]]
     deleted = 0
@@ -288,7 +288,7 @@ def expire_dumps_s3(cfg: lib.Config, store: lib.S3Store, log: lib.JobLog, dry_ru
     return deleted
 
 
-def legacy_cleanup(cfg: lib.Config, log: lib.JobLog, store: lib.S3Store | None,
+def legacy_cleanup(cfg: Config, log: JobLog, store: s3store.S3Store | None,
                    dry_run: bool) -> dict:
     """The pre-pgBackRest layout: base backups in backup_dir/base/, loose WAL in
     wal_archive_dir (and ship-wal's records), base/ and wal/ objects in S3 older than
@@ -297,11 +297,11 @@ def legacy_cleanup(cfg: lib.Config, log: lib.JobLog, store: lib.S3Store | None,
     base_dir, wal_dir = Path(cfg.backup_dir) / "base", Path(cfg.wal_archive_dir)
     with log.stage("legacy", detail="the pre-pgBackRest layout") as info:
         bases = sorted(base_dir.iterdir()) if base_dir.is_dir() else []
-        wal = [wal_dir / n for n in lib.legacy_wal_names(
+        wal = [wal_dir / n for n in pgbr.legacy_wal_names(
             os.listdir(wal_dir) if wal_dir.is_dir() else []) if (wal_dir / n).is_file()]
         old_keys = []
         if store is not None:
-            cutoff = lib.utcnow() - timedelta(days=cfg.s3.keep_days)
+            cutoff = util.utcnow() - timedelta(days=cfg.s3.keep_days)
             old_keys = [o["Key"] for part in ("base", "wal")
                         for o in store.list(store.key(part) + "/")
                         if o["LastModified"] < cutoff]
@@ -315,16 +315,16 @@ def legacy_cleanup(cfg: lib.Config, log: lib.JobLog, store: lib.S3Store | None,
                 + (f", {len(old_keys)} S3 object(s) under base/ and wal/ older than "
                    f"{cfg.s3.keep_days} days" if store is not None else ""))
         need = cfg.pgbackrest.retention_full
-        clean = lib.clean_fulls(lib.pgbackrest_info(cfg, 1), 1,
-                                lib.read_json(Path(cfg.state_dir) / lib.VERIFY_STATE))
+        clean = pgbr.clean_fulls(pgbr.pgbackrest_info(cfg, 1), 1,
+                                util.read_json(Path(cfg.state_dir) / pgbr.VERIFY_STATE))
         if len(clean) < need:
             info.status = "waiting"
             info.detail = (f"kept: {what}; until repo1 holds {need} full backup(s) that the "
                            f"last verify found valid (now {len(clean)})")
             return {}
-        info.bytes = sum(lib.tree_size(p) for p in [*bases, *wal])
+        info.bytes = sum(dumps.tree_size(p) for p in [*bases, *wal])
         if not dry_run:
-            lib.remove_paths([*bases, *wal, Path(cfg.state_dir) / "wal-shipped"])
+            dumps.remove_paths([*bases, *wal, Path(cfg.state_dir) / "wal-shipped"])
             if store is not None:
                 store.delete_keys(old_keys)
         info.status = "dry-run" if dry_run else "ok"
@@ -334,27 +334,27 @@ def legacy_cleanup(cfg: lib.Config, log: lib.JobLog, store: lib.S3Store | None,
     return {"legacy_removed": len(bases) + len(wal) + len(old_keys)}
 
 
-def job_retention(cfg: lib.Config, args, log: lib.JobLog):
-    with lib.connect(cfg) as conn:
+def job_retention(cfg: Config, args, log: JobLog):
+    with pg.connect(cfg) as conn:
         standby = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
-        sysid = lib.sql_system_identifier(conn)
+        sysid = pg.sql_system_identifier(conn)
     if standby:
         log.emit("pgbackrest-expire", "skipped", detail="this server is a standby: the "
                  "primary expires the repositories")
     else:
-        with contextlib.suppress(lib.Failed), log.stage("pgbackrest-expire") as info:
-            proc = lib.pgbackrest(cfg, *(["--dry-run"] if args.dry_run else []), "expire")
+        with contextlib.suppress(runner.Failed), log.stage("pgbackrest-expire") as info:
+            proc = pgbr.pgbackrest(cfg, *(["--dry-run"] if args.dry_run else []), "expire")
             if proc.returncode != 0:
-                raise lib.pgbackrest_failed(proc, "expire")
-            info.detail = lib.tail(proc.stderr, 4) or "every repository, by its retention"
+                raise pgbr.pgbackrest_failed(proc, "expire")
+            info.detail = util.tail(proc.stderr, 4) or "every repository, by its retention"
             info.status = "dry-run" if args.dry_run else "ok"
     summary = {"local_deleted": expire_dumps_local(cfg, log, args.dry_run)}
     store = None
     if cfg.s3 is not None:
-        with contextlib.suppress(lib.Failed):
-            store = lib.open_store(cfg, log, explicit=sysid)
+        with contextlib.suppress(runner.Failed):
+            store = s3store.open_store(cfg, log, explicit=sysid)
             summary["s3_deleted"] = expire_dumps_s3(cfg, store, log, args.dry_run)
-    with contextlib.suppress(lib.Failed):
+    with contextlib.suppress(runner.Failed):
         summary.update(legacy_cleanup(cfg, log, store, args.dry_run))
     return summary
 
@@ -369,36 +369,36 @@ def drop_database(conn, name: str) -> None:
         sql.Identifier(name)))
 
 
-def drill_one(cfg: lib.Config, log: lib.JobLog, conn, db: str, entry: dict) -> None:
+def drill_one(cfg: Config, log: JobLog, conn, db: str, entry: dict) -> None:
     from psycopg import sql
 
     scratch = f"pginfra_drill_{db}"
     if len(scratch.encode()) > 63:
-        raise lib.Failed(f"{scratch}: longer than 63 bytes")
+        raise runner.Failed(f"{scratch}: longer than 63 bytes")
     dump = Path(entry["location"])
     try:
         with log.stage("drill-restore", detail=f"{db}/{dump.name} into {scratch}") as info:
             drop_database(conn, scratch)
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
                 sql.Identifier(scratch)))
-            proc = lib.run([cfg.bin("pg_restore"), "--no-owner", "--no-privileges",
-                            "--no-password", "-d", lib.conninfo(cfg, scratch), str(dump)])
+            proc = util.run([cfg.bin("pg_restore"), "--no-owner", "--no-privileges",
+                            "--no-password", "-d", pg.conninfo(cfg, scratch), str(dump)])
             if proc.returncode != 0:
-                raise lib.Failed(f"pg_restore exited with {proc.returncode}: "
-                                 f"{lib.tail(proc.stderr)}")
+                raise runner.Failed(f"pg_restore exited with {proc.returncode}: "
+                                 f"{util.tail(proc.stderr)}")
             info.bytes = entry["size"]
         with log.stage("drill-compare", detail=db) as info:
-            with lib.connect(cfg, scratch) as restored_conn:
-                restored = lib.row_counts(restored_conn)
+            with pg.connect(cfg, scratch) as restored_conn:
+                restored = pg.row_counts(restored_conn)
             expected = entry["manifest"].get("row_counts")
             against = "the source as dumped (same snapshot)"
             if expected is None:
-                with lib.connect(cfg, db) as source:
-                    expected = lib.row_counts(source)
+                with pg.connect(cfg, db) as source:
+                    expected = pg.row_counts(source)
                 against = "the live source (the dump recorded no counts)"
-            differences = lib.compare_counts(expected, restored)
+            differences = dumps.compare_counts(expected, restored)
             if differences:
-                raise lib.Failed(f"{len(differences)} table(s) differ from {against}: "
+                raise runner.Failed(f"{len(differences)} table(s) differ from {against}: "
                                  + "; ".join(differences[:20]))
             info.detail = (f"{db}: {len(restored)} table(s), "
                            f"{sum(restored.values())} row(s) match {against}")
@@ -407,14 +407,14 @@ def drill_one(cfg: lib.Config, log: lib.JobLog, conn, db: str, entry: dict) -> N
             drop_database(conn, scratch)
 
 
-def job_drill(cfg: lib.Config, args, log: lib.JobLog):
+def job_drill(cfg: Config, args, log: JobLog):
     databases = args.database or cfg.databases
-    with lib.connect(cfg) as conn:
-        if lib.standby_skip(conn, log):
+    with pg.connect(cfg) as conn:
+        if pg.standby_skip(conn, log):
             return {"skipped": "standby"}
         newest: dict[str, dict] = {}
-        for entry in lib.local_entries(cfg):
-            if entry["kind"] == "dump" and lib.usable(entry):
+        for entry in dumps.local_entries(cfg):
+            if entry["kind"] == "dump" and dumps.usable(entry):
                 newest[entry["database"]] = entry  # oldest first: the last one wins
         done = []
         for db in databases:
@@ -424,7 +424,7 @@ def job_drill(cfg: lib.Config, args, log: lib.JobLog):
             try:
                 drill_one(cfg, log, conn, db, newest[db])
                 done.append(f"{db}/{newest[db]['label']}")
-            except lib.Failed:
+            except runner.Failed:
                 continue
     return {"drilled": done}
 
@@ -432,53 +432,53 @@ def job_drill(cfg: lib.Config, args, log: lib.JobLog):
 # ---------------------------------------------------------------------------------------------
 # verify
 
-def job_verify(cfg: lib.Config, args, log: lib.JobLog):
+def job_verify(cfg: Config, args, log: JobLog):
     repos = chosen_repos(cfg, args.repo)
     if args.s3 and cfg.s3 is None:
-        raise lib.ConfigError("--s3: the configuration has no s3 section")
+        raise runner.ConfigError("--s3: the configuration has no s3 section")
     check_problem = None
     try:
-        with lib.connect(cfg) as conn:
+        with pg.connect(cfg) as conn:
             standby = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
-    except lib.Failed:
+    except runner.Failed:
         standby = False  # check then says what is wrong
     if standby:
         log.emit("pgbackrest-check", "skipped", detail="this server is a standby: the "
                  "primary's check proves archiving")
     else:
-        with contextlib.suppress(lib.Failed), log.stage("pgbackrest-check") as info:
-            proc = lib.pgbackrest(cfg, "check")
+        with contextlib.suppress(runner.Failed), log.stage("pgbackrest-check") as info:
+            proc = pgbr.pgbackrest(cfg, "check")
             if proc.returncode != 0:
-                check_problem = str(lib.pgbackrest_failed(proc, "check"))
-                raise lib.Failed(check_problem)
+                check_problem = str(pgbr.pgbackrest_failed(proc, "check"))
+                raise runner.Failed(check_problem)
             info.detail = "WAL reaches every repository"
     results = {}
     for repo in repos:
-        result = lib.verify_repo(cfg, log, repo)
+        result = pgbr.verify_repo(cfg, log, repo)
         if check_problem:
             result = {**result, "ok": False, "problems": [check_problem, *result["problems"]]}
         results[repo] = result
-    lib.record_verify(cfg, results)
-    verified = verify_dumps(cfg, log, lib.local_entries(cfg), None)
+    pgbr.record_verify(cfg, results)
+    verified = verify_dumps(cfg, log, dumps.local_entries(cfg), None)
     if args.s3:
         try:
             with log.stage("s3-list") as info:
-                store = lib.open_store(cfg, log)
+                store = s3store.open_store(cfg, log)
                 entries = store.entries()
                 info.detail = f"s3://{store.bucket}/{store.root}dumps/"
-        except lib.Failed:
+        except runner.Failed:
             pass
         else:
             verified += verify_dumps(cfg, log, entries, store)
     return {"repos": {str(r): v["ok"] for r, v in results.items()}, "dumps": verified}
 
 
-def verify_dumps(cfg: lib.Config, log: lib.JobLog, entries: list[dict],
-                 store: lib.S3Store | None) -> list[str]:
+def verify_dumps(cfg: Config, log: JobLog, entries: list[dict],
+                 store: s3store.S3Store | None) -> list[str]:
     """The newest good dump of each database (and of the globals), local or (``store``) its
     published copy: checked, and marked bad when broken."""
     newest: dict[str, dict] = {}
-    for entry in sorted((e for e in entries if lib.usable(e)), key=lambda e: e["label"]):
+    for entry in sorted((e for e in entries if dumps.usable(e)), key=lambda e: e["label"]):
         newest[entry["database"]] = entry
     if not newest:
         log.emit("verify", "skipped", detail="no " + ("published" if store else "verified local")
@@ -488,28 +488,28 @@ def verify_dumps(cfg: lib.Config, log: lib.JobLog, entries: list[dict],
         try:
             problems = (verify_s3_entry(cfg, store, log, entry) if store is not None
                         else check_copy(cfg, log, Path(entry["location"]).parent, entry))
-        except lib.Failed:
+        except runner.Failed:
             continue  # not checked: nothing is known about the dump, nothing is marked
         if not problems:
             done.append(f"{entry['where']}:{entry['database']}/{entry['label']}")
             continue
-        with contextlib.suppress(lib.Failed), \
+        with contextlib.suppress(runner.Failed), \
                 log.stage("mark-bad", detail=describe(entry)) as info:
-            where = lib.mark_bad(cfg, entry, "; ".join(problems), store)
+            where = catalog.mark_bad(cfg, entry, "; ".join(problems), store)
             info.detail = (f"{describe(entry)} ({entry['where']}) is bad, recorded in {where}: "
                            f"no longer restored, drilled or kept as a good one: "
                            f"{'; '.join(problems)}")
     return done
 
 
-def check_entry(cfg: lib.Config, directory: Path, entry: dict) -> list[str]:
+def check_entry(cfg: Config, directory: Path, entry: dict) -> list[str]:
     files = entry["manifest"].get("files") or {}
-    problems = lib.check_files(directory, files)
+    problems = util.check_files(directory, files)
     if problems:
         return problems
     name = next(iter(files))
-    problem = (lib.verify_dump_file(directory / name, cfg) if entry["kind"] == "dump"
-               else lib.verify_globals_file(directory / name))
+    problem = (dumps.verify_dump_file(directory / name, cfg) if entry["kind"] == "dump"
+               else dumps.verify_globals_file(directory / name))
     return [problem] if problem else []
 
 
@@ -518,7 +518,7 @@ def describe(entry: dict) -> str:
             f"{entry['label']}")
 
 
-def check_copy(cfg: lib.Config, log: lib.JobLog, directory: Path, entry: dict) -> list[str]:
+def check_copy(cfg: Config, log: JobLog, directory: Path, entry: dict) -> list[str]:
     """The verify stage for the copy in ``directory``: what is wrong with it (nothing: it is
     good). An error that stops the check itself (unreadable, a timeout) raises a logged Failed:
     it says nothing about the backup."""
@@ -528,20 +528,20 @@ def check_copy(cfg: lib.Config, log: lib.JobLog, directory: Path, entry: dict) -
         with log.stage("verify", detail=what) as info:
             problems = check_entry(cfg, directory, entry)
             if problems:
-                raise lib.Failed("; ".join(problems))
+                raise runner.Failed("; ".join(problems))
             info.detail = f"{what}: every file matches its manifest"
             info.bytes = entry["size"]
-    except lib.Failed:
+    except runner.Failed:
         if not problems:
             raise
     return problems
 
 
-def verify_s3_entry(cfg: lib.Config, store: lib.S3Store, log: lib.JobLog,
+def verify_s3_entry(cfg: Config, store: s3store.S3Store, log: JobLog,
                     entry: dict) -> list[str]:
     """Download the published copy and check it (``check_copy``). A file missing from S3 is a
     problem of the copy; a download that fails otherwise (S3 unreachable) raises."""
-    work = Path(tempfile.mkdtemp(prefix=".verify-", dir=lib.ensure_dir(cfg.backup_dir)))
+    work = Path(tempfile.mkdtemp(prefix=".verify-", dir=util.ensure_dir(cfg.backup_dir)))
     try:
         for name, meta in sorted((entry["manifest"].get("files") or {}).items()):
             key = store.key("dumps", entry["database"], name)
@@ -549,7 +549,7 @@ def verify_s3_entry(cfg: lib.Config, store: lib.S3Store, log: lib.JobLog,
                 try:
                     store.download(key, work / name, meta["size"])
                 except Exception as exc:
-                    if not lib.is_not_found(exc):
+                    if not s3store.is_not_found(exc):
                         raise
                     (work / name).unlink(missing_ok=True)
                     info.status, info.detail = "missing", f"{key}: not in S3"
@@ -563,15 +563,15 @@ def verify_s3_entry(cfg: lib.Config, store: lib.S3Store, log: lib.JobLog,
 # ---------------------------------------------------------------------------------------------
 
 JOBS = {"full": job_backup, "diff": job_backup, "dump": job_dump, "retention": job_retention,
-        "drill": job_drill, "verify": job_verify, "list": lib.job_list}
+        "drill": job_drill, "verify": job_verify, "list": catalog.job_list}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pginfra-backup", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__)
-    parser.add_argument("--config", default=lib.DEFAULT_CONFIG,
-                        help=f"the JSON configuration (default {lib.DEFAULT_CONFIG})")
+    parser.add_argument("--config", default=backup_config.DEFAULT_CONFIG,
+                        help=f"the JSON configuration (default {backup_config.DEFAULT_CONFIG})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
     for kind in ("full", "diff"):
@@ -580,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "repository of pgbackrest.repos (--backup-standby when configured; "
                            "from the primary when no standby answers), verify the repository "
                            "and record each backup's label, size and stop time. Does nothing "
-                           "on a standby.", epilog=lib.EXIT_CODES_HELP)
+                           "on a standby.", epilog=runner.EXIT_CODES_HELP)
         p.add_argument("--repo", type=int, metavar="N", help="only this repository")
 
     p = sub.add_parser("verify", help="pgbackrest check and verify, and the newest dumps",
@@ -590,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "state_dir/pgbackrest-verify.json. Check the newest verified dump of "
                        "each database against its manifest with a full pg_restore read (with "
                        "--s3 also the published copy); a broken dump is marked bad.",
-                       epilog=lib.EXIT_CODES_HELP)
+                       epilog=runner.EXIT_CODES_HELP)
     p.add_argument("--repo", type=int, metavar="N", help="only this repository")
     p.add_argument("--s3", action="store_true", help="also the dumps' copies in S3")
 
@@ -599,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "row count of every table taken in the same snapshot) and the globals "
                        "(pg_dumpall --globals-only --no-role-passwords); check each with a full "
                        "pg_restore read; publish them to S3, with the verified dumps an "
-                       "earlier run could not publish.", epilog=lib.EXIT_CODES_HELP)
+                       "earlier run could not publish.", epilog=runner.EXIT_CODES_HELP)
     p.add_argument("--database", action="append", metavar="DB",
                    help="dump only this database (repeatable; default: 'databases' of the "
                    "configuration)")
@@ -615,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "keys. Remove the pre-pgBackRest layout (backup_dir/base/, loose WAL in "
                        "wal_archive_dir, S3 base/ and wal/ older than s3.keep_days) once repo 1 "
                        "holds pgbackrest.retention_full full backups the last verify found "
-                       "valid.", epilog=lib.EXIT_CODES_HELP)
+                       "valid.", epilog=runner.EXIT_CODES_HELP)
     p.add_argument("--dry-run", action="store_true", help="log what would go, delete nothing")
 
     p = sub.add_parser("drill", help="restore the newest dumps into scratch databases, compare",
@@ -623,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "pginfra_drill_<db> (pg_restore --no-owner --no-privileges), compare "
                        "the exact row count of every table with the source's as dumped, and "
                        "drop the scratch database, also on failure. Any difference fails.",
-                       epilog=lib.EXIT_CODES_HELP)
+                       epilog=runner.EXIT_CODES_HELP)
     p.add_argument("--database", action="append", metavar="DB",
                    help="drill only this database (repeatable)")
 
@@ -631,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List pgBackRest's backups in each repository (label, type, "
                        "start and stop, size) and the dumps here and in S3 with their state "
                        "(verified, bad, failed, partial; published, bad, unpublished).",
-                       epilog=lib.EXIT_CODES_HELP)
+                       epilog=runner.EXIT_CODES_HELP)
     p.add_argument("--json", action="store_true", help="one JSON document")
     p.add_argument("--local", action="store_true", help="do not look for dumps in S3")
     return parser
@@ -640,7 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # dumps, logs and state are the postgres user's alone
     args = build_parser().parse_args(argv)
-    return lib.run_job(PROGRAM, args.command, args.config, JOBS[args.command], args,
+    return runner.run_job(PROGRAM, args.command, args.config, JOBS[args.command], args,
+                          load=backup_config.load_config,
                        stream=sys.stderr if args.command == "list" else "stdout",
                        argv=argv, lock_name="backup" if args.command in ("full", "diff")
                        else None)

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Check this host's PostgreSQL cluster, its PgBouncer, WAL archiving, backups and disks, and
 report the way monitoring wants it: one Nagios line with perfdata and a Nagios exit code (the
 default), one line per check (--verbose) or one line of JSON (--json); and, for the node
@@ -124,8 +123,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import pginfra_backup_lib as lib  # noqa: E402
+from pginfra_host import layout, runner, schema, util
 
 try:
     import psycopg
@@ -134,7 +132,6 @@ try:
 except ImportError:  # the postgres check reports it
     psycopg = pg_errors = dict_row = None
 
-PROGRAM = os.path.realpath(__file__)
 NAME = "pginfra-health"
 DEFAULT_CONFIG = "/etc/pginfra/health.json"
 APPLICATION_NAME = "pginfra-health"
@@ -247,7 +244,7 @@ def _is_number(value) -> bool:
 
 
 def _positive(key: str, value, high: float) -> float:
-    lib._want(_is_number(value) and 0 < value <= high, key,
+    schema.require(_is_number(value) and 0 < value <= high, key,
               f"must be a number of seconds > 0 and <= {high}", value)
     return value
 
@@ -258,28 +255,29 @@ def _pair(key: str, value, lower_is_worse: bool, high) -> tuple:
     ok = (isinstance(value, list) and len(value) == 2
           and all(_is_number(v) and v >= 0 and (high is None or v <= high) for v in value)
           and (value[0] >= value[1] if lower_is_worse else value[0] <= value[1]))
-    lib._want(ok, key, "must be [warning, critical]: two non-negative numbers"
+    schema.require(ok, key, "must be [warning, critical]: two non-negative numbers"
               + (f" <= {high}" if high is not None else "") + f", {order}", value)
     return tuple(value)
 
 
 def validate_backup(backup) -> BackupSettings | None:
     """The "backup" key: null, or every one of BACKUP_KEYS."""
-    lib._want(backup is None or isinstance(backup, dict), "backup",
+    schema.require(backup is None or isinstance(backup, dict), "backup",
               "must be null or an object {" + ", ".join(f'"{k}"' for k in BACKUP_KEYS) + "}",
               backup)
     if backup is None:
         return None
-    lib._check_keys(backup, BACKUP_KEYS, prefix="backup.")
-    state_dir = lib._abs("backup.state_dir", backup["state_dir"])
-    stanza = lib._str("backup.stanza", backup["stanza"], STANZA_RE,
+    schema.check_keys(backup, BACKUP_KEYS, prefix="backup.")
+    state_dir = schema.abspath("backup.state_dir", backup["state_dir"])
+    stanza = schema.string("backup.stanza", backup["stanza"], STANZA_RE,
                       "a stanza name ([A-Za-z0-9_.-], 1..64)")
-    config = lib._abs("backup.pgbackrest_config", backup["pgbackrest_config"])
-    lib._want(config != "/", "backup.pgbackrest_config",
+    config = schema.abspath("backup.pgbackrest_config", backup["pgbackrest_config"])
+    schema.require(config != "/", "backup.pgbackrest_config",
               "must be the path of pgBackRest's configuration file", config)
-    spool_path = lib._abs("backup.spool_path", backup["spool_path"])
+    spool_path = schema.abspath("backup.spool_path", backup["spool_path"])
     repos = backup["repos"]
-    lib._want(isinstance(repos, list) and repos != [] and len(set(map(repr, repos))) == len(repos)
+    schema.require(isinstance(repos, list) and repos != []
+                   and len(set(map(repr, repos))) == len(repos)
               and all(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= MAX_REPO
                       for r in repos),
               "backup.repos", f"must be a non-empty list of distinct repository numbers "
@@ -289,46 +287,46 @@ def validate_backup(backup) -> BackupSettings | None:
 
 
 def validate_config(raw, path: str = DEFAULT_CONFIG) -> HealthConfig:
-    """The configuration, checked strictly; lib.ConfigError names the first bad key."""
+    """The configuration, checked strictly; runner.ConfigError names the first bad key."""
     if not isinstance(raw, dict):
-        raise lib.ConfigError("the configuration must be a JSON object")
-    lib._check_keys(raw, TOP_KEYS, OPTIONAL_KEYS)
+        raise runner.ConfigError("the configuration must be a JSON object")
+    schema.check_keys(raw, TOP_KEYS, OPTIONAL_KEYS)
     bouncer = raw["pgbouncer"]
-    lib._want(bouncer is None or isinstance(bouncer, dict), "pgbouncer",
+    schema.require(bouncer is None or isinstance(bouncer, dict), "pgbouncer",
               "must be an object {\"port\": N} or null", bouncer)
     if bouncer is not None:
-        lib._check_keys(bouncer, ("port",), ("listen",), prefix="pgbouncer.")
-        lib._int("pgbouncer.port", bouncer["port"], 1, 65535)
+        schema.check_keys(bouncer, ("port",), ("listen",), prefix="pgbouncer.")
+        schema.integer("pgbouncer.port", bouncer["port"], 1, 65535)
         listen = bouncer.get("listen", [])
-        lib._want(isinstance(listen, list) and all(isinstance(a, str) for a in listen),
+        schema.require(isinstance(listen, list) and all(isinstance(a, str) for a in listen),
                   "pgbouncer.listen", "must be a list of addresses", listen)
     backup = validate_backup(raw["backup"])
     textfile = raw["textfile"]
     if textfile is not None:
-        lib._abs("textfile", textfile)
-        lib._want(textfile.endswith(".prom") and len(textfile) > len("/.prom"), "textfile",
+        schema.abspath("textfile", textfile)
+        schema.require(textfile.endswith(".prom") and len(textfile) > len("/.prom"), "textfile",
                   "must be null or a path ending in .prom (what the node exporter reads)",
                   textfile)
     thresholds = raw["thresholds"]
-    lib._want(isinstance(thresholds, dict), "thresholds", "must be an object", thresholds)
-    lib._check_keys(thresholds, tuple(THRESHOLDS), prefix="thresholds.")
+    schema.require(isinstance(thresholds, dict), "thresholds", "must be an object", thresholds)
+    schema.check_keys(thresholds, tuple(THRESHOLDS), prefix="thresholds.")
     pairs = {name: _pair(f"thresholds.{name}", thresholds[name], lower, high)
              for name, (_default, lower, high) in THRESHOLDS.items()}
     standbys = raw.get("standbys", [])
-    lib._want(isinstance(standbys, list) and all(
+    schema.require(isinstance(standbys, list) and all(
         isinstance(n, str) and re.fullmatch(r"[a-z0-9_]{1,63}", n) for n in standbys),
         "standbys", "must be a list of application names ([a-z0-9_], 1..63)", standbys)
     return HealthConfig(
         path=path,
         standbys=tuple(standbys),
-        host=lib._str("host", raw["host"], lib._NAME, "a host name ([A-Za-z0-9._-], 1..63)"),
-        version=lib._int("version", raw["version"], 10, 99),
-        cluster=lib._str("cluster", raw["cluster"], lib._NAME, "a cluster name"),
-        port=lib._int("port", raw["port"], 1, 65535),
-        socket_dir=lib._abs("socket_dir", raw.get("socket_dir", lib.DEFAULT_SOCKET_DIR)),
-        data_directory=lib._abs("data_directory", raw["data_directory"]),
-        wal_archive_dir=lib._abs("wal_archive_dir", raw["wal_archive_dir"]),
-        state_dir=lib._abs("state_dir", raw["state_dir"]),
+        host=schema.string("host", raw["host"], schema.NAME, "a host name ([A-Za-z0-9._-], 1..63)"),
+        version=schema.integer("version", raw["version"], 10, 99),
+        cluster=schema.string("cluster", raw["cluster"], schema.NAME, "a cluster name"),
+        port=schema.integer("port", raw["port"], 1, 65535),
+        socket_dir=schema.abspath("socket_dir", raw.get("socket_dir", layout.DEFAULT_SOCKET_DIR)),
+        data_directory=schema.abspath("data_directory", raw["data_directory"]),
+        wal_archive_dir=schema.abspath("wal_archive_dir", raw["wal_archive_dir"]),
+        state_dir=schema.abspath("state_dir", raw["state_dir"]),
         query_timeout=_positive("query_timeout", raw["query_timeout"], 600),
         run_timeout=_positive("run_timeout", raw["run_timeout"], 3600),
         pgbouncer_port=None if bouncer is None else bouncer["port"],
@@ -344,17 +342,17 @@ def load_config(path: str) -> HealthConfig:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
     except FileNotFoundError:
-        raise lib.ConfigError(f"{path}: no such file (pass --config PATH)") from None
+        raise runner.ConfigError(f"{path}: no such file (pass --config PATH)") from None
     except PermissionError:
-        raise lib.ConfigError(f"{path}: permission denied (run as {lib.OS_USER})") from None
+        raise runner.ConfigError(f"{path}: permission denied (run as {util.OS_USER})") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise lib.ConfigError(f"{path}: cannot read it: {exc}") from None
+        raise runner.ConfigError(f"{path}: cannot read it: {exc}") from None
     except json.JSONDecodeError as exc:
-        raise lib.ConfigError(f"{path}: not valid JSON: {exc}") from None
+        raise runner.ConfigError(f"{path}: not valid JSON: {exc}") from None
     try:
         return validate_config(raw, path)
-    except lib.ConfigError as exc:
-        raise lib.ConfigError(f"{path}: {exc}") from None
+    except runner.ConfigError as exc:
+        raise runner.ConfigError(f"{path}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,7 +643,7 @@ def read_verify_record(path: Path) -> tuple[dict | None, str | None]:
         record = json.loads(text)
         if not isinstance(record, dict) or not isinstance(record.get("time"), str):
             raise ValueError("no \"time\" string")
-        moment = lib.parse_time(record["time"])
+        moment = util.parse_time(record["time"])
         repos = record.get("repos")
         if not isinstance(repos, dict):
             raise ValueError("no \"repos\" object")
@@ -658,7 +656,7 @@ def read_verify_record(path: Path) -> tuple[dict | None, str | None]:
                                  "problems": [clean(p) for p in repo.get("problems", [])]}
     except ValueError as exc:
         return None, f"{path} is malformed: {one_line(exc)}"
-    return {"time": lib.iso(moment), "repos": checked}, None
+    return {"time": util.iso(moment), "repos": checked}, None
 
 
 def base_backup_result(info: dict, backup: BackupSettings, pair: tuple, now: float,
@@ -693,7 +691,7 @@ def base_backup_result(info: dict, backup: BackupSettings, pair: tuple, now: flo
             newest = mine[-1]  # info lists them oldest first
             age = (now - newest["stop"]) / 3600
             entry.update(label=newest["label"], type=newest["type"],
-                         stop=lib.iso(datetime.fromtimestamp(newest["stop"], UTC)),
+                         stop=util.iso(datetime.fromtimestamp(newest["stop"], UTC)),
                          age_hours=_round(age), error=newest["error"])
             what = f"{newest['type']} {clean(newest['label'])}"
             if age < -0.1:
@@ -894,7 +892,7 @@ class Checks:
         s = self.server
         role = "standby (in recovery)" if s["in_recovery"] else "primary"
         data = {"version": s["version"], "in_recovery": s["in_recovery"],
-                "uptime_seconds": _round(s["uptime_seconds"]), "started": lib.iso(s["started"])}
+                "uptime_seconds": _round(s["uptime_seconds"]), "started": util.iso(s["started"])}
         addresses = settings(self.conn, "listen_addresses")["listen_addresses"].split(",")
         missing = missing_listeners(addresses, self.cfg.port, listening_sockets())
         if missing:
@@ -1168,19 +1166,19 @@ class Checks:
         """(warning text when failed_count rose since the previous run, a problem keeping the
         state); records this run's counts in state_dir/archiver.json."""
         path = Path(self.cfg.state_dir) / "archiver.json"
-        previous = lib.read_json(path) or {}
-        reset = lib.iso(stats["stats_reset"]) if stats["stats_reset"] else None
+        previous = util.read_json(path) or {}
+        reset = util.iso(stats["stats_reset"]) if stats["stats_reset"] else None
         rose = None
         before = previous.get("failed_count")
         if (isinstance(before, int) and previous.get("stats_reset") == reset
                 and stats["failed_count"] > before):
             rose = (f"failed_count rose from {before} to {stats['failed_count']} since the "
                     f"previous run (the last failure: {stats['last_failed_wal']} at "
-                    f"{lib.iso(stats['last_failed_time'])})")
+                    f"{util.iso(stats['last_failed_time'])})")
         try:
-            lib.ensure_dir(self.cfg.state_dir)
-            lib.write_json(path, {"failed_count": stats["failed_count"], "stats_reset": reset,
-                                  "time": lib.iso(lib.utcnow())})
+            util.ensure_dir(self.cfg.state_dir)
+            util.write_json(path, {"failed_count": stats["failed_count"], "stats_reset": reset,
+                                  "time": util.iso(util.utcnow())})
         except OSError as exc:
             return rose, f"cannot record the archiver's counts in {path}: {exc.strerror}"
         return rose, None
@@ -1229,7 +1227,7 @@ class Checks:
             reasons.append((grade(failing_for, failing_pair),
                             f"archiving fails for {seconds_text(failing_for)}: the last "
                             f"failure {stats['last_failed_wal']} at "
-                            f"{lib.iso(stats['last_failed_time'])}, failed_count "
+                            f"{util.iso(stats['last_failed_time'])}, failed_count "
                             f"{stats['failed_count']}"))
         rose, state_problem = self.archiver_state(stats)
         if rose:
@@ -1261,11 +1259,11 @@ class Checks:
                            "is lost until that disk fills")
         data = {"archive_mode": mode, "archived_count": stats["archived_count"],
                 "last_archived_wal": stats["last_archived_wal"],
-                "last_archived_time": lib.iso(stats["last_archived_time"])
+                "last_archived_time": util.iso(stats["last_archived_time"])
                 if stats["last_archived_time"] else None,
                 "failed_count": stats["failed_count"],
                 "last_failed_wal": stats["last_failed_wal"],
-                "last_failed_time": lib.iso(stats["last_failed_time"])
+                "last_failed_time": util.iso(stats["last_failed_time"])
                 if stats["last_failed_time"] else None,
                 "failing": stats["failing"], "failing_seconds": _round(failing_for),
                 "ready_segments": waiting, "oldest_ready_seconds": _round(ready["oldest"]),
@@ -1335,21 +1333,21 @@ class Checks:
                 raise ValueError("not a JSON object")
             if not isinstance(record.get("time"), str):
                 raise ValueError("no \"time\" string")
-            moment = lib.parse_time(record["time"])
+            moment = util.parse_time(record["time"])
         except ValueError as exc:
             return result(name, UNKNOWN, f"{path} is malformed: {one_line(exc)}", unit="h",
                           pair=pair, data={"path": str(path)})
-        age = (lib.utcnow() - moment).total_seconds() / 3600
+        age = (util.utcnow() - moment).total_seconds() / 3600
         label = record.get("label")
-        data = {"path": str(path), "time": lib.iso(moment), "label": label,
+        data = {"path": str(path), "time": util.iso(moment), "label": label,
                 "age_hours": _round(age)}
         if age < -0.1:
-            return result(name, UNKNOWN, f"{path}: the recorded time {lib.iso(moment)} is "
+            return result(name, UNKNOWN, f"{path}: the recorded time {util.iso(moment)} is "
                           "in the future (is the clock right?)", unit="h", pair=pair,
                           data=data)
         age = max(0.0, age)
         detail = (f"the last verified {what}{' ' + clean(label) if label else ''} finished "
-                  f"{seconds_text(age * 3600)} ago ({lib.iso(moment)})")
+                  f"{seconds_text(age * 3600)} ago ({util.iso(moment)})")
         return result(name, grade(age, pair), detail, age, "h", pair, data)
 
     def pgbackrest_limit(self) -> float:
@@ -1462,7 +1460,7 @@ class Checks:
         if name == "disk_data":
             size, why = self.postgres_bytes()
             data["bytes"] = size
-            what = (f"PostgreSQL uses {lib.human(size)}" if size is not None
+            what = (f"PostgreSQL uses {util.human(size)}" if size is not None
                     else f"sizes unknown ({why})")
             wal = os.path.join(path, "pg_wal")
             with contextlib.suppress(OSError):
@@ -1473,13 +1471,13 @@ class Checks:
                                       "free_bytes": wal_usage["free_bytes"]}
                     statuses.append(grade(wal_usage["percent"], pair))
                     notes.append(f"pg_wal's filesystem {wal_usage['percent']:.1f} % used, "
-                                 f"{lib.human(wal_usage['free_bytes'])} free")
+                                 f"{util.human(wal_usage['free_bytes'])} free")
         else:
             size = self.tree_bytes(path)
             data["bytes"] = size
-            what = f"the archive holds {lib.human(size)}"
+            what = f"the archive holds {util.human(size)}"
         detail = (f"{value:.1f} % of the filesystem of {path} used, "
-                  f"{lib.human(usage['free_bytes'])} free; {what}")
+                  f"{util.human(usage['free_bytes'])} free; {what}")
         if notes:
             detail += "; " + "; ".join(notes)
         return result(name, worst(statuses), detail, value, "%", pair, data)
@@ -1565,7 +1563,7 @@ class Checks:
         lags += [(s["retained_bytes"] or 0.0, f"slot {s['slot_name']}") for s in slots]
         lags = lags or [(0.0, "none")]
         largest, where = max(lags, key=lambda item: item[0])
-        value = max(0.0, largest) / lib.MiB
+        value = max(0.0, largest) / util.MiB
         statuses, notes = [grade(value, pair)], []
         lost = [s["slot_name"] for s in slots if s["wal_status"] == "lost"]
         unreserved = [s["slot_name"] for s in slots if s["wal_status"] == "unreserved"]
@@ -1613,7 +1611,7 @@ class Checks:
                    extract(epoch FROM clock_timestamp()
                                       - pg_catalog.pg_last_xact_replay_timestamp())::float8
                        AS since_replayed""")
-        value = max(0.0, row["lag_bytes"] or 0.0) / lib.MiB
+        value = max(0.0, row["lag_bytes"] or 0.0) / util.MiB
         statuses, notes = [grade(value, pair)], []
         receiver = receivers[0] if receivers else None
         if receiver is None or receiver["status"] != "streaming":
@@ -1731,7 +1729,7 @@ class Checks:
 class Run:
     def __init__(self, cfg: HealthConfig, args, names: list[str], started: float):
         self.cfg, self.args, self.names, self.started = cfg, args, names, started
-        self.time = lib.iso(lib.utcnow())
+        self.time = util.iso(util.utcnow())
         self.results: dict[str, dict] = {}
         self.checks = Checks(cfg, started + cfg.run_timeout)
         self.armed = False
@@ -1915,7 +1913,7 @@ def textfile_text(report: dict) -> str:
     family("pginfra_health_last_run_timestamp_seconds", "When the run started, in seconds "
            "since the epoch.",
            [f"pginfra_health_last_run_timestamp_seconds "
-            f"{metric_number(lib.parse_time(report['time']).timestamp())}"])
+            f"{metric_number(util.parse_time(report['time']).timestamp())}"])
     return "\n".join(lines) + "\n"
 
 
@@ -1988,7 +1986,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_failure(args, message: str, started: float) -> int:
     if args.json:
-        print(json.dumps({"host": None, "time": lib.iso(lib.utcnow()), "status": UNKNOWN,
+        print(json.dumps({"host": None, "time": util.iso(util.utcnow()), "status": UNKNOWN,
                           "exit_code": EXIT_UNKNOWN,
                           "duration_seconds": round(time.monotonic() - started, 3),
                           "checks": [], "error": message}, separators=(",", ":")))
@@ -2011,12 +2009,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if os.geteuid() == 0:
         try:
-            lib.reexec_as_postgres(PROGRAM, sys.argv[1:] if argv is None else argv)
-        except (lib.ConfigError, OSError) as exc:
-            return config_failure(args, f"cannot run as {lib.OS_USER}: {exc}", started)
+            runner.reexec_as_postgres(sys.argv[1:] if argv is None else argv)
+        except (runner.ConfigError, OSError) as exc:
+            return config_failure(args, f"cannot run as {util.OS_USER}: {exc}", started)
     try:
         cfg = load_config(args.config)
-    except lib.ConfigError as exc:
+    except runner.ConfigError as exc:
         return config_failure(args, str(exc), started)
     report = Run(cfg, args, selected(cfg, args), started).execute()
     return report["exit_code"]

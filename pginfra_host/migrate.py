@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Apply SQL bundles to a live database safely, as tracked migrations.
 
     pginfra-migrate --dbname app status sql/baseline [--json]

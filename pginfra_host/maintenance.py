@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Routine maintenance of this host's PostgreSQL databases, planned by the baseline SQL bundle.
 
     pginfra-maintenance [--config PATH] [--database DB ...] [--dry-run] STEP [STEP ...]
@@ -59,10 +58,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import pginfra_backup_lib as lib  # noqa: E402
+from pginfra_host import layout, pg, runner, schema, util
 
-PROGRAM = os.path.realpath(__file__)
 NAME = "pginfra-maintenance"
 JOB = "maintenance"
 DEFAULT_CONFIG = "/etc/pginfra/maintenance.json"
@@ -96,7 +93,7 @@ class Config:
     lock_timeout: str
     statement_timeout: str
     statement_timeout_ms: int
-    socket_dir: str = lib.DEFAULT_SOCKET_DIR
+    socket_dir: str = layout.DEFAULT_SOCKET_DIR
 
 
 TOP_KEYS = ("host", "version", "port", "data_directory", "state_dir", "log_dir", "databases",
@@ -122,7 +119,7 @@ def duration_ms(value) -> float | None:
 
 def _duration(key: str, value, zero_ok: bool) -> str:
     ms = duration_ms(value)
-    lib._want(ms is not None and (ms >= 1 or (zero_ok and ms == 0)) and ms <= INT_MAX, key,
+    schema.require(ms is not None and (ms >= 1 or (zero_ok and ms == 0)) and ms <= INT_MAX, key,
               "must be a PostgreSQL duration string such as '500ms', '5s', '1min', '2h' "
               "(us, ms, s, min, h, d; at most 2147483647ms)"
               + ("; '0' disables it" if zero_ok else "; more than 0: a maintenance statement "
@@ -131,24 +128,24 @@ def _duration(key: str, value, zero_ok: bool) -> str:
 
 
 def _ratio(key: str, value, high: float = 1) -> float:
-    lib._want(isinstance(value, int | float) and not isinstance(value, bool)
+    schema.require(isinstance(value, int | float) and not isinstance(value, bool)
               and 0 <= value <= high, key, f"must be a number from 0 to {high:g}", value)
     return float(value)
 
 
 def _database(key: str, value) -> str:
-    lib._want(isinstance(value, str) and 0 < len(value.encode()) <= 63 and "\0" not in value,
+    schema.require(isinstance(value, str) and 0 < len(value.encode()) <= 63 and "\0" not in value,
               key, "must be a database name of 1..63 bytes", value)
     return value
 
 
 def validate_config(raw, path: str = DEFAULT_CONFIG) -> Config:
-    """The configuration, checked; lib.ConfigError names the first bad key."""
+    """The configuration, checked; runner.ConfigError names the first bad key."""
     if not isinstance(raw, dict):
-        raise lib.ConfigError("the configuration must be a JSON object")
-    lib._check_keys(raw, TOP_KEYS, OPTIONAL_KEYS)
+        raise runner.ConfigError("the configuration must be a JSON object")
+    schema.check_keys(raw, TOP_KEYS, OPTIONAL_KEYS)
     databases = raw["databases"]
-    lib._want(isinstance(databases, list)
+    schema.require(isinstance(databases, list)
               and len(set(map(str, databases))) == len(databases), "databases",
               "must be a list of distinct database names", databases)
     for i, db in enumerate(databases):
@@ -156,26 +153,26 @@ def validate_config(raw, path: str = DEFAULT_CONFIG) -> Config:
     sections = {}
     for section, (ratio_key, high, count_key) in SECTIONS.items():
         value = raw[section]
-        lib._want(isinstance(value, dict), section, "must be an object", value)
-        lib._check_keys(value, (ratio_key, count_key), prefix=f"{section}.")
+        schema.require(isinstance(value, dict), section, "must be an object", value)
+        schema.check_keys(value, (ratio_key, count_key), prefix=f"{section}.")
         sections[section] = {
             ratio_key: _ratio(f"{section}.{ratio_key}", value[ratio_key], high),
-            count_key: lib._int(f"{section}.{count_key}", value[count_key], 0, BIGINT_MAX)}
+            count_key: schema.integer(f"{section}.{count_key}", value[count_key], 0, BIGINT_MAX)}
     statement_timeout = _duration("statement_timeout", raw["statement_timeout"], zero_ok=True)
     return Config(
         path=path,
-        host=lib._str("host", raw["host"], lib._NAME, "a host name ([A-Za-z0-9._-], 1..63)"),
-        version=lib._int("version", raw["version"], 10, 99),
-        port=lib._int("port", raw["port"], 1, 65535),
-        data_directory=lib._abs("data_directory", raw["data_directory"]),
-        state_dir=lib._abs("state_dir", raw["state_dir"]),
-        log_dir=lib._abs("log_dir", raw["log_dir"]),
+        host=schema.string("host", raw["host"], schema.NAME, "a host name ([A-Za-z0-9._-], 1..63)"),
+        version=schema.integer("version", raw["version"], 10, 99),
+        port=schema.integer("port", raw["port"], 1, 65535),
+        data_directory=schema.abspath("data_directory", raw["data_directory"]),
+        state_dir=schema.abspath("state_dir", raw["state_dir"]),
+        log_dir=schema.abspath("log_dir", raw["log_dir"]),
         databases=list(databases),
         vacuum=sections["vacuum"], analyze=sections["analyze"], reindex=sections["reindex"],
         lock_timeout=_duration("lock_timeout", raw["lock_timeout"], zero_ok=False),
         statement_timeout=statement_timeout,
         statement_timeout_ms=round(duration_ms(statement_timeout)),
-        socket_dir=lib._abs("socket_dir", raw.get("socket_dir", lib.DEFAULT_SOCKET_DIR)),
+        socket_dir=schema.abspath("socket_dir", raw.get("socket_dir", layout.DEFAULT_SOCKET_DIR)),
     )
 
 
@@ -184,15 +181,15 @@ def load_config(path: str) -> Config:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
     except FileNotFoundError:
-        raise lib.ConfigError(f"{path}: no such file (pass --config PATH)") from None
+        raise runner.ConfigError(f"{path}: no such file (pass --config PATH)") from None
     except PermissionError:
-        raise lib.ConfigError(f"{path}: permission denied (run as {lib.OS_USER})") from None
+        raise runner.ConfigError(f"{path}: permission denied (run as {util.OS_USER})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise lib.ConfigError(f"{path}: not valid JSON: {exc}") from None
+        raise runner.ConfigError(f"{path}: not valid JSON: {exc}") from None
     try:
         return validate_config(raw, path)
-    except lib.ConfigError as exc:
-        raise lib.ConfigError(f"{path}: {exc}") from None
+    except runner.ConfigError as exc:
+        raise runner.ConfigError(f"{path}: {exc}") from None
 
 
 def ordered_steps(given: list[str]) -> list[str]:
@@ -203,7 +200,7 @@ def ordered_steps(given: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # The run
 
-class CountingLog(lib.JobLog):
+class CountingLog(runner.JobLog):
     """JobLog that counts its lines per status (the "end" line's figures)."""
 
     def __init__(self, *args, **kwargs):
@@ -247,7 +244,7 @@ class Maintenance:
                      (self.cfg.lock_timeout, statement_timeout or self.cfg.statement_timeout))
 
     def connect(self, db: str):
-        conn = lib.connect(self.cfg, db, app=NAME)
+        conn = pg.connect(self.cfg, db, app=NAME)
         self.notices.clear()
         # kept, not printed: RAISE WARNING of failed refreshes, NOTICEs of IF EXISTS ...
         conn.add_notice_handler(lambda diag: self.notices.append(diag.message_primary or ""))
@@ -260,7 +257,7 @@ class Maintenance:
                 with self.connect(db) as conn:
                     return bool(conn.execute("SELECT pg_catalog.pg_is_in_recovery()")
                                 .fetchone()[0])
-            except (lib.Failed, self.pg.Error):
+            except (runner.Failed, self.pg.Error):
                 continue
         return False  # nothing answers: each step fails per database, naming why
 
@@ -268,7 +265,7 @@ class Maintenance:
         """A prepared connection to ``db`` for ``step``, or None (the reason logged)."""
         try:
             conn = self.connect(db)
-        except lib.Failed as exc:
+        except runner.Failed as exc:
             self.log.emit(step, "failed", detail=detail(db, error=str(exc)))
             return None
         try:
@@ -357,7 +354,7 @@ class Maintenance:
             if self.dry_run:
                 self.planned(step, info)
                 continue
-            started, t0 = lib.utcnow(), time.monotonic()
+            started, t0 = util.utcnow(), time.monotonic()
             status, reason = self.execute(conn, statement, target)
             seconds = time.monotonic() - t0
             if status == "ok" and step == "vacuum":
@@ -370,7 +367,7 @@ class Maintenance:
                     row = conn.execute(
                         "SELECT last_analyze FROM pg_catalog.pg_stat_user_tables "
                         "WHERE relid = pg_catalog.to_regclass(%s)", (target,)).fetchone()
-                    info["last_analyze"] = lib.iso(row[0]) if row and row[0] else None
+                    info["last_analyze"] = util.iso(row[0]) if row and row[0] else None
             if reason:
                 info["reason" if status == "skipped" else "error"] = reason
             self.action(conn, step, status, info, started, seconds)
@@ -382,16 +379,16 @@ class Maintenance:
         return Path(self.cfg.state_dir) / LEFTOVERS
 
     def leftovers(self) -> list[dict]:
-        data = lib.read_json(self.leftovers_path()) or {}
+        data = util.read_json(self.leftovers_path()) or {}
         return [e for e in data.get("leftovers", []) if isinstance(e, dict)
                 and isinstance(e.get("database"), str) and isinstance(e.get("index"), str)]
 
     def save_leftovers(self, entries: list[dict]) -> None:
-        lib.ensure_dir(self.cfg.state_dir)
-        lib.write_json(self.leftovers_path(), {"leftovers": entries}, mode=0o600)
+        util.ensure_dir(self.cfg.state_dir)
+        util.write_json(self.leftovers_path(), {"leftovers": entries}, mode=0o600)
 
     def remember(self, db: str, index: str, of: str, keep: bool) -> None:
-        entries, since = [], lib.iso(lib.utcnow())
+        entries, since = [], util.iso(util.utcnow())
         for entry in self.leftovers():
             if (entry["database"], entry["index"]) == (db, index):
                 since = entry.get("since") or since
@@ -413,7 +410,7 @@ class Maintenance:
         if self.dry_run:
             self.planned("reindex", info)
             return
-        started, t0 = lib.utcnow(), time.monotonic()
+        started, t0 = util.utcnow(), time.monotonic()
         timeout = self.cfg.statement_timeout_ms
         timeout = 0 if timeout == 0 else max(timeout, CLEANUP_STATEMENT_TIMEOUT_MS)
         try:
@@ -506,7 +503,7 @@ class Maintenance:
             self.lost(conn, db)
 
     def reindex_one(self, conn, db: str, target: str, statement: str, info: dict) -> None:
-        started, t0 = lib.utcnow(), time.monotonic()
+        started, t0 = util.utcnow(), time.monotonic()
         try:
             row = conn.execute(
                 "SELECT i.indrelid::int8, pg_catalog.pg_relation_size(i.indexrelid), "
@@ -536,8 +533,8 @@ class Maintenance:
         info.update(free_bytes=free, needed_bytes=2 * size_before)
         if free < 2 * size_before:
             self.action(conn, "reindex", "skipped", {**info, "reason": "not enough free "
-                        f"space: {where} has {lib.human(free)} free, REINDEX CONCURRENTLY "
-                        f"wants twice the index's {lib.human(size_before)}"}, started,
+                        f"space: {where} has {util.human(free)} free, REINDEX CONCURRENTLY "
+                        f"wants twice the index's {util.human(size_before)}"}, started,
                         time.monotonic() - t0)
             return
         if self.dry_run:
@@ -599,7 +596,7 @@ class Maintenance:
                 self.nothing("refresh", db, "no materialized view is due")
             return
         call = "SELECT * FROM monitoring.process_refresh_queue(false)"
-        started, t0 = lib.utcnow(), time.monotonic()
+        started, t0 = util.utcnow(), time.monotonic()
         self.notices.clear()
         try:
             rows = conn.execute(
@@ -642,7 +639,7 @@ class Maintenance:
         fd = None
         if not self.dry_run:
             try:
-                fd, path = lib.acquire_lock(self.cfg.state_dir, f"maintenance-{step}")
+                fd, path = runner.acquire_lock(self.cfg.state_dir, f"maintenance-{step}")
             except OSError as exc:
                 self.log.emit(step, "failed", detail=detail(
                     None, error=f"cannot open the lock file: {exc}"))
@@ -727,17 +724,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     if os.geteuid() == 0:
         try:
-            lib.reexec_as_postgres(PROGRAM, sys.argv[1:] if argv is None else argv)
-        except lib.ConfigError as exc:
+            runner.reexec_as_postgres(sys.argv[1:] if argv is None else argv)
+        except runner.ConfigError as exc:
             print(f"{NAME}: {exc}", file=sys.stderr)
-            return lib.EXIT_USAGE
+            return runner.EXIT_USAGE
     try:
         cfg = load_config(args.config)
         for i, db in enumerate(args.database or []):
             _database(f"--database[{i}]", db)
-    except lib.ConfigError as exc:
+    except runner.ConfigError as exc:
         print(f"{NAME}: {exc}", file=sys.stderr)
-        return lib.EXIT_USAGE
+        return runner.EXIT_USAGE
     log = CountingLog(JOB, cfg.log_dir)
     started = time.monotonic()
     run = None
@@ -764,12 +761,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if log.counts["failed"] or log.failures:
-        rc, status, result = lib.EXIT_FAILED, "failed", "finished with failures"
+        rc, status, result = runner.EXIT_FAILED, "failed", "finished with failures"
     elif run is not None and run.locked:
-        rc, status, result = lib.EXIT_LOCKED, "skipped", ("finished; another run holds a "
+        rc, status, result = runner.EXIT_LOCKED, "skipped", ("finished; another run holds a "
                                                           "step's lock, that step skipped")
     else:
-        rc, status, result = lib.EXIT_OK, "ok", "finished"
+        rc, status, result = runner.EXIT_OK, "ok", "finished"
     counts = {s: log.counts.get(s, 0) for s in ("ok", "skipped", "failed", "planned")}
     counts.update({s: n for s, n in log.counts.items() if s not in counts})
     log.emit("end", status, time.monotonic() - started, detail={

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Restore from pginfra's backups: a database from a verified dump, the whole cluster to a point
 in time from pgBackRest, or this host rebuilt as a standby from pgBackRest.
 
@@ -46,50 +45,51 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import pginfra_backup_lib as lib  # noqa: E402
+from pginfra_host import backup_config, catalog, dumps, pg, pgbr, runner, s3store, util
+from pginfra_host.backup_config import Config
+from pginfra_host.runner import JobLog
 
-PROGRAM = os.path.realpath(__file__)
+PROGRAM = "pginfra-restore"
 RECOVERY_KEYS = ("restore_command", "recovery_target_time", "recovery_target_action")
 
 
 # ---------------------------------------------------------------------------------------------
 # dump
 
-def find_dump(cfg: lib.Config, log: lib.JobLog, args, source: str):
+def find_dump(cfg: Config, log: JobLog, args, source: str):
     label = None if args.from_label in (None, "latest") else args.from_label
     store = None
     if args.s3:
-        store = lib.open_store(cfg, log, explicit=args.system_identifier)
+        store = s3store.open_store(cfg, log, explicit=args.system_identifier)
         entries = store.entries()
     else:
-        entries = lib.local_entries(cfg)
+        entries = dumps.local_entries(cfg)
     entries = [e for e in entries if e["kind"] == "dump" and e["database"] == source
                and (label is None or e["label"] == label)]
-    good = [e for e in entries if lib.usable(e)]
+    good = [e for e in entries if dumps.usable(e)]
     if not good:
         where = "published in S3" if args.s3 else "verified locally"
         bad = [e for e in entries if e["state"] == "bad"]
-        raise lib.Failed(f"no dump of {source} {where}" + (f" labelled {label}" if label else "")
+        raise runner.Failed(f"no dump of {source} {where}" + (f" labelled {label}" if label else "")
                          + (f"; {len(bad)} marked bad, e.g. {bad[-1]['label']}: "
                             f"{bad[-1]['error']}" if bad else ""))
     return max(good, key=lambda e: e["label"]), store
 
 
-def job_dump(cfg: lib.Config, args, log: lib.JobLog):
+def job_dump(cfg: Config, args, log: JobLog):
     from psycopg import sql
 
     name, source = args.database, args.source or args.database
     scratch = f"pginfra_restore_{name}"
     if len(scratch.encode()) > 63:
-        raise lib.ConfigError(f"database name {name!r} is too long (the scratch database "
+        raise runner.ConfigError(f"database name {name!r} is too long (the scratch database "
                               f"{scratch} must fit in 63 bytes)")
     entry, store = find_dump(cfg, log, args, source)
     (file_name, meta), = entry["manifest"]["files"].items()
     work = None
     try:
         if store is not None:
-            work = Path(tempfile.mkdtemp(prefix=".restore-", dir=lib.ensure_dir(cfg.backup_dir)))
+            work = Path(tempfile.mkdtemp(prefix=".restore-", dir=util.ensure_dir(cfg.backup_dir)))
             path = work / file_name
             with log.stage("download", detail=store.key("dumps", source, file_name)) as info:
                 store.download(store.key("dumps", source, file_name), path, meta["size"])
@@ -97,15 +97,15 @@ def job_dump(cfg: lib.Config, args, log: lib.JobLog):
         else:
             path = Path(entry["location"])
         with log.stage("check", detail=str(path)) as info:
-            problems = lib.check_files(path.parent, {file_name: meta})
+            problems = util.check_files(path.parent, {file_name: meta})
             if problems:
-                raise lib.Failed("; ".join(problems))
+                raise runner.Failed("; ".join(problems))
             info.bytes = meta["size"]
-        with lib.connect(cfg, app="pginfra-restore") as conn:
+        with pg.connect(cfg, app="pginfra-restore") as conn:
             row = conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database "
                                "WHERE datname = %s", (name,)).fetchone()
             if row and not args.replace:
-                raise lib.Failed(f"database {name} exists: pass --replace to replace it (it is "
+                raise runner.Failed(f"database {name} exists: pass --replace to replace it (it is "
                                  f"dropped only once the restore into {scratch} succeeded)")
             with log.stage("pg_restore", detail=f"{source}/{file_name} into {scratch}") as info:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
@@ -113,16 +113,16 @@ def job_dump(cfg: lib.Config, args, log: lib.JobLog):
                 conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
                     sql.Identifier(scratch)))
                 cmd = [cfg.bin("pg_restore"), "--no-password", "-d",
-                       lib.conninfo(cfg, scratch), str(path)]
+                       pg.conninfo(cfg, scratch), str(path)]
                 if args.no_owner:
                     cmd[1:1] = ["--no-owner", "--no-privileges"]
-                proc = lib.run(cmd)
+                proc = util.run(cmd)
                 if proc.returncode != 0:
                     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                         sql.Identifier(scratch)))
-                    raise lib.Failed(f"pg_restore exited with {proc.returncode} (scratch "
+                    raise runner.Failed(f"pg_restore exited with {proc.returncode} (scratch "
                                      f"database dropped; {name} untouched): "
-                                     f"{lib.tail(proc.stderr)}")
+                                     f"{util.tail(proc.stderr)}")
                 info.bytes = meta["size"]
             with log.stage("swap", detail=f"{scratch} -> {name}"):
                 if row:
@@ -147,17 +147,17 @@ def parse_target(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise lib.ConfigError(f"--target-time {text!r}: not a time like "
+        raise runner.ConfigError(f"--target-time {text!r}: not a time like "
                               "'2026-11-23 16:30:00+00'") from None
     if moment.tzinfo is None:
-        raise lib.ConfigError(f"--target-time {text!r}: give a numeric UTC offset "
+        raise runner.ConfigError(f"--target-time {text!r}: give a numeric UTC offset "
                               "(e.g. +00), PostgreSQL would otherwise read it in its timezone")
     return moment
 
 
 def need_root(what: str) -> None:
     if os.geteuid() != 0:
-        raise lib.ConfigError(f"{what} must run as root: it stops and starts the server")
+        raise runner.ConfigError(f"{what} must run as root: it stops and starts the server")
 
 
 def run_command(argv: list[str], what: str, timeout: float) -> None:
@@ -167,26 +167,26 @@ def run_command(argv: list[str], what: str, timeout: float) -> None:
             proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, text=True,
                                   timeout=timeout, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise lib.Failed(f"{what} {argv}: {exc}") from None
+            raise runner.Failed(f"{what} {argv}: {exc}") from None
         out.seek(0)
         output = out.read()
     if proc.returncode != 0:
-        raise lib.Failed(f"{what} {argv} exited with {proc.returncode}: {lib.tail(output)}")
+        raise runner.Failed(f"{what} {argv} exited with {proc.returncode}: {util.tail(output)}")
 
 
-def stop_server(cfg: lib.Config, log: lib.JobLog, timeout: float = 120) -> None:
+def stop_server(cfg: Config, log: JobLog, timeout: float = 120) -> None:
     data_dir = Path(cfg.data_directory)
     with log.stage("stop", detail=" ".join(cfg.stop_command)):
         run_command(cfg.stop_command, "stop_command", 600)
         deadline = time.monotonic() + timeout
         while (data_dir / "postmaster.pid").exists():
             if time.monotonic() > deadline:
-                raise lib.Failed(f"{data_dir}/postmaster.pid still there {timeout:.0f}s after "
+                raise runner.Failed(f"{data_dir}/postmaster.pid still there {timeout:.0f}s after "
                                  "stop_command: the server is still running")
             time.sleep(0.5)
 
 
-def start_and_wait(cfg: lib.Config, log: lib.JobLog, psql: lib.Psql, query: str, what: str,
+def start_and_wait(cfg: Config, log: JobLog, psql: pg.Psql, query: str, what: str,
                    timeout: float) -> None:
     """start_command, then until ``query`` answers t (or the server stops: recovery failed)."""
     data_dir = Path(cfg.data_directory)
@@ -199,44 +199,44 @@ def start_and_wait(cfg: lib.Config, log: lib.JobLog, psql: lib.Psql, query: str,
                     info.detail = f"{' '.join(cfg.start_command)}: {what}"
                     return
                 last = f"not {what} yet"
-            except (lib.Failed, subprocess.TimeoutExpired) as exc:
+            except (runner.Failed, subprocess.TimeoutExpired) as exc:
                 last = str(exc)
                 if not (data_dir / "postmaster.pid").exists():
-                    raise lib.Failed("the server is not running any more (recovery failed?): "
+                    raise runner.Failed("the server is not running any more (recovery failed?): "
                                      f"see its log; last answer: {last}") from None
             time.sleep(1)
-        raise lib.Failed(f"not {what} after {timeout:.0f}s ({last}); the server is left "
+        raise runner.Failed(f"not {what} after {timeout:.0f}s ({last}); the server is left "
                          "running")
 
 
-def in_recovery(cfg: lib.Config, psql: lib.Psql) -> bool | None:
+def in_recovery(cfg: Config, psql: pg.Psql) -> bool | None:
     """None: the server is not running."""
     if not (Path(cfg.data_directory) / "postmaster.pid").exists():
         return None
     return psql("SELECT pg_is_in_recovery()", timeout=30) == "t"
 
 
-def job_pitr(cfg: lib.Config, args, log: lib.JobLog):
+def job_pitr(cfg: Config, args, log: JobLog):
     target = parse_target(args.target_time)
-    if target > lib.utcnow():
-        raise lib.ConfigError(f"--target-time {lib.iso(target)} is in the future; recovery "
+    if target > util.utcnow():
+        raise runner.ConfigError(f"--target-time {util.iso(target)} is in the future; recovery "
                               "would end before reaching it")
     if args.from_s3 and cfg.s3 is None:
-        raise lib.ConfigError("--from-s3: the configuration has no s3 section (repo 2)")
+        raise runner.ConfigError("--from-s3: the configuration has no s3 section (repo 2)")
     repo = 2 if args.from_s3 else args.repo or 1
     if not args.dry_run:
         need_root("pitr")
-    psql = lib.Psql(cfg)
+    psql = pg.Psql(cfg)
     if in_recovery(cfg, psql) or (Path(cfg.data_directory) / "standby.signal").exists():
-        raise lib.ConfigError("refusing: this server is a standby; run pitr on the primary "
+        raise runner.ConfigError("refusing: this server is a standby; run pitr on the primary "
                               "and rebuild the standbys afterwards (pginfra-restore standby)")
     with log.stage("pgbackrest-info", detail=f"repo{repo}"):
-        backups = lib.repo_backups(lib.pgbackrest_info(cfg, repo), repo)
-    backup = lib.choose_backup(backups, target)
+        backups = pgbr.repo_backups(pgbr.pgbackrest_info(cfg, repo), repo)
+    backup = pgbr.choose_backup(backups, target)
     restore = ["--delta", "--type=time", f"--target={args.target_time}",
                "--target-action=promote", "restore"]
-    plan = {"repo": repo, "backup": lib.backup_summary(backup), "target_time": args.target_time,
-            "command": shlex.join(lib.pgbackrest_command(cfg, *restore, repo=repo))}
+    plan = {"repo": repo, "backup": pgbr.backup_summary(backup), "target_time": args.target_time,
+            "command": shlex.join(pgbr.pgbackrest_command(cfg, *restore, repo=repo))}
     log.emit("choose", "ok", detail=f"repo{repo}: backup {backup['label']}, stopped "
              f"{plan['backup']['stop']}, for {args.target_time}")
     if args.dry_run:
@@ -245,9 +245,9 @@ def job_pitr(cfg: lib.Config, args, log: lib.JobLog):
     started = time.monotonic()
     stop_server(cfg, log)
     with log.stage("restore", detail=plan["command"]):
-        proc = lib.pgbackrest(cfg, *restore, repo=repo)
+        proc = pgbr.pgbackrest(cfg, *restore, repo=repo)
         if proc.returncode != 0:
-            raise lib.pgbackrest_failed(proc, "restore")
+            raise pgbr.pgbackrest_failed(proc, "restore")
     start_and_wait(cfg, log, psql, "SELECT NOT pg_is_in_recovery()", "promoted", args.timeout)
     with log.stage("finish") as info:
         for key in RECOVERY_KEYS:
@@ -265,30 +265,30 @@ def job_pitr(cfg: lib.Config, args, log: lib.JobLog):
             "seconds": round(time.monotonic() - started, 3)}
 
 
-def job_standby(cfg: lib.Config, args, log: lib.JobLog):
+def job_standby(cfg: Config, args, log: JobLog):
     need_root("standby")
     repo = args.repo or 1
-    psql = lib.Psql(cfg)
+    psql = pg.Psql(cfg)
     signal = Path(cfg.data_directory) / "standby.signal"
     running = in_recovery(cfg, psql)
     if running is False:
-        raise lib.ConfigError("refusing: this server is a primary (not in recovery); only a "
+        raise runner.ConfigError("refusing: this server is a primary (not in recovery); only a "
                               "standby is rebuilt")
     if running is None and not signal.exists():
-        raise lib.ConfigError(f"refusing: the server is stopped and {signal} is absent, so it "
+        raise runner.ConfigError(f"refusing: the server is stopped and {signal} is absent, so it "
                               "may be a primary; only a standby is rebuilt")
     with log.stage("info", detail=f"repo{repo}") as info:
-        backup = lib.repo_backups(lib.pgbackrest_info(cfg, repo), repo)[-1]["label"]
+        backup = pgbr.repo_backups(pgbr.pgbackrest_info(cfg, repo), repo)[-1]["label"]
         info.detail = f"repo{repo}: newest backup {backup}"
     started = time.monotonic()
     if running:
         stop_server(cfg, log)
     restore = ["--delta", "--type=standby", "restore"]
-    with log.stage("restore", detail=shlex.join(lib.pgbackrest_command(cfg, *restore,
+    with log.stage("restore", detail=shlex.join(pgbr.pgbackrest_command(cfg, *restore,
                                                                         repo=repo))):
-        proc = lib.pgbackrest(cfg, *restore, repo=repo)
+        proc = pgbr.pgbackrest(cfg, *restore, repo=repo)
         if proc.returncode != 0:
-            raise lib.pgbackrest_failed(proc, "restore")
+            raise pgbr.pgbackrest_failed(proc, "restore")
     start_and_wait(cfg, log, psql, "SELECT pg_is_in_recovery() AND "
                    "pg_last_wal_replay_lsn() IS NOT NULL", "replaying", args.timeout)
     return {"replay_lsn": psql("SELECT pg_last_wal_replay_lsn()"), "repo": repo,
@@ -298,7 +298,7 @@ def job_standby(cfg: lib.Config, args, log: lib.JobLog):
 
 # ---------------------------------------------------------------------------------------------
 
-JOBS = {"list": (lib.job_list, "list"), "dump": (job_dump, "restore-dump"),
+JOBS = {"list": (catalog.job_list, "list"), "dump": (job_dump, "restore-dump"),
         "pitr": (job_pitr, "pitr"), "standby": (job_standby, "restore-standby")}
 
 
@@ -306,12 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pginfra-restore", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__)
-    parser.add_argument("--config", default=lib.DEFAULT_CONFIG,
-                        help=f"the JSON configuration (default {lib.DEFAULT_CONFIG})")
+    parser.add_argument("--config", default=backup_config.DEFAULT_CONFIG,
+                        help=f"the JSON configuration (default {backup_config.DEFAULT_CONFIG})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
     p = sub.add_parser("list", help="pgBackRest's backups and the dumps (as pginfra-backup)",
-                       epilog=lib.EXIT_CODES_HELP)
+                       epilog=runner.EXIT_CODES_HELP)
     p.add_argument("--json", action="store_true", help="one JSON document")
     p.add_argument("--local", action="store_true", help="do not look for dumps in S3")
 
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(FORCE), its sessions ended, and the scratch database renamed, owner "
                        "kept). Database-level settings "
                        "and grants of a replaced database are not carried over.",
-                       epilog=lib.EXIT_CODES_HELP)
+                       epilog=runner.EXIT_CODES_HELP)
     p.add_argument("--database", required=True, metavar="NAME", help="the database to create")
     p.add_argument("--source", metavar="DB",
                    help="restore the dumps of this database (default: NAME)")
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "--type=time) from the newest backup that stopped before the target, "
                        "recover to the target time, promote, reset the recovery settings, "
                        "restart, and report the new timeline as JSON. Refused on a standby.",
-                       epilog=lib.EXIT_CODES_HELP)
+                       epilog=runner.EXIT_CODES_HELP)
     p.add_argument("--target-time", required=True, metavar="TIME",
                    help="with a numeric UTC offset, e.g. '2026-11-23 16:30:00+00'")
     where = p.add_mutually_exclusive_group()
@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Only on a standby, or a stopped server with standby.signal: "
                        "stop it, restore it with pgBackRest (--delta, --type=standby), start "
                        "it and wait until it replays; print the replay LSN as JSON.",
-                       epilog=lib.EXIT_CODES_HELP)
+                       epilog=runner.EXIT_CODES_HELP)
     p.add_argument("--repo", type=int, metavar="N", help="the repository (default 1)")
     p.add_argument("--timeout", type=float, default=3600, metavar="SECONDS",
                    help="wait this long for start_command and replay (default 3600)")
@@ -368,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     body, job = JOBS[args.command]
     cluster = args.command in ("pitr", "standby")
-    return lib.run_job(PROGRAM, job, args.config, body, args,
+    return runner.run_job(PROGRAM, job, args.config, body, args,
+                          load=backup_config.load_config,
                        stream=sys.stderr if args.command == "list" else "stdout",
                        as_root=cluster, argv=argv, print_result=cluster,
                        lock_name="restore-cluster" if cluster else None)

@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Apply staged PostgreSQL configuration files safely, or put the old ones back.
 
     pginfra-apply-config --cluster 15/main --port 5432 \
