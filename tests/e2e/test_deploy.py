@@ -7,6 +7,7 @@ import sys
 from conftest import BIN, control_env, record_timing, run_pyinfra
 
 from pginfra import ROOT
+from pginfra.programs import entry_point
 
 
 def test_first_deploy_changes_the_host(first_deploy):
@@ -108,3 +109,23 @@ def test_secrets_file_readable_by_others_is_refused(lab, first_deploy, tmp_path)
     assert f"chmod 600 {path}" in output
     assert "not-shown-anywhere" not in output
     assert "Starting operation" not in output
+
+
+def test_an_older_host_layout_is_replaced_by_the_programs_step_alone(lab, first_deploy):
+    """What pginfra left in /usr/local/lib/pginfra before the host package (the library beside
+    whole programs, and its bytecode) goes, and the programs step is all that changes."""
+    old = "/usr/local/lib/pginfra"
+    lab.ssh("pgt1", ["sh", "-c", repr(
+        f"printf '# the shared library of old\\n' > {old}/pginfra_backup_lib.py && "
+        f"mkdir -p {old}/__pycache__ && touch {old}/__pycache__/pginfra_backup_lib.pyc && "
+        f"printf '#!/usr/bin/python3\\n# a whole program of old\\n' > {old}/pginfra-health")])
+    result = run_pyinfra(lab)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.changed, "the old files were not noticed"
+    others = [name for name in result.changed if not name.startswith("pginfra's host programs |")]
+    assert others == [], others
+    listing = lab.ssh("pgt1", ["ls", "-A", old]).stdout.split()
+    assert "pginfra_backup_lib.py" not in listing and "__pycache__" not in listing, listing
+    assert lab.ssh("pgt1", ["cat", f"{old}/pginfra-health"]).stdout == entry_point("pginfra-health")
+    again = run_pyinfra(lab)
+    assert again.returncode == 0 and again.changed == [], again.changed
