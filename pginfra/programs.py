@@ -4,11 +4,8 @@ runner's planning, the configurations they validate), and unit tests reach their
 
     >>> host_program("pginfra-migrate").__name__
     'pginfra_host.migrate'
-    >>> print(entry_point("pginfra-health"))  # doctest: +ELLIPSIS
-    #!/usr/bin/python3
-    ...
-    from pginfra_host.health import main
-    ...
+    >>> "from pginfra_host.health import main" in entry_point("pginfra-health")
+    True
 """
 
 from __future__ import annotations
@@ -34,7 +31,7 @@ def entry_point(name: str) -> str:
     package (the deploy's copy stays exactly what was shipped)."""
     module = layout.PROGRAMS[name]
     return (f"#!/usr/bin/python3\n"
-            f'"""{name}: see {module} (python3 -m {module} --help)."""\n'
+            f'"""{name}, installed by pginfra: the program is {module}."""\n'
             f"import sys\n\n"
             f"sys.dont_write_bytecode = True\n"
             f"from {module} import main  # noqa: E402\n\n"
@@ -63,3 +60,33 @@ def wanted_programs(settings) -> list[str]:
     if settings.runs_bundles and databases_with_bundles(settings):
         wanted.append("pginfra-migrate")
     return wanted
+
+
+# Where each program's configuration is declared (its dataclasses and ``validate_config``).
+DECLARATIONS = {
+    "pginfra-backup": "pginfra_host.backup_config",
+    "pginfra-health": "pginfra_host.health",
+    "pginfra-maintenance": "pginfra_host.maintenance",
+}
+
+
+def checked_config(program: str, config: dict, host_name: str, path: str) -> dict:
+    """``config`` as the deploy will write it to ``path``, passed through the program's own
+    ``validate_config`` first: a key the program does not know, or a value it would refuse,
+    stops the deploy while it plans, naming the host, before any operation.
+
+        >>> checked_config("pginfra-backup", {"hots": "db1"}, "db1", "/etc/pginfra/backup.json")
+        Traceback (most recent call last):
+        ...
+        pginfra.settings.SettingsError: db1: /etc/pginfra/backup.json: pginfra-backup would \
+refuse it: unknown key(s) 'hots'; known: host, ...
+    """
+    from pginfra.settings import SettingsError
+    from pginfra_host.runner import ConfigError
+
+    declaration = importlib.import_module(DECLARATIONS[program])
+    try:
+        declaration.validate_config(config, path)
+    except ConfigError as exc:
+        raise SettingsError(f"{host_name}: {path}: {program} would refuse it: {exc}") from None
+    return config

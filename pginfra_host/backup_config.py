@@ -4,28 +4,32 @@ know (the cluster, pgBackRest's stanza and repositories, dumps, the S3 copies of
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
+from pginfra_host import layout
 from pginfra_host.layout import DEFAULT_SOCKET_DIR
 from pginfra_host.runner import ConfigError
 from pginfra_host.schema import (
     NAME,
     abspath,
     argv_list,
-    check_keys,
+    check_declared,
     integer,
     load_json,
     require,
     string,
 )
 
-DEFAULT_CONFIG = "/etc/pginfra/backup.json"
+DEFAULT_CONFIG = layout.BACKUP_CONFIG
 
+
+# The declaration: these dataclasses' fields are the file's keys (schema.keys), as the deploy's
+# backups step writes them and validate_config reads them; "path" is the program's own.
 
 @dataclass(frozen=True)
 class S3Settings:
+    """Where the dumps' off-site copies go (null: nowhere)."""
     bucket: str
     prefix: str
     region: str
@@ -36,11 +40,12 @@ class S3Settings:
     request_checksum_calculation: str
     keep_days: int
     credentials_file: str
-    ca_file: str = ""
+    ca_file: str
 
 
 @dataclass(frozen=True)
 class PgBackRestSettings:
+    """How pgBackRest is reached: its stanza, configuration, repositories."""
     stanza: str
     config: str
     repos: list[int]
@@ -50,7 +55,8 @@ class PgBackRestSettings:
 
 @dataclass(frozen=True)
 class Config:
-    path: str
+    """/etc/pginfra/backup.json."""
+    path: str  # the file it was read from (not a key)
     host: str
     version: int
     cluster: str
@@ -68,41 +74,18 @@ class Config:
     s3: S3Settings | None
     socket_dir: str = DEFAULT_SOCKET_DIR
 
-    @property
-    def bin_dir(self) -> str:
-        return f"/usr/lib/postgresql/{self.version}/bin"
-
     def bin(self, name: str) -> str:
-        return os.path.join(self.bin_dir, name)
+        return layout.pg_bin(self.version, name)
 
 
 _PREFIX = re.compile(r"^[A-Za-z0-9!_.*'()/-]{0,200}$")
-
-
 _URL = re.compile(r"^https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?$")
-
-
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-
-
-TOP_KEYS = ("host", "version", "cluster", "port", "data_directory", "stop_command",
-            "start_command", "wal_archive_dir", "backup_dir", "state_dir", "log_dir",
-            "databases", "keep_local_dumps", "pgbackrest", "s3")
-
-
-OPTIONAL_KEYS = ("socket_dir",)
-
-
-PGBACKREST_KEYS = ("stanza", "config", "repos", "backup_standby", "retention_full")
-
-
-S3_KEYS = ("bucket", "prefix", "region", "endpoint_url", "sse", "kms_key_id", "storage_class",
-           "request_checksum_calculation", "keep_days", "credentials_file", "ca_file")
 
 
 def _pgbackrest_settings(raw) -> PgBackRestSettings:
     require(isinstance(raw, dict), "pgbackrest", "must be an object", raw)
-    check_keys(raw, PGBACKREST_KEYS, prefix="pgbackrest.")
+    check_declared(raw, PgBackRestSettings, prefix="pgbackrest.")
     repos = raw["repos"]
     require(isinstance(repos, list) and repos != [] and len(set(map(str, repos))) == len(repos),
           "pgbackrest.repos", "must be a non-empty list of distinct repository keys", repos)
@@ -121,7 +104,7 @@ def validate_config(raw, path: str = DEFAULT_CONFIG) -> Config:
     """The configuration, checked; ConfigError names the first bad key."""
     if not isinstance(raw, dict):
         raise ConfigError("the configuration must be a JSON object")
-    check_keys(raw, TOP_KEYS, OPTIONAL_KEYS)
+    check_declared(raw, Config)
     databases = raw["databases"]
     require(isinstance(databases, list) and len(set(map(str, databases))) == len(databases),
           "databases", "must be a list of distinct database names", databases)
@@ -135,7 +118,7 @@ def validate_config(raw, path: str = DEFAULT_CONFIG) -> Config:
     settings = None
     if s3 is not None:
         require(isinstance(s3, dict), "s3", "must be an object or null", s3)
-        check_keys(s3, S3_KEYS, prefix="s3.")
+        check_declared(s3, S3Settings, prefix="s3.")
         sse = s3["sse"]
         require(sse in ("AES256", "aws:kms"), "s3.sse", "must be 'AES256' or 'aws:kms'", sse)
         string("s3.kms_key_id", s3["kms_key_id"], empty=True, what="a string")

@@ -4,6 +4,7 @@ rule and the value, and ``load_json`` reads a file into its declared, typed stru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -60,6 +61,33 @@ def check_keys(raw: dict, required, optional=(), prefix: str = "") -> None:
         if key not in raw:
             raise ConfigError(f"key '{prefix}{key}' is missing")
 
+
+
+def keys(declaration, internal=("path",)) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(required, optional) keys of a configuration declared as a dataclass: its fields without
+    and with a default, but the ``internal`` ones the program fills in itself. The JSON file,
+    the deploy that writes it and the program that reads it share this one list.
+
+    >>> @dataclasses.dataclass
+    ... class Demo:
+    ...     path: str
+    ...     port: int
+    ...     socket_dir: str = "/run"
+    >>> keys(Demo)
+    (('port',), ('socket_dir',))
+    """
+    fields = [f for f in dataclasses.fields(declaration) if f.name not in internal]
+    no_default = dataclasses.MISSING
+    return (tuple(f.name for f in fields if f.default is no_default
+                  and f.default_factory is no_default),
+            tuple(f.name for f in fields if f.default is not no_default
+                  or f.default_factory is not no_default))
+
+
+def check_declared(raw: dict, declaration, prefix: str = "") -> None:
+    """``check_keys`` against a dataclass declaration's ``keys``."""
+    required, optional = keys(declaration)
+    check_keys(raw, required, optional, prefix)
 
 
 def load_json(path: str, validate):

@@ -14,6 +14,7 @@ from pyinfra.operations import files, server
 
 from pginfra import pgbackrest as pgbr
 from pginfra.facts import PgBackRestRepos
+from pginfra.programs import checked_config
 from pginfra.s3_access import credentials_text, s3_keys
 from pginfra.settings import Settings
 from pginfra.templating import render_io
@@ -86,9 +87,10 @@ def install_backups(settings: Settings):
     credentials = credentials_text(s3_keys(settings, host.name))  # may refuse: before any op
     if not settings.backup_enabled:
         return  # the next step leaves the backup jobs out of /etc/cron.d/pginfra
+    config = checked_config("pginfra-backup", backup_config(settings, host.name), host.name,
+                            CONFIG)  # may refuse: before any op
     files.directory(name="Directory /etc/pginfra", path=layout.CONFIG_DIR, user="root",
                     group="root", mode="0755")
-    config = backup_config(settings, host.name)
     files.put(name="Backup configuration", src=render_io("backup.json.j2", config=config),
               dest=CONFIG, user="root", group="postgres", mode="0640")
     if credentials:
