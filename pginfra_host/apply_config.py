@@ -38,6 +38,9 @@ import sys
 import time
 from pathlib import Path
 
+from pginfra_host import layout
+from pginfra_host.util import OS_USER
+
 # A valid new value of a restart-only parameter shows as "setting could not be applied": that
 # is a pending restart, not an error. Every other message is.
 FILE_ERRORS = (
@@ -58,12 +61,14 @@ HBA_ERRORS_15 = (
 
 class Psql:
     """Runs SQL through the cluster version's psql as the postgres OS user, over the cluster's
-    Unix socket (``host``: its directory)."""
+    Unix socket (``host``: its directory). Not pg.Psql, which returns psql's text stripped and
+    raises runner.Failed("psql: <sql>: ..."): here rows are split on tabs, and an error is a
+    RuntimeError of psql's own message, which value_error() reads and restart() waits out."""
 
-    def __init__(self, port: int, version: str = "15", user: str = "postgres",
-                 host: str = "/var/run/postgresql"):
+    def __init__(self, port: int, version: str = "15", user: str = OS_USER,
+                 host: str = layout.DEFAULT_SOCKET_DIR):
         self.port, self.user, self.host = port, user, host
-        self.psql = f"/usr/lib/postgresql/{version}/bin/psql"
+        self.psql = layout.pg_bin(version, "psql")
 
     def rows(self, sql: str) -> list[list[str]]:
         cmd = [self.psql, "-XAtq", "-v", "ON_ERROR_STOP=1", "-F", "\t", "-h", self.host,
@@ -184,10 +189,11 @@ def pending_restart(psql: Psql) -> list[str]:
 
 def restart(cluster: str, psql: Psql, timeout: float = 120, verb: str = "restart") -> None:
     version, name = cluster.split("/", 1)
-    proc = subprocess.run(["systemctl", verb, f"postgresql@{version}-{name}"],
-                          capture_output=True, text=True, timeout=timeout)
+    unit = layout.unit(version, name)
+    proc = subprocess.run(["systemctl", verb, unit], capture_output=True, text=True,
+                          timeout=timeout)
     if proc.returncode:
-        raise RuntimeError(f"systemctl {verb} postgresql@{version}-{name} failed: "
+        raise RuntimeError(f"systemctl {verb} {unit} failed: "
                            f"{(proc.stderr or proc.stdout).strip()}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

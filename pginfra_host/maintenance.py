@@ -50,19 +50,19 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import signal
 import sys
 import time
+import traceback
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
+from typing import ClassVar, get_type_hints
 
-from pginfra_host import layout, pg, runner, schema, util
+from pginfra_host import durations, layout, pg, runner, schema, util
 
 NAME = "pginfra-maintenance"
 JOB = "maintenance"
-DEFAULT_CONFIG = "/etc/pginfra/maintenance.json"
 STEPS = ("vacuum", "analyze", "reindex", "refresh")
 LEFTOVERS = "reindex-leftovers.json"
 CLEANUP_STATEMENT_TIMEOUT_MS = 10 * 60 * 1000
@@ -75,11 +75,41 @@ NEEDS = {"vacuum": "monitoring.vacuum_candidates(float8, bigint)",
 
 
 # ---------------------------------------------------------------------------------------------
-# Configuration
+# Configuration: /etc/pginfra/maintenance.json is exactly the fields of Config (the ones with a
+# default may be left out), its sections exactly the fields of their Thresholds.
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A step's candidates reach both: a share from 0 to RATIO_MAX, then a count from 0 to
+    BIGINT_MAX (the section's two keys, declared in that order)."""
+
+    RATIO_MAX: ClassVar[float] = 1
+
+
+@dataclass(frozen=True)
+class Vacuum(Thresholds):
+    min_dead_ratio: float  # dead tuples: a share of the table's, at most all of them
+    min_dead_tuples: int
+
+
+@dataclass(frozen=True)
+class Analyze(Thresholds):
+    # rows changed since the last analyze can be several times the live rows
+    RATIO_MAX: ClassVar[float] = 100
+    min_mod_ratio: float
+    min_mod_tuples: int
+
+
+@dataclass(frozen=True)
+class Reindex(Thresholds):
+    min_bloat_ratio: float  # bloat: a share of the index's size, at most all of it
+    min_bloat_bytes: int
+
 
 @dataclass(frozen=True)
 class Config:
-    path: str
+    """The configuration, as validate_config() checked it."""
+
     host: str
     version: int
     port: int
@@ -87,80 +117,80 @@ class Config:
     state_dir: str
     log_dir: str
     databases: list[str]
-    vacuum: dict
-    analyze: dict
-    reindex: dict
+    vacuum: Vacuum
+    analyze: Analyze
+    reindex: Reindex
     lock_timeout: str
     statement_timeout: str
-    statement_timeout_ms: int
     socket_dir: str = layout.DEFAULT_SOCKET_DIR
 
+    @property
+    def statement_timeout_ms(self) -> int:
+        return round(durations.milliseconds(self.statement_timeout))
 
-TOP_KEYS = ("host", "version", "port", "data_directory", "state_dir", "log_dir", "databases",
-            "vacuum", "analyze", "reindex", "lock_timeout", "statement_timeout")
-OPTIONAL_KEYS = ("socket_dir",)
-# section -> (ratio key, its upper bound, count key). Dead and bloat shares cannot pass 1; rows
-# changed since the last analyze can be several times the live rows.
-SECTIONS = {"vacuum": ("min_dead_ratio", 1, "min_dead_tuples"),
-            "analyze": ("min_mod_ratio", 100, "min_mod_tuples"),
-            "reindex": ("min_bloat_ratio", 1, "min_bloat_bytes")}
+
+def declared_keys(declaration) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(required, optional) keys of the JSON object a dataclass declares: its fields, in their
+    order; those with a default are optional."""
+    required = tuple(f.name for f in fields(declaration)
+                     if f.default is MISSING and f.default_factory is MISSING)
+    return required, tuple(f.name for f in fields(declaration) if f.name not in required)
+
+
+# section -> its Thresholds class, in the order of Config's fields
+SECTIONS = {name: kind for name, kind in get_type_hints(Config).items()
+            if isinstance(kind, type) and issubclass(kind, Thresholds)}
 BIGINT_MAX = (1 << 63) - 1
-INT_MAX = (1 << 31) - 1
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?$")
-_UNIT_MS = {"us": 0.001, "ms": 1, None: 1, "s": 1000, "min": 60_000, "h": 3_600_000,
-            "d": 86_400_000}
-
-
-def duration_ms(value) -> float | None:
-    """Milliseconds of a PostgreSQL duration ('5s', '500ms', '2h', '1.5min', '250'), or None."""
-    match = _DURATION.match(value.strip()) if isinstance(value, str) else None
-    return float(match.group(1)) * _UNIT_MS[match.group(2)] if match else None
 
 
 def _duration(key: str, value, zero_ok: bool) -> str:
-    ms = duration_ms(value)
-    schema.require(ms is not None and (ms >= 1 or (zero_ok and ms == 0)) and ms <= INT_MAX, key,
-              "must be a PostgreSQL duration string such as '500ms', '5s', '1min', '2h' "
-              "(us, ms, s, min, h, d; at most 2147483647ms)"
-              + ("; '0' disables it" if zero_ok else "; more than 0: a maintenance statement "
-                 "must not queue behind a lock without end"), value)
+    ms = durations.milliseconds(value)
+    schema.require(ms is not None and (ms >= 1 or (zero_ok and ms == 0))
+                   and ms <= durations.INT_MAX, key,
+                   "must be a PostgreSQL duration string such as '500ms', '5s', '1min', '2h' "
+                   f"({', '.join(durations.UNITS_MS)}; at most {durations.INT_MAX}ms)"
+                   + ("; '0' disables it" if zero_ok else "; more than 0: a maintenance "
+                      "statement must not queue behind a lock without end"), value)
     return value.strip()
 
 
 def _ratio(key: str, value, high: float = 1) -> float:
     schema.require(isinstance(value, int | float) and not isinstance(value, bool)
-              and 0 <= value <= high, key, f"must be a number from 0 to {high:g}", value)
+                   and 0 <= value <= high, key, f"must be a number from 0 to {high:g}", value)
     return float(value)
 
 
 def _database(key: str, value) -> str:
     schema.require(isinstance(value, str) and 0 < len(value.encode()) <= 63 and "\0" not in value,
-              key, "must be a database name of 1..63 bytes", value)
+                   key, "must be a database name of 1..63 bytes", value)
     return value
 
 
-def validate_config(raw, path: str = DEFAULT_CONFIG) -> Config:
-    """The configuration, checked; runner.ConfigError names the first bad key."""
+def _thresholds(section: str, value) -> Thresholds:
+    declaration = SECTIONS[section]
+    schema.require(isinstance(value, dict), section, "must be an object", value)
+    required, optional = declared_keys(declaration)
+    schema.check_keys(value, required, optional, prefix=f"{section}.")
+    ratio, count = required
+    return declaration(_ratio(f"{section}.{ratio}", value[ratio], declaration.RATIO_MAX),
+                       schema.integer(f"{section}.{count}", value[count], 0, BIGINT_MAX))
+
+
+def validate_config(raw, path: str = layout.MAINTENANCE_CONFIG) -> Config:
+    """The configuration, checked; runner.ConfigError names the first bad key (``path``: where
+    it was read, for schema.load_json, which puts it in front of the message)."""
     if not isinstance(raw, dict):
         raise runner.ConfigError("the configuration must be a JSON object")
-    schema.check_keys(raw, TOP_KEYS, OPTIONAL_KEYS)
+    schema.check_keys(raw, *declared_keys(Config))
     databases = raw["databases"]
     schema.require(isinstance(databases, list)
-              and len(set(map(str, databases))) == len(databases), "databases",
-              "must be a list of distinct database names", databases)
+                   and len(set(map(str, databases))) == len(databases), "databases",
+                   "must be a list of distinct database names", databases)
     for i, db in enumerate(databases):
         _database(f"databases[{i}]", db)
-    sections = {}
-    for section, (ratio_key, high, count_key) in SECTIONS.items():
-        value = raw[section]
-        schema.require(isinstance(value, dict), section, "must be an object", value)
-        schema.check_keys(value, (ratio_key, count_key), prefix=f"{section}.")
-        sections[section] = {
-            ratio_key: _ratio(f"{section}.{ratio_key}", value[ratio_key], high),
-            count_key: schema.integer(f"{section}.{count_key}", value[count_key], 0, BIGINT_MAX)}
+    sections = {section: _thresholds(section, raw[section]) for section in SECTIONS}
     statement_timeout = _duration("statement_timeout", raw["statement_timeout"], zero_ok=True)
     return Config(
-        path=path,
         host=schema.string("host", raw["host"], schema.NAME, "a host name ([A-Za-z0-9._-], 1..63)"),
         version=schema.integer("version", raw["version"], 10, 99),
         port=schema.integer("port", raw["port"], 1, 65535),
@@ -168,28 +198,15 @@ def validate_config(raw, path: str = DEFAULT_CONFIG) -> Config:
         state_dir=schema.abspath("state_dir", raw["state_dir"]),
         log_dir=schema.abspath("log_dir", raw["log_dir"]),
         databases=list(databases),
-        vacuum=sections["vacuum"], analyze=sections["analyze"], reindex=sections["reindex"],
+        **sections,
         lock_timeout=_duration("lock_timeout", raw["lock_timeout"], zero_ok=False),
         statement_timeout=statement_timeout,
-        statement_timeout_ms=round(duration_ms(statement_timeout)),
         socket_dir=schema.abspath("socket_dir", raw.get("socket_dir", layout.DEFAULT_SOCKET_DIR)),
     )
 
 
 def load_config(path: str) -> Config:
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except FileNotFoundError:
-        raise runner.ConfigError(f"{path}: no such file (pass --config PATH)") from None
-    except PermissionError:
-        raise runner.ConfigError(f"{path}: permission denied (run as {util.OS_USER})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise runner.ConfigError(f"{path}: not valid JSON: {exc}") from None
-    try:
-        return validate_config(raw, path)
-    except runner.ConfigError as exc:
-        raise runner.ConfigError(f"{path}: {exc}") from None
+    return schema.load_json(path, validate_config)
 
 
 def ordered_steps(given: list[str]) -> list[str]:
@@ -333,14 +350,14 @@ class Maintenance:
                      "c.statement, pg_catalog.format('VACUUM (ANALYZE) %%I.%%I', c.schema_name, "
                      "c.table_name), c.n_live_tup, c.n_dead_tup, c.dead_ratio "
                      "FROM monitoring.vacuum_candidates(%s::float8, %s::bigint) AS c")
-            params = (self.cfg.vacuum["min_dead_ratio"], self.cfg.vacuum["min_dead_tuples"])
+            params = (self.cfg.vacuum.min_dead_ratio, self.cfg.vacuum.min_dead_tuples)
             figures = ("live_tuples", "dead_tuples", "dead_ratio")
         else:
             query = ("SELECT pg_catalog.format('%%I.%%I', c.schema_name, c.table_name), "
                      "c.statement, pg_catalog.format('ANALYZE %%I.%%I', c.schema_name, "
                      "c.table_name), c.n_live_tup, c.n_mod_since_analyze, c.mod_ratio "
                      "FROM monitoring.analyze_candidates(%s::float8, %s::bigint) AS c")
-            params = (self.cfg.analyze["min_mod_ratio"], self.cfg.analyze["min_mod_tuples"])
+            params = (self.cfg.analyze.min_mod_ratio, self.cfg.analyze.min_mod_tuples)
             figures = ("live_tuples", "modified_tuples", "mod_ratio")
         rows = conn.execute(query, params).fetchall()
         if not rows:
@@ -489,7 +506,7 @@ class Maintenance:
             "c.index_name), pg_catalog.format('%%I.%%I', c.schema_name, c.table_name), "
             "c.bloat_bytes, c.bloat_ratio "
             "FROM monitoring.reindex_candidates(%s::float8, %s::bigint) AS c",
-            (self.cfg.reindex["min_bloat_ratio"], self.cfg.reindex["min_bloat_bytes"])).fetchall()
+            (self.cfg.reindex.min_bloat_ratio, self.cfg.reindex.min_bloat_bytes)).fetchall()
         if not rows:
             self.nothing("reindex", db, "no index is bloated past these thresholds")
         for target, statement, expected, table, bloat_bytes, bloat_ratio in rows:
@@ -694,8 +711,8 @@ def refresh_statement(target: str, concurrently) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=NAME, formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__)
-    parser.add_argument("--config", default=DEFAULT_CONFIG,
-                        help=f"the JSON configuration (default {DEFAULT_CONFIG})")
+    parser.add_argument("--config", default=layout.MAINTENANCE_CONFIG,
+                        help=f"the JSON configuration (default {layout.MAINTENANCE_CONFIG})")
     parser.add_argument("--database", action="append", metavar="DB",
                         help="only this database (repeatable; default: 'databases' of the "
                         "configuration)")
@@ -718,10 +735,15 @@ def _terminate(signum, frame):
     raise Interrupted(f"signal {signum}")
 
 
+# Not runner.run_job, whose prologue main() repeats (postgres, the configuration, exit 2): its job
+# takes one lock before it starts and its end line says "finished" or "finished with failures".
+# Here each step takes its own lock (a held one skips that step, the others run, and the exit code
+# is 75 when nothing failed), an interruption is logged with the end line, and the end line
+# counts the lines per status (CountingLog) and names the steps, the databases and --dry-run.
+
 def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # what it writes (logs, state) is the postgres user's alone
-    parser = build_parser()
-    args = parser.parse_intermixed_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     if os.geteuid() == 0:
         try:
             runner.reexec_as_postgres(sys.argv[1:] if argv is None else argv)
@@ -735,6 +757,11 @@ def main(argv: list[str] | None = None) -> int:
     except runner.ConfigError as exc:
         print(f"{NAME}: {exc}", file=sys.stderr)
         return runner.EXIT_USAGE
+    return run_steps(cfg, args)
+
+
+def run_steps(cfg: Config, args) -> int:
+    """The steps of ``args``, logged, with the end line; the exit code."""
     log = CountingLog(JOB, cfg.log_dir)
     started = time.monotonic()
     run = None
@@ -754,8 +781,6 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = f"interrupted ({exc or 'SIGINT'})"
         log.emit(JOB, "failed", detail=detail(None, error=interrupted))
     except Exception as exc:  # a bug: logged, and the exit code says so
-        import traceback
-
         traceback.print_exc(file=sys.stderr)
         log.emit(JOB, "failed", detail=detail(None, error=f"{type(exc).__name__}: {exc}"))
     finally:

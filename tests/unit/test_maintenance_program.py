@@ -60,16 +60,16 @@ def good_raw(**overrides) -> dict:
 def test_the_documented_configuration_is_valid():
     cfg = maintenance.validate_config(good_raw())
     assert cfg.databases == ["app", "community"] and cfg.statement_timeout_ms == 7_200_000
-    assert cfg.vacuum == {"min_dead_ratio": 0.2, "min_dead_tuples": 1000}
+    assert cfg.vacuum == maintenance.Vacuum(min_dead_ratio=0.2, min_dead_tuples=1000)
     raw = good_raw()
     del raw["socket_dir"]
     assert maintenance.validate_config(raw).socket_dir == "/var/run/postgresql"
     assert maintenance.validate_config(good_raw(statement_timeout="0")).statement_timeout_ms == 0
     assert maintenance.validate_config(good_raw(
-        analyze={"min_mod_ratio": 2, "min_mod_tuples": 0})).analyze["min_mod_ratio"] == 2.0
+        analyze={"min_mod_ratio": 2, "min_mod_tuples": 0})).analyze.min_mod_ratio == 2.0
     for text, ms in (("5s", 5000), ("500ms", 500), ("1min", 60000), ("2h", 7_200_000),
                      ("1.5 min", 90000), ("250", 250), ("1d", 86_400_000)):
-        assert maintenance.duration_ms(text) == ms
+        assert maintenance.durations.milliseconds(text) == ms
         assert maintenance.validate_config(good_raw(lock_timeout=text)).lock_timeout == text
     assert maintenance.ordered_steps(["refresh", "vacuum", "vacuum"]) == ["vacuum", "refresh"]
     assert maintenance.ordered_steps(["reindex", "all"]) == list(maintenance.STEPS)
