@@ -742,28 +742,23 @@ def _terminate(signum, frame):
 # counts the lines per status (CountingLog) and names the steps, the databases and --dry-run.
 
 def main(argv: list[str] | None = None) -> int:
+    """The shared job runner with no lock of its own (each step takes its lock) and this
+    program's end line (counts per status, steps, databases; 75 when a step was skipped)."""
     os.umask(0o077)  # what it writes (logs, state) is the postgres user's alone
     args = build_parser().parse_intermixed_args(argv)
-    if os.geteuid() == 0:
-        try:
-            runner.reexec_as_postgres(sys.argv[1:] if argv is None else argv)
-        except runner.ConfigError as exc:
-            print(f"{NAME}: {exc}", file=sys.stderr)
-            return runner.EXIT_USAGE
-    try:
-        cfg = load_config(args.config)
+
+    def load(path: str) -> Config:
+        cfg = load_config(path)
         for i, db in enumerate(args.database or []):
             _database(f"--database[{i}]", db)
-    except runner.ConfigError as exc:
-        print(f"{NAME}: {exc}", file=sys.stderr)
-        return runner.EXIT_USAGE
-    return run_steps(cfg, args)
+        return cfg
+
+    return runner.run_job(NAME, JOB, args.config, run_steps, args, load=load, lock=False,
+                          last_success=False, argv=argv, log_class=CountingLog, end=end_line)
 
 
-def run_steps(cfg: Config, args) -> int:
-    """The steps of ``args``, logged, with the end line; the exit code."""
-    log = CountingLog(JOB, cfg.log_dir)
-    started = time.monotonic()
+def run_steps(cfg: Config, args, log: CountingLog) -> dict:
+    """The steps of ``args``, logged; what the end line reports."""
     run = None
     interrupted = None
     try:
@@ -785,22 +780,27 @@ def run_steps(cfg: Config, args) -> int:
         log.emit(JOB, "failed", detail=detail(None, error=f"{type(exc).__name__}: {exc}"))
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if log.counts["failed"] or log.failures:
-        rc, status, result = runner.EXIT_FAILED, "failed", "finished with failures"
-    elif run is not None and run.locked:
-        rc, status, result = runner.EXIT_LOCKED, "skipped", ("finished; another run holds a "
-                                                          "step's lock, that step skipped")
+    return {"interrupted": interrupted, "locked": run is not None and run.locked,
+            "steps": ordered_steps(args.steps),
+            "databases": run.databases if run else list(args.database or cfg.databases),
+            "dry_run": args.dry_run}
+
+
+def end_line(log: CountingLog, rc: int, result: dict | None) -> tuple[int, str, dict]:
+    result = result or {"interrupted": None, "locked": False, "steps": [], "databases": [],
+                        "dry_run": None}  # run_steps logs its own errors: never expected
+    if log.counts["failed"] or log.failures or rc != runner.EXIT_OK:
+        rc, status, text = runner.EXIT_FAILED, "failed", "finished with failures"
+    elif result["locked"]:
+        rc, status, text = runner.EXIT_LOCKED, "skipped", ("finished; another run holds a "
+                                                           "step's lock, that step skipped")
     else:
-        rc, status, result = runner.EXIT_OK, "ok", "finished"
+        rc, status, text = runner.EXIT_OK, "ok", "finished"
     counts = {s: log.counts.get(s, 0) for s in ("ok", "skipped", "failed", "planned")}
     counts.update({s: n for s, n in log.counts.items() if s not in counts})
-    log.emit("end", status, time.monotonic() - started, detail={
-        "result": interrupted or result, "counts": counts,
-        "steps": ordered_steps(args.steps),
-        "databases": run.databases if run else list(args.database or cfg.databases),
-        "dry_run": args.dry_run})
-    log.close()
-    return rc
+    return rc, status, {"result": result["interrupted"] or text, "counts": counts,
+                        "steps": result["steps"], "databases": result["databases"],
+                        "dry_run": result["dry_run"]}
 
 
 if __name__ == "__main__":

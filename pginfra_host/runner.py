@@ -148,13 +148,15 @@ def reexec_as_postgres(argv: list[str]) -> None:
 def run_job(program: str, job: str, config_path: str, body, args, *, load, stream="stdout",
             lock: bool = True, last_success: bool = True, as_root: bool = False,
             argv: list[str] | None = None, print_result: bool = False,
-            lock_name: str | None = None) -> int:
+            lock_name: str | None = None, log_class=None, end=None) -> int:
     """Load the configuration with ``load(path)`` (the program's declared loader: its
     ConfigError is exit 2), take the job's lock, run ``body(cfg, args, log)`` and turn the
     outcome into an exit code. ``body`` returns a dict for last-success (None: do not write
     it); a logged failure anywhere makes the exit code 1. ``print_result``: on success the
     dict is also printed to stdout as the last line (pitr's report). ``lock_name``: the lock,
-    when jobs share one (default: ``job``)."""
+    when jobs share one (default: ``job``). ``log_class``: a JobLog subclass. ``end(log, rc,
+    result)``: the program's own (rc, status, detail) of the last line, "end" (for a job
+    that locks each of its steps itself, say)."""
     name = os.path.basename(program)  # the program's name, for messages
     if os.geteuid() == 0 and not as_root:
         try:
@@ -168,7 +170,7 @@ def run_job(program: str, job: str, config_path: str, body, args, *, load, strea
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     owner = postgres_ids() if os.geteuid() == 0 else None
-    log = JobLog(job, cfg.log_dir, stream, owner)
+    log = (log_class or JobLog)(job, cfg.log_dir, stream, owner)
     started = time.monotonic()
     fd = None
     try:
@@ -205,8 +207,11 @@ def run_job(program: str, job: str, config_path: str, body, args, *, load, strea
             except OSError as exc:
                 log.emit("last-success", "failed", detail=str(exc))
                 rc = EXIT_FAILED
-        log.emit("end", "ok" if rc == EXIT_OK else "failed", time.monotonic() - started,
-                 detail="finished" if rc == EXIT_OK else "finished with failures")
+        status, detail = (("ok", "finished") if rc == EXIT_OK
+                          else ("failed", "finished with failures"))
+        if end is not None:
+            rc, status, detail = end(log, rc, result)
+        log.emit("end", status, time.monotonic() - started, detail=detail)
         if print_result and rc == EXIT_OK and result is not None:
             print(json.dumps(result, default=str), flush=True)
         return rc

@@ -23,7 +23,8 @@ from pginfra_host import layout
 
 PACKAGE = ROOT / "pginfra_host"
 HOST_MODULES = {"psycopg", "boto3", "botocore", "pginfra_host"}  # and the standard library
-MODULES = sorted(m.name for m in pkgutil.walk_packages(pginfra_host.__path__, "pginfra_host."))
+MODULES = sorted(m.name for m in pkgutil.walk_packages(pginfra_host.__path__, "pginfra_host.")
+                 if not m.name.endswith(".__main__"))  # importing it runs the program
 
 
 def imports(path) -> set[str]:
