@@ -45,6 +45,11 @@ from throwaway_pg import (
 )
 
 from pginfra.programs import host_program
+from pginfra_host import runner
+from pginfra_host.health import archiving, backups, listeners, pgbouncer
+from pginfra_host.health.config import THRESHOLDS, BackupSettings, validate_config
+from pginfra_host.health.context import Context
+from pginfra_host.health.result import grade, worst
 
 PROGRAM = BIN / "pginfra-health"
 DATA = Path(__file__).parent / "data" / "health-pgbackrest"
@@ -152,7 +157,7 @@ def iso_hours_ago(hours: float) -> str:
 
 
 def thresholds(**changes) -> dict:
-    out = {name: list(default) for name, (default, _lower, _high) in health.THRESHOLDS.items()}
+    out = {name: list(threshold.default) for name, threshold in THRESHOLDS.items()}
     # The machine's disk, not the program, would decide these otherwise.
     out["disk_used_percent"] = [97, 99]
     out.update({k: list(v) for k, v in changes.items()})
@@ -342,23 +347,23 @@ def _good_raw() -> dict:
                        "pgbackrest_config": "/etc/pgbackrest/pgbackrest.conf",
                        "spool_path": "/var/spool/pgbackrest", "repos": [1, 2]},
             "textfile": "/var/lib/pginfra/metrics/pginfra_health.prom",
-            "thresholds": {n: list(d) for n, (d, _l, _h) in health.THRESHOLDS.items()}}
+            "thresholds": {n: list(t.default) for n, t in THRESHOLDS.items()}}
 
 
 def test_the_configuration_of_the_spec_is_valid():
-    cfg = health.validate_config(_good_raw())
+    cfg = validate_config(_good_raw())
     assert cfg.socket_dir == "/var/run/postgresql" and cfg.pgbouncer_port == 6432
     assert cfg.thresholds["cache_hit_ratio"] == (0.95, 0.90)
-    assert cfg.backup == health.BackupSettings(
+    assert cfg.backup == BackupSettings(
         state_dir="/var/lib/pginfra/backup", stanza="main",
         pgbackrest_config="/etc/pgbackrest/pgbackrest.conf",
         spool_path="/var/spool/pgbackrest", repos=(1, 2))
     assert cfg.backup.include_path == "/etc/pgbackrest/conf.d"
     assert cfg.backup_state_dir == "/var/lib/pginfra/backup"
-    off = health.validate_config({**_good_raw(), "pgbouncer": None, "backup": None,
-                                  "textfile": None})
+    off = validate_config({**_good_raw(), "pgbouncer": None, "backup": None,
+                           "textfile": None})
     assert off.backup is None and off.backup_state_dir is None
-    assert health.pgbackrest_argv(cfg.backup, "--output=json", "info") == [
+    assert backups.pgbackrest_argv(cfg.backup, "--output=json", "info") == [
         "/usr/bin/pgbackrest", "--config=/etc/pgbackrest/pgbackrest.conf",
         "--config-include-path=/etc/pgbackrest/conf.d", "--stanza=main",
         "--log-level-console=off", "--log-level-file=off", "--output=json", "info"]
@@ -421,8 +426,8 @@ BAD_CONFIGS = [
 
 @pytest.mark.parametrize("raw, named", BAD_CONFIGS, ids=[n for _r, n in BAD_CONFIGS])
 def test_validation_names_the_bad_key(raw, named):
-    with pytest.raises(health.runner.ConfigError) as caught:
-        health.validate_config(raw)
+    with pytest.raises(runner.ConfigError) as caught:
+        validate_config(raw)
     assert named in str(caught.value) and "\n" not in str(caught.value)
 
 
@@ -464,7 +469,7 @@ shop,reporting,2,0,0,0,1,0,0,1,0,0,0,0,0,transaction
 
 
 def test_show_pools_parser_reads_pgbouncer_1_18_csv():
-    pools = health.parse_show_pools(SHOW_POOLS_1_18)
+    pools = pgbouncer.parse_show_pools(SHOW_POOLS_1_18)
     assert [(p["database"], p["user"]) for p in pools] == [
         ("pgbouncer", "pgbouncer"), ("shop", "app"), ("shop", "reporting"),
         ("odd,name", "app")]
@@ -472,30 +477,60 @@ def test_show_pools_parser_reads_pgbouncer_1_18_csv():
     assert pools[1]["maxwait_seconds"] == pytest.approx(3.25)
     assert pools[3]["maxwait_seconds"] == pytest.approx(0.4)
     assert pools[1]["pool_mode"] == "transaction"
-    summary = health.summarize_pools(pools)
+    summary = pgbouncer.summarize_pools(pools)
     assert summary["waiting"] == 9 and summary["maxwait_seconds"] == pytest.approx(3.25)
     assert summary["longest_pool"] == "shop/app"
     # Older PgBouncers have no maxwait_us; no pool at all is no wait.
     old = "database,user,cl_active,cl_waiting,sv_active,sv_idle,maxwait,pool_mode\n" \
           "shop,app,1,1,1,0,2,session\n"
-    assert health.parse_show_pools(old)[0]["maxwait_seconds"] == 2
+    assert pgbouncer.parse_show_pools(old)[0]["maxwait_seconds"] == 2
     header_only = SHOW_POOLS_1_18.splitlines()[0] + "\n"
-    assert health.summarize_pools(health.parse_show_pools(header_only)) == {
+    assert pgbouncer.summarize_pools(pgbouncer.parse_show_pools(header_only)) == {
         "pools": 0, "waiting": 0, "maxwait_seconds": 0.0, "longest_pool": None}
     with pytest.raises(ValueError, match="cl_waiting, maxwait"):
-        health.parse_show_pools("database,user,cl_active\nshop,app,1\n")
+        pgbouncer.parse_show_pools("database,user,cl_active\nshop,app,1\n")
     with pytest.raises(ValueError):
-        health.parse_show_pools("")
+        pgbouncer.parse_show_pools("")
 
 
 def test_thresholds_grade_at_or_above_and_below_when_lower_is_worse():
-    assert [health.grade(v, (75, 90)) for v in (74.9, 75, 89.9, 90)] == [
+    assert [grade(v, (75, 90)) for v in (74.9, 75, 89.9, 90)] == [
         "ok", "warning", "warning", "critical"]
-    assert health.grade(0, (0, 300)) == "warning"   # archive_failing_seconds: at once
-    assert [health.grade(v, (0.95, 0.90), True) for v in (0.99, 0.95, 0.94, 0.89)] == [
+    assert grade(0, (0, 300)) == "warning"   # archive_failing_seconds: at once
+    assert [grade(v, (0.95, 0.90), True) for v in (0.99, 0.95, 0.94, 0.89)] == [
         "ok", "ok", "warning", "critical"]
-    assert health.worst(["ok", "unknown", "warning"]) == "unknown"
-    assert health.worst(["unknown", "critical"]) == "critical"
+    assert worst(["ok", "unknown", "warning"]) == "unknown"
+    assert worst(["unknown", "critical"]) == "critical"
+
+
+def test_the_thresholds_table_is_the_deploys_default_configuration():
+    """THRESHOLDS declares each threshold once; the deploy's default health.json carries
+    exactly its defaults, and the program accepts them."""
+    from pginfra.settings import resolve
+    from pginfra.steps.health import health_config as deploy_health_config
+
+    deployed = deploy_health_config(resolve({
+        "postgres_roles": [{"name": "o"}],
+        "postgres_databases": [{"name": "app", "owner": "o"}]}), "db1")["thresholds"]
+    assert deployed == {name: [t.warning, t.critical] for name, t in THRESHOLDS.items()}
+    assert list(deployed) == list(THRESHOLDS)
+    for name, t in THRESHOLDS.items():
+        assert t.default == (t.warning, t.critical)
+        assert t.unit in ("%", "s", "segments", "h", "MB", "ratio") and t.meaning, name
+        assert t.checks and set(t.checks) <= set(ALL), name
+        assert t.high is None or max(t.default) <= t.high, name
+    assert [n for n, t in THRESHOLDS.items() if t.lower_is_worse] == ["cache_hit_ratio"]
+    assert validate_config(_good_raw()).thresholds == {n: t.default
+                                                      for n, t in THRESHOLDS.items()}
+
+
+def test_the_package_keeps_what_the_deploy_and_the_entry_point_use():
+    assert health.__name__ == "pginfra_host.health"
+    for name in ("main", "load_config", "validate_config", "missing_listeners",
+                 "listening_sockets", "CHECKS", "THRESHOLDS"):
+        assert callable(getattr(health, name)) or name.isupper(), name
+    assert health.missing_listeners is listeners.missing_listeners
+    assert health.THRESHOLDS is THRESHOLDS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -829,7 +864,7 @@ def test_an_archive_command_that_is_not_pgbackrest_is_a_warning_when_backup_is_s
     ("'unbalanced %p", "", "(it runs 'unbalanced)"),
 ])
 def test_archive_command_is_pgbackrests_archive_push_for_the_stanza(command, library, problem):
-    found = health.archiving_problem(command, library, "main")
+    found = archiving.archiving_problem(command, library, "main")
     if problem is None:
         assert found is None
     else:
@@ -866,13 +901,13 @@ INFO_NOW = 1796054292  # the stop of info-two-repos.json's newest backup (repo 2
 
 def recorded_info(name: str, stanza: str | None = None) -> dict:
     text = (DATA / f"{name}.json").read_text()
-    return health.parse_pgbackrest_info(text, stanza or json.loads(text)[0]["name"])
+    return backups.parse_pgbackrest_info(text, stanza or json.loads(text)[0]["name"])
 
 
 def settings_for(stanza: str = "pgbr", repos=(1, 2)):
-    return health.BackupSettings("/var/lib/pginfra/backup", stanza,
-                                 "/etc/pgbackrest/pgbackrest.conf", "/var/spool/pgbackrest",
-                                 tuple(repos))
+    return BackupSettings("/var/lib/pginfra/backup", stanza,
+                          "/etc/pgbackrest/pgbackrest.conf", "/var/spool/pgbackrest",
+                          tuple(repos))
 
 
 def test_pgbackrest_info_json_is_read_exactly():
@@ -912,7 +947,7 @@ def test_pgbackrest_info_json_is_read_exactly():
 ])
 def test_pgbackrest_info_that_is_not_a_report_is_refused(text, error):
     with pytest.raises(ValueError) as caught:
-        health.parse_pgbackrest_info(text, "main")
+        backups.parse_pgbackrest_info(text, "main")
     assert error in str(caught.value)
 
 
@@ -921,8 +956,8 @@ def test_pgbackrest_info_that_is_not_a_report_is_refused(text, error):
     (10, (10.01, 20), "warning"),  # only repo 1's newest (59 s older) reaches it
 ], ids=["ok", "warning", "critical", "worst-repo"])
 def test_backup_base_ages_per_repository_against_the_thresholds(hours, pair, status):
-    check = health.base_backup_result(recorded_info("info-two-repos"), settings_for(), pair,
-                                      INFO_NOW + hours * 3600)
+    check = backups.base_backup_result(recorded_info("info-two-repos"), settings_for(), pair,
+                                       INFO_NOW + hours * 3600)
     assert check["status"] == status and check["unit"] == "h"
     assert (check["warning"], check["critical"]) == pair
     repos = check["data"]["repos"]
@@ -944,7 +979,7 @@ def test_backup_base_ages_per_repository_against_the_thresholds(hours, pair, sta
 
 def test_a_repository_pgbackrest_cannot_reach_is_critical_with_its_message():
     info = recorded_info("info-s3-down")  # S3 refusing connections
-    check = health.base_backup_result(info, settings_for(), (180, 348), INFO_NOW)
+    check = backups.base_backup_result(info, settings_for(), (180, 348), INFO_NOW)
     assert check["status"] == "critical"
     assert check["detail"].startswith(
         "repo 2: [HostConnectError] unable to connect to 'localhost:9443': [111] Connection "
@@ -956,10 +991,10 @@ def test_a_repository_pgbackrest_cannot_reach_is_critical_with_its_message():
                    "refused"}
     assert check["value"] == check["data"]["repos"]["1"]["age_hours"]
     # a host whose only repository is repo 1 does not care
-    alone = health.base_backup_result(info, settings_for(repos=[1]), (180, 348), INFO_NOW)
+    alone = backups.base_backup_result(info, settings_for(repos=[1]), (180, 348), INFO_NOW)
     assert alone["status"] == "ok", alone["detail"]
-    denied = health.base_backup_result(recorded_info("info-repo2-denied"),
-                                       settings_for("main"), (180, 348), 1796062040 + 60)
+    denied = backups.base_backup_result(recorded_info("info-repo2-denied"),
+                                        settings_for("main"), (180, 348), 1796062040 + 60)
     assert denied["status"] == "critical"
     assert denied["detail"].startswith("repo 2: [PathOpenError] unable to list file info for "
                                        "path '")
@@ -969,20 +1004,20 @@ def test_a_repository_pgbackrest_cannot_reach_is_critical_with_its_message():
 
 def test_a_stanza_never_created_no_backup_and_an_unknown_repository_are_critical():
     main = settings_for("main", repos=[1])
-    never = health.base_backup_result(recorded_info("info-never-created"), main, (180, 348),
-                                      INFO_NOW)
+    never = backups.base_backup_result(recorded_info("info-never-created"), main, (180, 348),
+                                       INFO_NOW)
     assert never["status"] == "critical" and never["value"] is None
     assert never["detail"] == ("repo 1: missing stanza path (pgBackRest status 1: stanza-create "
                                "has not run for stanza main?); no pgbackrest verify recorded yet")
-    empty = health.base_backup_result(recorded_info("info-no-backup"), main, (180, 348),
-                                      INFO_NOW)
+    empty = backups.base_backup_result(recorded_info("info-no-backup"), main, (180, 348),
+                                       INFO_NOW)
     assert empty["status"] == "critical" and empty["value"] is None
     assert empty["detail"] == "no backup in repo 1; no pgbackrest verify recorded yet"
     assert empty["data"]["repos"]["1"] == {"code": 2, "message": "no valid backups",
                                            "backups": 0, "status": "critical"}
-    unknown = health.base_backup_result(recorded_info("info-one-repo"),
-                                        settings_for("main", repos=[1, 2]), (180, 348),
-                                        1796061948)
+    unknown = backups.base_backup_result(recorded_info("info-one-repo"),
+                                         settings_for("main", repos=[1, 2]), (180, 348),
+                                         1796061948)
     assert unknown["status"] == "critical"
     assert unknown["detail"].startswith("repo 2 is not in pgBackRest's configuration "
                                         "/etc/pgbackrest/pgbackrest.conf (it has repo(s) 1); "
@@ -990,8 +1025,8 @@ def test_a_stanza_never_created_no_backup_and_an_unknown_repository_are_critical
 
 
 def test_a_backup_in_progress_is_said_and_is_no_problem():
-    check = health.base_backup_result(recorded_info("info-backup-running"),
-                                      settings_for("main"), (180, 348), 1796062043 + 3600)
+    check = backups.base_backup_result(recorded_info("info-backup-running"),
+                                       settings_for("main"), (180, 348), 1796062043 + 3600)
     assert check["status"] == "ok" and check["data"]["backup_running"] is True
     assert check["detail"].endswith("; a backup is running now")
 
@@ -999,33 +1034,33 @@ def test_a_backup_in_progress_is_said_and_is_no_problem():
 def test_stanza_problems_page_checksum_errors_and_clock_skew():
     info = recorded_info("info-two-repos")
     mismatch = {**info, "code": 5, "message": "database mismatch across repos"}
-    check = health.base_backup_result(mismatch, settings_for(), (180, 348), INFO_NOW)
+    check = backups.base_backup_result(mismatch, settings_for(), (180, 348), INFO_NOW)
     assert check["status"] == "critical"
     assert check["detail"].startswith("stanza pgbr: database mismatch across repos "
                                       "(pgBackRest status 5); repo 1: ")
     flagged = {**info, "backups": [*info["backups"][:-1], {**info["backups"][-1],
                                                            "error": True}]}
-    check = health.base_backup_result(flagged, settings_for(), (180, 348), INFO_NOW)
+    check = backups.base_backup_result(flagged, settings_for(), (180, 348), INFO_NOW)
     assert check["status"] == "warning"
     assert check["detail"].startswith("repo 2: backup 20261130-155518F_20261130-155809I found "
                                       "page checksum errors in the database")
-    early = health.base_backup_result(info, settings_for(), (180, 348), INFO_NOW - 3600)
+    early = backups.base_backup_result(info, settings_for(), (180, 348), INFO_NOW - 3600)
     assert early["status"] == "unknown"
     assert "finished in the future (2026-11-30T15:58:12.000000Z; is the clock right?)" in \
         early["detail"]
 
 
 def _fake_pgbackrest(tmp_path, monkeypatch, script: str, run_timeout=4):
-    """health.PGBACKREST replaced by a shell script (it records its arguments); the check
+    """backups.PGBACKREST replaced by a shell script (it records its arguments); the check
     run in this process with a configuration whose run_timeout gives pgbackrest half."""
     fake = tmp_path / "pgbackrest"
     fake.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {tmp_path}/argv\n{script}\n")
     fake.chmod(0o755)
-    monkeypatch.setattr(health, "PGBACKREST", str(fake))
+    monkeypatch.setattr(backups, "PGBACKREST", str(fake))
     raw = _good_raw()
     raw.update(run_timeout=run_timeout, backup={**raw["backup"], "repos": [1],
                                                  "state_dir": str(tmp_path)})
-    check = health.Checks(health.validate_config(raw)).check_backup_base()
+    check = backups.check_backup_base(Context(validate_config(raw)))
     argv = (tmp_path / "argv").read_text().splitlines() if (tmp_path / "argv").exists() \
         else None
     return check, argv
@@ -1052,9 +1087,9 @@ def test_pgbackrest_info_that_hangs_fails_or_prints_nonsense(tmp_path, monkeypat
     check, _ = _fake_pgbackrest(tmp_path, monkeypatch, "echo 'WARN: something'; echo '[]'")
     assert check["status"] == "unknown"
     assert check["detail"].startswith("pgbackrest info printed no usable report: not JSON")
-    monkeypatch.setattr(health, "PGBACKREST", str(tmp_path / "absent"))
+    monkeypatch.setattr(backups, "PGBACKREST", str(tmp_path / "absent"))
     raw = _good_raw()
-    check = health.Checks(health.validate_config(raw)).check_backup_base()
+    check = backups.check_backup_base(Context(validate_config(raw)))
     assert check["status"] == "critical"
     assert check["detail"] == (f"{tmp_path / 'absent'} is missing: pgBackRest is not installed "
                                "(apt-get install pgbackrest)")
@@ -1084,9 +1119,9 @@ def test_the_last_verify_record(tmp_path, text, status, says):
     path = tmp_path / "pgbackrest-verify.json"
     if text is not None:
         path.write_text(text)
-    verify, problem = health.read_verify_record(path)
-    check = health.base_backup_result(recorded_info("info-two-repos"), settings_for(),
-                                      (180, 348), INFO_NOW + 3600, verify, problem, str(path))
+    verify, problem = backups.read_verify_record(path)
+    check = backups.base_backup_result(recorded_info("info-two-repos"), settings_for(),
+                                       (180, 348), INFO_NOW + 3600, verify, problem, str(path))
     assert check["status"] == status and says in check["detail"], check["detail"]
     if status == "critical":
         assert check["detail"].startswith("last pgbackrest verify")  # the worst first
@@ -1094,17 +1129,17 @@ def test_the_last_verify_record(tmp_path, text, status, says):
 
 
 def test_pgbackrests_error_files_are_read_and_summarized(tmp_path):
-    code, message = health.parse_async_status(
+    code, message = archiving.parse_async_status(
         (DATA / "00000001000000000000000A.error").read_text())
     assert code == 104 and message.startswith("repo1: [FileOpenError] unable to open file '")
     assert message.endswith("' for write: [13] Permission denied")
-    code, message = health.parse_async_status((DATA / "s3-refused.error").read_text())
+    code, message = archiving.parse_async_status((DATA / "s3-refused.error").read_text())
     assert (code, message) == (104, (
         "repo2: [HostConnectError] unable to load info file '/pgbr/archive/pgbr/archive.info' or "
         "'/pgbr/archive/pgbr/archive.info.copy': HostConnectError: unable to connect to "
         "'localhost:9443': [111] Connection refused"))
-    assert health.parse_async_status("garbage") == (None, "garbage")
-    assert len(health.summarize_pgbackrest_error("x" * 1000)) == 300
+    assert archiving.parse_async_status("garbage") == (None, "garbage")
+    assert len(backups.summarize_pgbackrest_error("x" * 1000)) == 300
     # a spool: error files of segments, of a whole run (global), status files that are ok
     out = tmp_path / "archive" / "main" / "out"
     out.mkdir(parents=True)
@@ -1114,16 +1149,16 @@ def test_pgbackrests_error_files_are_read_and_summarized(tmp_path):
     (out / "global.error").write_text("103\nunable to find a valid repository:\n"
                                       "repo1: [FileMissingError] unable to load info file\n"
                                       "HINT: has a stanza-create been performed?")
-    errors, problem = health.push_errors(str(tmp_path), "main")
+    errors, problem = archiving.push_errors(str(tmp_path), "main")
     assert problem is None
     assert [(e["segment"], e["code"]) for e in errors] == [
         ("00000001000000000000000A", 104), ("00000001000000000000000B", 104), ("global", 103)]
     assert errors[2]["message"] == ("unable to find a valid repository: repo1: "
                                     "[FileMissingError] unable to load info file")
-    still = health.pending_push_errors(errors, {"00000001000000000000000B"})
+    still = archiving.pending_push_errors(errors, {"00000001000000000000000B"})
     assert [e["segment"] for e in still] == ["00000001000000000000000B", "global"]
-    assert health.pending_push_errors(errors, set()) == []
-    assert health.push_errors(str(tmp_path / "nothing-pushed-yet"), "main") == ([], None)
+    assert archiving.pending_push_errors(errors, set()) == []
+    assert archiving.push_errors(str(tmp_path / "nothing-pushed-yet"), "main") == ([], None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1525,12 +1560,12 @@ def test_listening_sockets_are_read_from_the_kernels_tables(tmp_path):
     tcp6.write_text(
         "  sl  local_address                         remote_address                        st\n"
         "   0: 00000000000000000000000001000000:1538 00000000000000000000000000000000:0000 0A\n")
-    sockets = health.listening_sockets((str(tcp), str(tcp6), str(tmp_path / "absent")))
+    sockets = listeners.listening_sockets((str(tcp), str(tcp6), str(tmp_path / "absent")))
     assert sockets == {"127.0.0.1:5432", "10.77.1.10:6432", "::1:5432"}
-    assert health.missing_listeners(["localhost", "10.77.1.10", "::1"], 5432, sockets) == [
+    assert listeners.missing_listeners(["localhost", "10.77.1.10", "::1"], 5432, sockets) == [
         "10.77.1.10:5432"]
-    assert health.missing_listeners(["10.77.1.10"], 6432, sockets) == []
-    assert health.missing_listeners(["10.9.9.9"], 5432, sockets | {"0.0.0.0:5432"}) == []
+    assert listeners.missing_listeners(["10.77.1.10"], 6432, sockets) == []
+    assert listeners.missing_listeners(["10.9.9.9"], 5432, sockets | {"0.0.0.0:5432"}) == []
 
 
 @needs_postgres
