@@ -65,7 +65,7 @@ def wanted_programs(settings) -> list[str]:
 # Where each program's configuration is declared (its dataclasses and ``validate_config``).
 DECLARATIONS = {
     "pginfra-backup": "pginfra_host.backup_config",
-    "pginfra-health": "pginfra_host.health",
+    "pginfra-health": "pginfra_host.health.config",
     "pginfra-maintenance": "pginfra_host.maintenance",
 }
 

@@ -32,6 +32,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 from pginfra.tuning import PROFILES, STORAGE
 from pginfra_host import durations
+from pginfra_host.health.config import THRESHOLDS as HEALTH_THRESHOLDS
 
 OWNED_PREFIXES = ("postgres_", "pgbouncer_", "pginfra_", "backup_", "health_", "maintenance_")
 
@@ -825,71 +826,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds the health check waits for a connection or any one query before 'unknown'.",
         minimum=1, maximum=300,
     ),
-    Setting(
-        "health_connections_percent", [75, 90], list,
-        "Warning and critical % of max_connections in use by client sessions.",
-        validator=_thresholds(most=100),
-    ),
-    Setting(
-        "health_long_running_seconds", [300, 1800], list,
-        "Warning and critical age in seconds of the oldest running statement.",
-        validator=_thresholds(),
-    ),
-    Setting(
-        "health_idle_in_transaction_seconds", [300, 900], list,
-        "Warning and critical seconds the oldest session has sat idle in a transaction.",
-        validator=_thresholds(),
-    ),
-    Setting(
-        "health_lock_wait_seconds", [30, 300], list,
-        "Warning and critical seconds the longest lock wait has lasted (blocked sessions).",
-        validator=_thresholds(),
-    ),
-    Setting(
-        "health_archive_failing_seconds", [0, 300], list,
-        "Warning and critical seconds WAL archiving has been failing (0: at once).",
-        validator=_thresholds(),
-    ),
-    Setting(
-        "health_archive_ready_segments", [10, 50], list,
-        "Warning and critical count of WAL segments waiting to be archived.",
-        validator=_thresholds(),
-    ),
-    Setting(
-        "health_backup_base_age_hours", [180, 348], list,
-        "Warning and critical age in hours of the last verified base backup (weekly: 7.5 d).",
-        validator=_thresholds(),
-    ),
-    Setting(
-        "health_backup_dump_age_hours", [26, 50], list,
-        "Warning and critical age in hours of the last verified dump (daily: one missed run).",
-        validator=_thresholds(),
-    ),
-    Setting(
-        "health_disk_used_percent", [80, 90], list,
-        "Warning and critical % used of the filesystems of the data and WAL archive dirs.",
-        validator=_thresholds(most=100),
-    ),
-    Setting(
-        "health_wraparound_percent", [50, 75], list,
-        "Warning and critical % of the transaction-id (and multixact) horizon used.",
-        validator=_thresholds(most=100),
-    ),
-    Setting(
-        "health_cache_hit_ratio", [0.95, 0.9], list,
-        "Warning and critical shared-buffer hit ratio; lower is worse.",
-        validator=_thresholds(lower_is_worse=True, most=1),
-    ),
-    Setting(
-        "health_replication_lag_mb", [50, 100], list,
-        "Warning and critical MB a replica (or a replication slot) is behind.",
-        validator=_thresholds(),
-    ),
-    Setting(
-        "health_pgbouncer_wait_seconds", [1, 5], list,
-        "Warning and critical seconds the longest-waiting PgBouncer client has waited.",
-        validator=_thresholds(),
-    ),
+    # The thresholds of pginfra-health: declared once, by the program (name, defaults, meaning,
+    # bounds), in pginfra_host/health/config.py.
+    *(Setting(f"health_{name}", list(t.default), list,
+              f"Warning and critical {t.meaning}.",
+              validator=_thresholds(lower_is_worse=t.lower_is_worse, most=t.high))
+      for name, t in HEALTH_THRESHOLDS.items()),
     Setting(
         "health_prometheus", False, bool,
         "Install prometheus-postgres-exporter, and node-exporter for the health results.",

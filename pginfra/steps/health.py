@@ -19,25 +19,22 @@ from pyinfra.operations.util import any_changed
 from pginfra import pgbackrest as pgbr
 from pginfra.facts import psql_command
 from pginfra.pgbouncer import listen_addresses as pgbouncer_listen_addresses
+from pginfra.programs import checked_config
 from pginfra.roles import EXPORTER_ROLE
 from pginfra.settings import Settings
 from pginfra.templating import render, render_io
 from pginfra_host import layout
+from pginfra_host.health.config import THRESHOLDS
 
 BIN, LOG_DIR, STATE_DIR = layout.BIN, layout.LOG_DIR, layout.BACKUP_STATE_DIR
-HEALTH_CONFIG = f"{layout.CONFIG_DIR}/health.json"
-MAINTENANCE_CONFIG = f"{layout.CONFIG_DIR}/maintenance.json"
+HEALTH_CONFIG = layout.HEALTH_CONFIG
+MAINTENANCE_CONFIG = layout.MAINTENANCE_CONFIG
 HEALTH_STATE = layout.HEALTH_STATE_DIR
 MAINTENANCE_STATE = layout.MAINTENANCE_STATE_DIR
 METRICS_DIR = layout.METRICS_DIR
 TEXTFILE = layout.HEALTH_TEXTFILE
 EXPORTER_PACKAGES = ("prometheus-postgres-exporter", "prometheus-node-exporter")
 EXPORTER_DROPIN = "/etc/systemd/system/prometheus-postgres-exporter.service.d/pginfra.conf"
-THRESHOLDS = ("connections_percent", "long_running_seconds", "idle_in_transaction_seconds",
-              "lock_wait_seconds", "archive_failing_seconds", "archive_ready_segments",
-              "backup_base_age_hours", "backup_dump_age_hours", "disk_used_percent",
-              "wraparound_percent", "cache_hit_ratio", "replication_lag_mb",
-              "pgbouncer_wait_seconds")
 
 
 def _cluster(settings: Settings, host_name: str) -> dict:
@@ -151,19 +148,22 @@ def install_health(settings: Settings):
 
         install_health(load_settings())
     """
-    for wanted, path, state, config in (
-            (settings.health_enabled, HEALTH_CONFIG, HEALTH_STATE, health_config),
-            (settings.runs_maintenance, MAINTENANCE_CONFIG, MAINTENANCE_STATE,
-             maintenance_config)):
-        if wanted:
-            files.put(name=f"Configuration {path}",
-                      src=render_io(f"{path.rsplit('/', 1)[1]}.j2",
-                                    config=config(settings, host.name)),
-                      dest=path, user="root", group="postgres", mode="0640")
-            files.directory(name=f"Directory {state}", path=state, user="postgres",
-                            group="postgres", mode="0700")
-        else:
+    wanted = {program: (path, state, checked_config(program, build(settings, host.name),
+                                                    host.name, path))  # may refuse: no op yet
+              for program, on, path, state, build in (
+                  ("pginfra-health", settings.health_enabled, HEALTH_CONFIG, HEALTH_STATE,
+                   health_config),
+                  ("pginfra-maintenance", settings.runs_maintenance, MAINTENANCE_CONFIG,
+                   MAINTENANCE_STATE, maintenance_config)) if on}
+    for path in (HEALTH_CONFIG, MAINTENANCE_CONFIG):
+        if path not in (p for p, _, _ in wanted.values()):
             files.file(name=f"No {path}", path=path, present=False)
+    for path, state, config in wanted.values():
+        files.put(name=f"Configuration {path}",
+                  src=render_io(f"{path.rsplit('/', 1)[1]}.j2", config=config),
+                  dest=path, user="root", group="postgres", mode="0640")
+        files.directory(name=f"Directory {state}", path=state, user="postgres",
+                        group="postgres", mode="0700")
 
     if settings.health_prometheus:
         _install_exporters(settings)

@@ -27,9 +27,9 @@ Where things are:
 
 To add a check: write ``check_<name>(ctx: Context) -> dict`` (returning ``result(...)``) in
 its area's module, add it to checks.REGISTRY where it should run, describe it in cli.py's
-docstring; a new threshold goes in config.THRESHOLDS, and the deploy's settings
-(pginfra/settings.py, ``health_<name>``) and pginfra/steps/health.py carry it to
-health.json.
+docstring. A new threshold goes in config.THRESHOLDS and nowhere else: the deploy's
+settings table makes it the setting ``health_<name>`` (default, meaning, bounds) and the
+health step writes it to health.json.
 
 The package imports only the standard library, pginfra_host's shared modules and Debian's
 python3-psycopg: it runs under the host's /usr/bin/python3.

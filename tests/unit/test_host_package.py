@@ -84,3 +84,17 @@ def test_the_deploy_cannot_write_a_key_the_program_does_not_know():
     with pytest.raises(SettingsError, match="key 'pgbackrest.repos'"):
         checked_config("pginfra-backup", {**config, "pgbackrest": {
             **config["pgbackrest"], "repos": []}}, "db1", layout.BACKUP_CONFIG)
+
+
+def test_the_deploy_writes_health_and_maintenance_json_only_as_declared():
+    from pginfra.steps.health import health_config, maintenance_config
+
+    settings = resolve({})
+    for program, build, path in (("pginfra-health", health_config, layout.HEALTH_CONFIG),
+                                 ("pginfra-maintenance", maintenance_config,
+                                  layout.MAINTENANCE_CONFIG)):
+        config = build(settings, "db1")
+        assert checked_config(program, config, "db1", path) is config
+        with pytest.raises(SettingsError, match=rf"db1: {path}: {program} would refuse it: "
+                                                r"unknown key\(s\) 'colour'"):
+            checked_config(program, {**config, "colour": "red"}, "db1", path)
