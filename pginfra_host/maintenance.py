@@ -55,7 +55,7 @@ import sys
 import time
 import traceback
 from collections import Counter
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, get_type_hints
 
@@ -129,14 +129,6 @@ class Config:
         return round(durations.milliseconds(self.statement_timeout))
 
 
-def declared_keys(declaration) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(required, optional) keys of the JSON object a dataclass declares: its fields, in their
-    order; those with a default are optional."""
-    required = tuple(f.name for f in fields(declaration)
-                     if f.default is MISSING and f.default_factory is MISSING)
-    return required, tuple(f.name for f in fields(declaration) if f.name not in required)
-
-
 # section -> its Thresholds class, in the order of Config's fields
 SECTIONS = {name: kind for name, kind in get_type_hints(Config).items()
             if isinstance(kind, type) and issubclass(kind, Thresholds)}
@@ -169,7 +161,7 @@ def _database(key: str, value) -> str:
 def _thresholds(section: str, value) -> Thresholds:
     declaration = SECTIONS[section]
     schema.require(isinstance(value, dict), section, "must be an object", value)
-    required, optional = declared_keys(declaration)
+    required, optional = schema.keys(declaration)
     schema.check_keys(value, required, optional, prefix=f"{section}.")
     ratio, count = required
     return declaration(_ratio(f"{section}.{ratio}", value[ratio], declaration.RATIO_MAX),
@@ -181,7 +173,7 @@ def validate_config(raw, path: str = layout.MAINTENANCE_CONFIG) -> Config:
     it was read, for schema.load_json, which puts it in front of the message)."""
     if not isinstance(raw, dict):
         raise runner.ConfigError("the configuration must be a JSON object")
-    schema.check_keys(raw, *declared_keys(Config))
+    schema.check_keys(raw, *schema.keys(Config))
     databases = raw["databases"]
     schema.require(isinstance(databases, list)
                    and len(set(map(str, databases))) == len(databases), "databases",

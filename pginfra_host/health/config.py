@@ -93,11 +93,6 @@ THRESHOLDS: dict[str, Threshold] = {
         meaning="seconds the longest-waiting PgBouncer client has waited"),
 }
 
-TOP_KEYS = ("host", "version", "cluster", "port", "data_directory", "wal_archive_dir",
-            "state_dir", "query_timeout", "run_timeout", "pgbouncer", "backup", "textfile",
-            "thresholds")
-OPTIONAL_KEYS = ("socket_dir", "standbys")
-BACKUP_KEYS = ("state_dir", "stanza", "pgbackrest_config", "spool_path", "repos")
 STANZA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_REPO = 256  # pgBackRest's repo1..repo256
 
@@ -119,24 +114,41 @@ class BackupSettings:
 
 
 @dataclass(frozen=True)
+class PgBouncerSettings:
+    """The configuration's "pgbouncer" (null: no PgBouncer on this host)."""
+    port: int
+    listen: tuple = ()  # the addresses it should listen on
+
+
+# The declaration: HealthConfig's fields (and BackupSettings', PgBouncerSettings') are the
+# file's keys (schema.keys): those with a default are optional; "path" is the program's own.
+@dataclass(frozen=True)
 class HealthConfig:
-    path: str
+    """/etc/pginfra/health.json."""
+    path: str  # the file it was read from (not a key)
     host: str
     version: int
     cluster: str
     port: int
-    socket_dir: str
     data_directory: str
     wal_archive_dir: str
     state_dir: str
     query_timeout: float
     run_timeout: float
-    pgbouncer_port: int | None
-    pgbouncer_listen: tuple
+    pgbouncer: PgBouncerSettings | None
     backup: BackupSettings | None
     textfile: str | None
     thresholds: dict  # name -> (warning, critical), every one of THRESHOLDS
+    socket_dir: str = layout.DEFAULT_SOCKET_DIR
     standbys: tuple = ()  # application names that should stream from this server
+
+    @property
+    def pgbouncer_port(self) -> int | None:
+        return None if self.pgbouncer is None else self.pgbouncer.port
+
+    @property
+    def pgbouncer_listen(self) -> tuple:
+        return () if self.pgbouncer is None else self.pgbouncer.listen
 
     def bin(self, name: str) -> str:
         return layout.pg_bin(self.version, name)
@@ -174,13 +186,14 @@ def _pair(key: str, value, threshold: Threshold) -> tuple:
 
 
 def validate_backup(backup) -> BackupSettings | None:
-    """The "backup" key: null, or every one of BACKUP_KEYS."""
+    """The "backup" key: null, or every key of BackupSettings."""
     schema.require(backup is None or isinstance(backup, dict), "backup",
-                   "must be null or an object {" + ", ".join(f'"{k}"' for k in BACKUP_KEYS)
+                   "must be null or an object {"
+                   + ", ".join(f'"{k}"' for k in schema.keys(BackupSettings)[0])
                    + "}", backup)
     if backup is None:
         return None
-    schema.check_keys(backup, BACKUP_KEYS, prefix="backup.")
+    schema.check_declared(backup, BackupSettings, prefix="backup.")
     state_dir = schema.abspath("backup.state_dir", backup["state_dir"])
     stanza = schema.string("backup.stanza", backup["stanza"], STANZA_RE,
                            "a stanza name ([A-Za-z0-9_.-], 1..64)")
@@ -203,12 +216,12 @@ def validate_config(raw, path: str = DEFAULT_CONFIG) -> HealthConfig:
     """The configuration, checked strictly; runner.ConfigError names the first bad key."""
     if not isinstance(raw, dict):
         raise runner.ConfigError("the configuration must be a JSON object")
-    schema.check_keys(raw, TOP_KEYS, OPTIONAL_KEYS)
+    schema.check_declared(raw, HealthConfig)
     bouncer = raw["pgbouncer"]
     schema.require(bouncer is None or isinstance(bouncer, dict), "pgbouncer",
                    "must be an object {\"port\": N} or null", bouncer)
     if bouncer is not None:
-        schema.check_keys(bouncer, ("port",), ("listen",), prefix="pgbouncer.")
+        schema.check_declared(bouncer, PgBouncerSettings, prefix="pgbouncer.")
         schema.integer("pgbouncer.port", bouncer["port"], 1, 65535)
         listen = bouncer.get("listen", [])
         schema.require(isinstance(listen, list) and all(isinstance(a, str) for a in listen),
@@ -245,8 +258,8 @@ def validate_config(raw, path: str = DEFAULT_CONFIG) -> HealthConfig:
         state_dir=schema.abspath("state_dir", raw["state_dir"]),
         query_timeout=_positive("query_timeout", raw["query_timeout"], 600),
         run_timeout=_positive("run_timeout", raw["run_timeout"], 3600),
-        pgbouncer_port=None if bouncer is None else bouncer["port"],
-        pgbouncer_listen=() if bouncer is None else tuple(bouncer.get("listen", [])),
+        pgbouncer=None if bouncer is None else PgBouncerSettings(
+            port=bouncer["port"], listen=tuple(bouncer.get("listen", []))),
         backup=backup,
         textfile=textfile,
         thresholds=pairs,
