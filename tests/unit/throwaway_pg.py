@@ -60,7 +60,9 @@ def _copy_programs() -> Path:
 PROGRAMS = _copy_programs()
 BIN = PROGRAMS / "bin"
 SQL = PROGRAMS / "sql"
-os.environ["PYTHONPATH"] = str(PROGRAMS / "lib")  # for the host's python3, run by the tests
+# for the host's python3, run by the tests (ahead of what the caller had)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(PROGRAMS / "lib"), os.environ.get("PYTHONPATH")) if p)
 ENV["PYTHONPATH"] = os.environ["PYTHONPATH"]
 
 
