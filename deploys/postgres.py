@@ -20,6 +20,7 @@ from pginfra.steps import (
     manage_roles,
     prepare_repository,
     replicate,
+    run_ha,
     run_pgbouncer,
     run_service,
     schedule_jobs,
@@ -39,9 +40,10 @@ configure_server(settings, tls_files)  # 7. tuned config and pg_hba, WAL to pgBa
 replicate(settings, new_cluster)  # 8. the primary's replication role and slots; standbys
 #                                     made from it over TLS, streaming; a named promotion
 manage_roles(settings, new_cluster)  # 9. roles, passwords, databases, pg_stat_statements
-run_pgbouncer(settings, new_cluster, tls_files)  # 10. PgBouncer, its userlist in step with 9.
-install_backups(settings)  # 11. the first full backup, verified; dumps, S3 copies, drills
-install_health(settings)  # 12. health checks, maintenance, metrics (Prometheus exporters)
-schedule_jobs(settings)  # 13. /etc/cron.d/pginfra: backups, health checks, maintenance
-harden_databases(settings, new_cluster)  # 14. SQL bundles as tracked migrations: monitoring
+run_ha(settings, new_cluster)  # 10. with postgres_ha: etcd, then Patroni takes the server over
+run_pgbouncer(settings, new_cluster, tls_files)  # 11. PgBouncer, its userlist in step with 9.
+install_backups(settings)  # 12. the first full backup, verified; dumps, S3 copies, drills
+install_health(settings)  # 13. health checks, maintenance, metrics (Prometheus exporters)
+schedule_jobs(settings)  # 14. /etc/cron.d/pginfra: backups, health checks, maintenance
+harden_databases(settings, new_cluster)  # 15. SQL bundles as tracked migrations: monitoring
 #                                           views, constraints and indexes, safely on a live db

@@ -7,6 +7,8 @@ lab's own key and known_hosts, exactly as production hosts are reached.
                                         # random passwords, git-ignored
     pyinfra -y inventories/rehearsal.py deploys/postgres.py
 
+``PGINFRA_REHEARSAL_HA=patroni`` deploys the hosts (three) as a Patroni cluster with etcd
+(secrets also rewinder and patroni_restapi).
 ``PGINFRA_REHEARSAL_DIR`` chooses another lab (default /var/lib/pginfra/rehearsal);
 ``PGINFRA_REHEARSAL_HOSTS=pg1,pg2`` deploys to those hosts only (the others are not in the
 inventory: a standby taken out); ``PGINFRA_REHEARSAL_PRIMARY=pg2`` names another primary.
@@ -47,5 +49,7 @@ postgres_servers = (
             {"database": "app", "user": "app", "address": lab["subnet"],
              "comment": "the application, from the rehearsal lab network"},
         ],
+        **({"postgres_ha": os.environ["PGINFRA_REHEARSAL_HA"]}
+           if os.environ.get("PGINFRA_REHEARSAL_HA") else {}),
     },
 )

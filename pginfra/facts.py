@@ -566,3 +566,36 @@ class PythonSitePackages(FactBase):
 
     def process(self, output):
         return "\n".join(output).strip() or None
+
+
+class PatroniCluster(FactBase):
+    """
+    Whether this host's Patroni runs (its unit ``patroni@VERSION-CLUSTER``), and the cluster as
+    ``patronictl list -f json`` shows it from here; ``members`` is empty when Patroni is not
+    configured or etcd does not answer.
+
+    .. code:: python
+
+        {"active": True,
+         "members": [{"Member": "pg1", "Host": "10.77.0.10", "Role": "Leader",
+                      "State": "running", "TL": 1},
+                     {"Member": "pg2", "Host": "10.77.0.11", "Role": "Replica",
+                      "State": "streaming", "TL": 1, "Lag in MB": 0}]}
+    """
+
+    def command(self, unit: str, config: str) -> str:
+        quoted = shlex.quote(config)
+        return (f"echo \"active=$(systemctl is-active {shlex.quote(unit)} 2>/dev/null)\"; "
+                f"test -f {quoted} && command -v patronictl >/dev/null && "
+                f"timeout 20 runuser -u postgres -- patronictl -c {quoted} list -f json "
+                "2>/dev/null || true")
+
+    def process(self, output):
+        lines = [line for line in output if line.strip()]
+        active = bool(lines) and lines[0] == "active=active"
+        text = "\n".join(lines[1:]).strip()
+        try:
+            members = json.loads(text) if text else []
+        except ValueError:
+            members = []
+        return {"active": active, "members": members if isinstance(members, list) else []}

@@ -290,3 +290,30 @@ def parameters_reference() -> str:
         shown = f"`{value}`" if value else "(computed)"
         out.append(f"| `{name}` | {shown} | {why} |")
     return "\n".join(out) + "\n"
+
+
+def cluster_floor(settings: Settings) -> dict[str, int]:
+    """The largest ``HOT_STANDBY_MINIMUMS`` values the other servers of the cluster get from
+    their own RAM, CPUs and data, so that a standby never has less than its primary (it would
+    not start) and any of them may be promoted."""
+    from pyinfra import host, inventory
+    from pyinfra.facts.hardware import Cpus, Memory
+
+    from pginfra.settings import resolve
+    from pginfra.tuning import MB
+
+    floor: dict[str, int] = {}
+    for name in settings.cluster:
+        other = inventory.get_host(name, None)
+        if name == host.name or other is None:
+            continue
+        try:
+            theirs = resolve(other.data.dict(), name)
+            theirs.cluster, theirs.node = settings.cluster, settings.cluster[name]
+            params = server_parameters(theirs, other.get_fact(Memory) * MB,
+                                       other.get_fact(Cpus))
+        except SettingsError:
+            continue  # that host's own run reports it
+        for key, value in hot_standby_floor(params).items():
+            floor[key] = max(floor.get(key, 0), value)
+    return floor

@@ -34,7 +34,8 @@ from pginfra.tuning import PROFILES, STORAGE
 from pginfra_host import durations
 from pginfra_host.health.config import THRESHOLDS as HEALTH_THRESHOLDS
 
-OWNED_PREFIXES = ("postgres_", "pgbouncer_", "pginfra_", "backup_", "health_", "maintenance_")
+OWNED_PREFIXES = ("postgres_", "pgbouncer_", "pginfra_", "backup_", "health_", "maintenance_",
+                  "ha_")
 
 _ABS_PATH = r"/[A-Za-z0-9_./-]+"
 # Debian package names (Debian policy 5.6.1), optionally pinned with =version.
@@ -252,6 +253,11 @@ def _port_problems(values: Mapping[str, Any]) -> list[str]:
     if values["pgbouncer_enabled"]:
         ports.append(("pgbouncer_port", values["pgbouncer_port"]))
     ports.append(("backup_tls_port", values["backup_tls_port"]))
+    if values["postgres_ha"]:
+        ports += [(key, values[key]) for key in ("ha_rest_port", "ha_etcd_client_port",
+                                                 "ha_etcd_peer_port")]
+        if values["ha_client_path"] == "haproxy":
+            ports += [(key, values[key]) for key in ("ha_haproxy_port_rw", "ha_haproxy_port_ro")]
     if values["health_prometheus"]:
         ports += [("health_prometheus_postgres_port", values["health_prometheus_postgres_port"]),
                   ("health_prometheus_node_port", values["health_prometheus_node_port"])]
@@ -322,7 +328,36 @@ def _cross_problems(values: Mapping[str, Any]) -> list[str]:
             if role not in known:
                 found.append(f"postgres_databases: {db['name']}: role {role!r} is not in "
                              "postgres_roles")
-    return found + _directory_problems(values) + _port_problems(values)
+    return found + _ha_problems(values) + _directory_problems(values) + _port_problems(values)
+
+
+def _ha_problems(values: Mapping[str, Any]) -> list[str]:
+    """Patroni's settings that contradict each other, refused before Patroni could half apply
+    them."""
+    found = []
+    ttl, loop, retry = values["ha_ttl"], values["ha_loop_wait"], values["ha_retry_timeout"]
+    if loop + 2 * retry > ttl:
+        found.append(f"ha_ttl: {ttl} s is too short for ha_loop_wait {loop} s and "
+                     f"ha_retry_timeout {retry} s: Patroni needs loop_wait + 2 x retry_timeout "
+                     f"<= ttl ({loop + 2 * retry} s), or a leader that is alive loses its key")
+    if values["ha_synchronous_mode_strict"] and not values["ha_synchronous_mode"]:
+        found.append("ha_synchronous_mode_strict: only with ha_synchronous_mode: true")
+    if values["postgres_ha"] and values["postgres_synchronous_standbys"]:
+        found.append("postgres_synchronous_standbys: with postgres_ha, Patroni chooses the "
+                     "synchronous standby: use ha_synchronous_mode")
+    if values["postgres_ha"] and values["postgres_former_primary"]:
+        found.append("postgres_former_primary: with postgres_ha, Patroni promotes: use "
+                     "patronictl switchover or failover (README: High availability)")
+    if values["postgres_ha"] and values["ha_client_path"] == "vip" and not (
+            values["ha_vip"] and values["ha_vip_interface"]):
+        found.append("ha_vip: ha_client_path 'vip' needs ha_vip (address/prefix) and "
+                     "ha_vip_interface")
+    rewind = values["ha_rewind_user"]
+    if rewind in ("postgres", values["postgres_replication_user"]) or rewind.startswith("pg_") \
+            or rewind in {r["name"] for r in values["postgres_roles"]}:
+        found.append(f"ha_rewind_user: {rewind!r} must be a role of its own, not postgres, the "
+                     "replication user, a pg_ role or one of postgres_roles")
+    return found
 
 
 class SettingsError(PyinfraError):
@@ -493,6 +528,99 @@ SETTINGS: tuple[Setting, ...] = (
         "postgres_former_primary", "", str,
         "Set on the host named primary to promote it: the primary it replaces, gone for good.",
         pattern=r"[A-Za-z0-9@/._:-]*",
+    ),
+    Setting(
+        "postgres_ha", "", str,
+        "'patroni': Patroni and etcd fail over automatically; empty: promotion by hand.",
+        choices=("", "patroni"),
+    ),
+    Setting(
+        "ha_scope", "pginfra", str,
+        "With postgres_ha: Patroni's cluster name (its scope, the key under etcd's /service/).",
+        pattern=r"[a-z][a-z0-9_-]{0,62}",
+    ),
+    Setting(
+        "ha_ttl", 30, int,
+        "Seconds the leader key lives without renewal: the longest a lost leader blocks failover.",
+        minimum=20, maximum=600,
+    ),
+    Setting(
+        "ha_loop_wait", 10, int,
+        "Seconds Patroni sleeps between its checks of the cluster.",
+        minimum=1, maximum=300,
+    ),
+    Setting(
+        "ha_retry_timeout", 10, int,
+        "Seconds Patroni retries etcd and PostgreSQL before it demotes (loop_wait + 2x < ttl).",
+        minimum=3, maximum=300,
+    ),
+    Setting(
+        "ha_synchronous_mode", False, bool,
+        "Commit waits for a synchronous replica, and only it may be promoted: no committed loss.",
+    ),
+    Setting(
+        "ha_synchronous_mode_strict", False, bool,
+        "With ha_synchronous_mode: refuse writes when no replica is synchronous, never degrade.",
+    ),
+    Setting(
+        "ha_maximum_lag_on_failover", 1048576, int,
+        "Bytes a replica may be behind and still be promoted by a failover (not in sync mode).",
+        minimum=0,
+    ),
+    Setting(
+        "ha_rest_port", 8008, int,
+        "Port of Patroni's REST API (TLS, on the replication address; HAProxy checks it).",
+        minimum=1, maximum=65535,
+    ),
+    Setting(
+        "ha_etcd_client_port", 2379, int,
+        "Port etcd serves its clients (Patroni) on, TLS with client certificates.",
+        minimum=1, maximum=65535,
+    ),
+    Setting(
+        "ha_etcd_peer_port", 2380, int,
+        "Port etcd members talk to each other on, TLS with client certificates.",
+        minimum=1, maximum=65535,
+    ),
+    Setting(
+        "ha_etcd_version", "3.4.23-4+b4", str,
+        "Debian's etcd-server package version, the same on every member.",
+        pattern=r"[0-9][A-Za-z0-9.+~:-]*",
+    ),
+    Setting(
+        "ha_patroni_version", "3.0.2-1", str,
+        "Debian's patroni package version, the same on every host.",
+        pattern=r"[0-9][A-Za-z0-9.+~:-]*",
+    ),
+    Setting(
+        "ha_rewind_user", "rewinder", str,
+        "Role pg_rewind connects as when a former leader rejoins; its password a secret.",
+        pattern=_NAME,
+    ),
+    Setting(
+        "ha_client_path", "haproxy", str,
+        "How clients find the leader: 'haproxy' on each host, or 'vip' (vip-manager's address).",
+        choices=("haproxy", "vip"),
+    ),
+    Setting(
+        "ha_haproxy_port_rw", 5000, int,
+        "HAProxy port that reaches the leader's PgBouncer (read-write).",
+        minimum=1, maximum=65535,
+    ),
+    Setting(
+        "ha_haproxy_port_ro", 5001, int,
+        "HAProxy port that reaches the replicas' PgBouncers (read-only).",
+        minimum=1, maximum=65535,
+    ),
+    Setting(
+        "ha_vip", "", str,
+        "With ha_client_path 'vip': the floating address/prefix vip-manager puts on the leader.",
+        pattern=r"([0-9.]+/[0-9]{1,2})?",
+    ),
+    Setting(
+        "ha_vip_interface", "", str,
+        "With ha_client_path 'vip': the network interface that carries ha_vip.",
+        pattern=r"[A-Za-z0-9._-]{0,15}",
     ),
     Setting(
         "postgres_listen_addresses", ["localhost"], list,

@@ -27,6 +27,14 @@ from pginfra.settings import BY_NAME, SettingsError
 
 PRIMARY_GROUP = "primary"
 SERVERS_GROUP = "postgres_servers"
+ETCD_GROUP = "etcd"  # with postgres_ha: etcd's members (default: every server)
+# With postgres_ha, what every host of the cluster must agree on (Patroni's DCS settings,
+# etcd's ports, the client path).
+HA_SHARED = ("postgres_ha", "ha_scope", "ha_ttl", "ha_loop_wait", "ha_retry_timeout",
+             "ha_synchronous_mode", "ha_synchronous_mode_strict", "ha_maximum_lag_on_failover",
+             "ha_rest_port", "ha_etcd_client_port", "ha_etcd_peer_port", "ha_etcd_version",
+             "ha_patroni_version", "ha_rewind_user", "ha_client_path", "ha_haproxy_port_rw",
+             "ha_haproxy_port_ro", "ha_vip")
 _SYNC = re.compile(r"(ANY|FIRST) ([1-9][0-9]*) \(([^()]+)\)")
 
 
@@ -45,6 +53,7 @@ class Node:
     upstream: str | None = None  # the host a standby streams from
     downstream: list[str] = field(default_factory=list)  # hosts streaming from this one
     former_primary: str = ""
+    etcd_member: bool = False  # with postgres_ha: one of etcd's members
 
     @property
     def slot(self) -> str:
@@ -83,8 +92,10 @@ def replication_address(name: str, data: dict[str, Any]) -> str | None:
     return None
 
 
-def plan(hosts: dict[str, dict[str, Any]], primary_group: list[str]) -> dict[str, Node]:
-    """The cluster of ``hosts`` (name -> data), or TopologyError naming every problem."""
+def plan(hosts: dict[str, dict[str, Any]], primary_group: list[str],
+         etcd_group: list[str] | None = None) -> dict[str, Node]:
+    """The cluster of ``hosts`` (name -> data), or TopologyError naming every problem. With
+    postgres_ha, ``etcd_group`` names etcd's members (None: every host)."""
     problems: list[str] = []
     names = list(hosts)
     if not names:
@@ -143,6 +154,8 @@ def plan(hosts: dict[str, dict[str, Any]], primary_group: list[str]) -> dict[str
                 "backup_s3_prefix", "backup_s3_endpoint_url"):
         problems += _uniform(hosts, key)
     problems += _collisions(names)
+    if _value(hosts[primary], "postgres_ha"):
+        problems += _ha_problems(hosts, nodes, primary, etcd_group)
     for name, node in nodes.items():
         if node.upstream in nodes:
             nodes[node.upstream].downstream.append(name)
@@ -160,6 +173,30 @@ def plan(hosts: dict[str, dict[str, Any]], primary_group: list[str]) -> dict[str
     if problems:
         raise TopologyError(_message(problems))
     return nodes
+
+
+def _ha_problems(hosts: dict[str, dict[str, Any]], nodes: dict[str, Node], primary: str,
+                 etcd_group: list[str] | None) -> list[str]:
+    """With postgres_ha: one setting for all, etcd's members a majority can be found among."""
+    problems = []
+    for key in HA_SHARED:
+        problems += _uniform(hosts, key)
+    members = list(hosts) if etcd_group is None else list(etcd_group)
+    outside = [m for m in members if m not in hosts]
+    if outside:
+        problems.append(f"the {ETCD_GROUP} group names {', '.join(outside)}, not in "
+                        f"{SERVERS_GROUP}: etcd runs on the database hosts (hosts of etcd's own "
+                        "are not supported yet)")
+    if len(members) < 3 or len(members) % 2 == 0:
+        problems.append(f"postgres_ha: etcd needs 3 or 5 members (an odd number, so a majority "
+                        f"survives a host's loss), the inventory gives {len(members)} "
+                        f"({', '.join(members)})")
+    for name, node in nodes.items():
+        if name != primary and node.upstream != primary:
+            problems.append(f"{name}: postgres_upstream: with postgres_ha every replica streams "
+                            "from the leader (Patroni), not from a cascade")
+        node.etcd_member = name in members
+    return problems
 
 
 def _message(problems: list[str]) -> str:
@@ -257,5 +294,7 @@ def current() -> dict[str, Node]:
         group = inventory.get_group(SERVERS_GROUP, None)
         hosts = list(group) if group else list(inventory)
         primary = [h.name for h in (inventory.get_group(PRIMARY_GROUP, None) or [])]
-        _CACHE[key] = plan({h.name: h.data.dict() for h in hosts}, primary)
+        etcd = inventory.get_group(ETCD_GROUP, None)
+        _CACHE[key] = plan({h.name: h.data.dict() for h in hosts}, primary,
+                           [h.name for h in etcd] if etcd else None)
     return _CACHE[key]

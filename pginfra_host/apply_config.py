@@ -187,14 +187,23 @@ def pending_restart(psql: Psql) -> list[str]:
         "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name")]
 
 
+# With Patroni (postgres_ha), the server is Patroni's to restart: (config, scope, member).
+PATRONI: tuple[str, str, str] | None = None
+
+
 def restart(cluster: str, psql: Psql, timeout: float = 120, verb: str = "restart") -> None:
     version, name = cluster.split("/", 1)
     unit = layout.unit(version, name)
-    proc = subprocess.run(["systemctl", verb, unit], capture_output=True, text=True,
-                          timeout=timeout)
+    if PATRONI is not None:
+        config, scope, member = PATRONI
+        argv = ["runuser", "-u", OS_USER, "--", "patronictl", "-c", config, "restart",
+                scope, member, "--force"]
+        what = f"patronictl restart {scope} {member}"
+    else:
+        argv, what = ["systemctl", verb, unit], f"systemctl {verb} {unit}"
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if proc.returncode:
-        raise RuntimeError(f"systemctl {verb} {unit} failed: "
-                           f"{(proc.stderr or proc.stdout).strip()}")
+        raise RuntimeError(f"{what} failed: {(proc.stderr or proc.stdout).strip()}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -269,9 +278,13 @@ def main(argv: list[str] | None = None) -> int:
                     "error put the previous files back.")
     parser.add_argument("--cluster", required=True, help="VERSION/NAME, e.g. 15/main")
     parser.add_argument("--port", type=int, required=True, help="the cluster's port")
+    parser.add_argument("--patroni", nargs=3, metavar=("CONFIG", "SCOPE", "MEMBER"),
+                        help="Patroni runs the server: restart it through patronictl")
     parser.add_argument("pairs", nargs="+", metavar="STAGED=TARGET",
                         help="a staged file and the configuration file it replaces")
     args = parser.parse_args(argv)
+    global PATRONI
+    PATRONI = tuple(args.patroni) if args.patroni else None
     try:
         pairs = parse_pairs(args.pairs)
     except ValueError as exc:

@@ -14,20 +14,21 @@ from pyinfra.facts.hardware import Cpus, Memory
 from pyinfra.operations import files, python
 from pyinfra.operations.util import any_changed
 
+from pginfra import ha
 from pginfra.pgbouncer import AUTH_USER
 from pginfra.roles import EXPORTER_ROLE
 from pginfra.secrets import require_strong_password
 from pginfra.server_config import (
     CONF_NAME,
+    cluster_floor,
     config_dir,
-    hot_standby_floor,
     passfile_path,
     passfile_text,
     quote,
     render_sections,
     server_parameters,
 )
-from pginfra.settings import Settings, SettingsError, resolve
+from pginfra.settings import Settings
 from pginfra.templating import render_io
 from pginfra.tuning import MB, format_size
 from pginfra_host import layout
@@ -35,10 +36,14 @@ from pginfra_host import layout
 APPLY_CONFIG = layout.program("pginfra-apply-config")
 
 
-def apply_command(settings: Settings, pairs: list[tuple[str, str]]) -> str:
+def apply_command(settings: Settings, pairs: list[tuple[str, str]],
+                  patroni: bool = False) -> str:
+    """``patroni``: Patroni runs the server, so a restart goes through patronictl."""
     cluster = f"{settings.postgres_version}/{settings.postgres_cluster}"
+    through = (["--patroni", ha.patroni_config_path(settings), settings.ha_scope,
+                settings.host_name] if patroni else [])
     return shlex.join([APPLY_CONFIG, f"--cluster={cluster}", f"--port={settings.postgres_port}",
-                       *(f"{staged}={target}" for staged, target in pairs)])
+                       *through, *(f"{staged}={target}" for staged, target in pairs)])
 
 
 @deploy("Configure the PostgreSQL server")
@@ -90,7 +95,9 @@ def configure_server(settings: Settings, tls_changed=None):
                                  rules=settings.postgres_hba, auth_query_user=auth_query_user,
                                  exporter_user=EXPORTER_ROLE if settings.health_prometheus
                                  else "", replication_user=settings.postgres_replication_user,
-                                 replication_peers=replication_peers(settings)),
+                                 replication_peers=replication_peers(settings),
+                                 rewind_user=settings.ha_rewind_user if settings.postgres_ha
+                                 else ""),
         "pg_ident.conf": render_io("pg_ident.conf.j2", path=targets["pg_ident.conf"],
                                    auth_query_user=auth_query_user),
     }
@@ -108,33 +115,11 @@ def configure_server(settings: Settings, tls_changed=None):
     return python.call(
         name="Check, reload, and restart only if needed (pginfra-apply-config)",
         function=run_reporting,
-        command=apply_command(settings, [(f"{staged_dir}/{n}", t) for n, t in targets.items()]),
+        command=apply_command(settings, [(f"{staged_dir}/{n}", t) for n, t in targets.items()],
+                              patroni=ha.patroni_runs_server(settings)),
         _if=any_changed(*staged_ops, *passfile_ops, *(tls_changed or []))
         if not drifted else None,
     )
-
-
-def cluster_floor(settings: Settings) -> dict[str, int]:
-    """The largest ``HOT_STANDBY_MINIMUMS`` values the other servers of the cluster get from
-    their own RAM, CPUs and data, so that a standby never has less than its primary (it would
-    not start) and any of them may be promoted."""
-    from pyinfra import inventory
-
-    floor: dict[str, int] = {}
-    for name in settings.cluster:
-        other = inventory.get_host(name, None)
-        if name == host.name or other is None:
-            continue
-        try:
-            theirs = resolve(other.data.dict(), name)
-            theirs.cluster, theirs.node = settings.cluster, settings.cluster[name]
-            params = server_parameters(theirs, other.get_fact(Memory) * MB,
-                                       other.get_fact(Cpus))
-        except SettingsError:
-            continue  # that host's own run reports it
-        for key, value in hot_standby_floor(params).items():
-            floor[key] = max(floor.get(key, 0), value)
-    return floor
 
 
 def replication_peers(settings: Settings) -> list[tuple[str, str]]:

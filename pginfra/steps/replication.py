@@ -10,6 +10,7 @@ from pyinfra import host, inventory, logger
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
+from pginfra import ha
 from pginfra.facts import PostgresClusters, PostgresRoles, ReplicationState
 from pginfra.roles import (
     literal,
@@ -262,6 +263,8 @@ def replicate(settings: Settings, new_cluster: bool = False):
 
         replicate(load_settings(), new_cluster)
     """
+    if ha.patroni_runs_server(settings):
+        return  # Patroni's now: replicas, their slots, promotion and rewind (step 10)
     node = settings.node
     data = data_directory(settings)
     state = None if new_cluster else host.get_fact(

@@ -8,6 +8,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.systemd import SystemdEnabled
 from pyinfra.operations import files, systemd
 
+from pginfra import ha
 from pginfra.facts import Listeners, PostgresListenAddresses
 from pginfra.programs import host_program
 from pginfra.settings import Settings
@@ -52,6 +53,8 @@ def run_service(settings: Settings):
         running=True,
         enabled=True,
     )
+    if ha.patroni_runs_server(settings):
+        return  # Patroni starts, stops and restarts the server (step 10); start.conf: manual
     # the health check's own test of the same thing
     missing = host_program("pginfra-health").missing_listeners(
         host.get_fact(PostgresListenAddresses, port=settings.postgres_port),

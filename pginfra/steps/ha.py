@@ -1,0 +1,232 @@
+"""Step: high availability. etcd on the cluster's hosts (TLS, client certificates), then
+Patroni takes over the server this runbook built: first on the primary, which becomes the
+leader with its data, then on each standby, which stays the replica it is. From then on
+Patroni starts, stops, promotes and rewinds PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import shlex
+
+import yaml
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.hardware import Cpus, Memory
+from pyinfra.operations import apt, files, server, systemd
+
+from pginfra import ha
+from pginfra.facts import PatroniCluster, PostgresRoles
+from pginfra.roles import ident, literal, psql_stdin, quiet_sql, wanted_verifiers
+from pginfra.secrets import password_for, require_strong_password
+from pginfra.server_config import cluster_floor, server_parameters
+from pginfra.settings import Settings, SettingsError
+from pginfra.templating import render_io
+from pginfra.tuning import MB
+from pginfra_host import layout
+
+DROPIN = "/etc/systemd/system/patroni@.service.d/pginfra.conf"
+WAIT = 180  # seconds a takeover waits for the leader, or a replica for streaming
+REWIND_FUNCTIONS = ("pg_catalog.pg_ls_dir(text, boolean, boolean)",
+                    "pg_catalog.pg_stat_file(text, boolean)",
+                    "pg_catalog.pg_read_binary_file(text)",
+                    "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)")
+
+
+def secrets(settings: Settings, host_name: str) -> dict[str, str]:
+    """Every password Patroni's configuration holds, from the secrets source; a missing or weak
+    one stops the run before any operation."""
+    out = {}
+    for name in ("postgres", settings.postgres_replication_user, settings.ha_rewind_user):
+        out[name] = require_strong_password(name, host_name, settings.postgres_password_min_length)
+    rest = password_for(ha.REST_SECRET)
+    if not rest or len(rest) < settings.postgres_password_min_length:
+        raise SettingsError(
+            f"{host_name}: the secrets source has no {ha.REST_SECRET!r} of at least "
+            f"{settings.postgres_password_min_length} characters: Patroni's REST API asks it "
+            "for every change (switchover, restart, configuration); nothing was changed")
+    out[ha.REST_SECRET] = rest
+    return out
+
+
+def rewind_role_sql(settings: Settings, password: str, roles: dict) -> str:
+    """The pg_rewind role on the leader: LOGIN, nothing else but the functions pg_rewind reads
+    files with and CHECKPOINT (pg_checkpoint); '' when it is already so."""
+    name = settings.ha_rewind_user
+    verifier = wanted_verifiers({name: password}, roles)[name]
+    have = roles.get(name)
+    if have and have.get("password") == verifier:
+        return ""
+    statements = []
+    if have is None:
+        statements.append(f"CREATE ROLE {ident(name)} LOGIN")
+        statements += [f"GRANT EXECUTE ON FUNCTION {f} TO {ident(name)}"
+                       for f in REWIND_FUNCTIONS]
+        statements.append(f"GRANT pg_checkpoint TO {ident(name)}")
+    statements.append(f"ALTER ROLE {ident(name)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                      f"NOREPLICATION NOBYPASSRLS PASSWORD {literal(verifier)}")
+    return quiet_sql(statements)
+
+
+def leader(state: dict) -> str | None:
+    return next((m["Member"] for m in state["members"] if m.get("Role") == "Leader"), None)
+
+
+@deploy("High availability (Patroni, etcd)")
+def run_ha(settings: Settings, new_cluster: bool = False):
+    """
+    With ``postgres_ha: patroni``: etcd on every member, TLS between them and for Patroni;
+    Patroni's configuration (the same parameters as postgresql-production.conf; the
+    cluster-wide ones seeded into its DCS); the pg_rewind role; then Patroni takes over the
+    running server, the primary first.
+
+    .. code:: python
+
+        run_ha(load_settings())
+    """
+    if not settings.postgres_ha:
+        return
+    passwords = secrets(settings, host.name)  # may refuse: before any operation
+    state = host.get_fact(PatroniCluster, unit=ha.patroni_unit(settings),
+                          config=ha.patroni_config_path(settings))
+    _certificates(settings)
+    if settings.node.etcd_member:
+        _etcd(settings)
+    _patroni(settings, passwords)
+    _rewind_role(settings, passwords, state, new_cluster)
+    _takeover(settings, state)
+
+
+def _certificates(settings: Settings) -> None:
+    from pginfra.ca import ensure_ca, ensure_server_cert
+
+    _, ca_cert = ensure_ca()
+    names = [settings.node.address, host.name]
+    key, cert = ensure_server_cert(host.name, [settings.node.address], names, name="ha",
+                                   client=True)
+    server.group(name="Group etcd", group="etcd", system=True)
+    server.user(name="User etcd (the package's, made first so its files can be)", user="etcd",
+                group="etcd", system=True, home="/var/lib/etcd", shell="/usr/sbin/nologin",
+                create_home=False)
+    for directory, owner, tls, wanted in (
+            ("/etc/etcd", "etcd", ha.ETCD_TLS, settings.node.etcd_member),
+            (ha.PATRONI_DIR, "postgres", ha.PATRONI_TLS, True)):
+        if not wanted:
+            continue
+        files.directory(name=f"Directory {directory}", path=directory, user="root",
+                        group="root", mode="0755")
+        tls_dir = tls["key"].rsplit("/", 1)[0]
+        files.directory(name=f"Directory {tls_dir} ({owner}, 0700)", path=tls_dir, user=owner,
+                        group=owner, mode="0700")
+        for kind, src in (("key", key), ("cert", cert), ("ca", ca_cert)):
+            files.put(name=f"{owner} TLS {kind}", src=str(src), dest=tls[kind], user=owner,
+                      group=owner, mode="0600" if kind == "key" else "0644")
+
+
+def _etcd(settings: Settings) -> None:
+    environment = files.put(
+        name=f"{ha.ETCD_DEFAULT}: this member, its peers, TLS",
+        src=render_io("default-etcd.j2", scope=settings.ha_scope,
+                      environment=ha.etcd_environment(settings, host.name)),
+        dest=ha.ETCD_DEFAULT, user="root", group="root", mode="0644")
+    files.directory(name="Directory /var/lib/etcd (etcd, 0700)", path="/var/lib/etcd",
+                    user="etcd", group="etcd", mode="0700")
+    installed = host.get_fact(DebPackages)
+    missing = [p for p in ha.ETCD_PACKAGES if p not in installed]
+    # The configuration is in place first: the package starts etcd on installation, and every
+    # member installs it in the same operation, so they find each other at once.
+    apt.packages(name="etcd (Debian's etcd-server and etcd-client)",
+                 packages=[f"{p}={settings.ha_etcd_version}" for p in ha.ETCD_PACKAGES],
+                 no_recommends=True, update=bool(missing),
+                 cache_time=settings.pginfra_apt_cache_time,
+                 extra_install_args="-o Dpkg::Options::=--force-confdef "
+                                    "-o Dpkg::Options::=--force-confold",
+                 _env={"DEBIAN_FRONTEND": "noninteractive"})
+    systemd.service(name="etcd running, started at boot", service="etcd.service",
+                    running=True, enabled=True)
+    systemd.service(name="etcd restarted for its new settings", service="etcd.service",
+                    restarted=True, _if=lambda: environment.did_change() and not missing)
+    server.shell(name="etcd: every member healthy", commands=[
+        f"for i in $(seq {WAIT // 2}); do {ha.etcdctl_command(settings, 'endpoint health')} "
+        ">/dev/null 2>&1 && exit 0; sleep 2; done; "
+        f"{ha.etcdctl_command(settings, 'endpoint health')}; exit 1"],
+        _if=lambda: environment.did_change() or bool(missing))
+
+
+def _patroni(settings: Settings, passwords: dict[str, str]) -> None:
+    installed = host.get_fact(DebPackages)
+    apt.packages(name="Patroni (Debian's package)",
+                 packages=[f"patroni={settings.ha_patroni_version}"], no_recommends=True,
+                 update="patroni" not in installed, cache_time=settings.pginfra_apt_cache_time,
+                 _env={"DEBIAN_FRONTEND": "noninteractive"})
+    memory = host.get_fact(Memory) * MB  # the fact is in MB
+    params = server_parameters(settings, memory, host.get_fact(Cpus), cluster_floor(settings))
+    config = ha.patroni_config(settings, host.name, params, passwords)
+    text = ("# Managed by pginfra: Patroni's configuration of this member (postgres, 0600: it\n"
+            "# holds passwords). Cluster-wide settings live in etcd: patronictl edit-config.\n"
+            + yaml.safe_dump(config, sort_keys=False, default_flow_style=False))
+    files.put(name=f"{ha.patroni_config_path(settings)} (postgres, 0600)",
+              src=io.StringIO(text), dest=ha.patroni_config_path(settings), user="postgres",
+              group="postgres", mode="0600")
+    dropin = files.put(name="patroni@.service: after the network, restarted when it dies",
+                       src=render_io("patroni@.service.d-pginfra.conf.j2"), dest=DROPIN,
+                       user="root", group="root", mode="0644", create_remote_dir=True)
+    systemd.daemon_reload(name="systemd picks up Patroni's drop-in", _if=dropin.did_change)
+    version, cluster = settings.pg_cluster
+    files.put(name="start.conf: manual (Patroni starts the cluster, not postgresql.service)",
+              src=io.StringIO("# Managed by pginfra: Patroni starts this cluster "
+                              "(postgres_ha)\nmanual\n"),
+              dest=f"{layout.config_directory(version, cluster)}/start.conf",
+              user="postgres", group="postgres", mode="0644")
+
+
+def _rewind_role(settings: Settings, passwords: dict[str, str], state: dict,
+                 new_cluster: bool) -> None:
+    current = leader(state) if state["active"] else None
+    is_leader = current == host.name if current else not settings.is_standby
+    if not is_leader:
+        return
+    roles = {} if new_cluster else host.get_fact(PostgresRoles,
+                                                 port=settings.postgres_port) or {}
+    sql = rewind_role_sql(settings, passwords[settings.ha_rewind_user], roles)
+    if sql:
+        server.shell(name=f"Role {settings.ha_rewind_user}: pg_rewind's, nothing more",
+                     commands=[psql_stdin(settings.postgres_port)], _stdin=sql)
+
+
+def _takeover(settings: Settings, state: dict) -> None:
+    """Stop the server's own unit and start Patroni on it: the primary first (it initialises
+    the cluster in etcd with its system identifier and takes the leader key), then the
+    standbys (each waits for the leader, then joins as the replica it already is)."""
+    unit = ha.patroni_unit(settings)
+    pg_unit = layout.unit(*settings.pg_cluster)
+    api = f"https://{ha._host(settings.node.address)}:{settings.ha_rest_port}"
+    curl = (f"python3 -c {shlex.quote(_PROBE)} {shlex.quote(api)} "
+            f"{shlex.quote(ha.PATRONI_TLS['ca'])}")
+    hand_over = (f"systemctl disable --now {pg_unit} && systemctl enable --now {unit}")
+    if not state["active"] and not settings.is_standby:
+        server.shell(name="Patroni takes over the primary: it becomes the leader, with its data",
+                     commands=[f"{hand_over} && for i in $(seq {WAIT}); do {curl} /primary && "
+                               "exit 0; sleep 1; done; exit 1"])
+    if not state["active"] and settings.is_standby:
+        server.shell(name="Patroni takes over the standby: it stays a replica of the leader",
+                     commands=[f"{hand_over} && for i in $(seq {WAIT}); do {curl} /replica && "
+                               "exit 0; sleep 1; done; exit 1"])
+    if state["active"]:
+        systemd.service(name=f"{unit} running, started at boot", service=unit, running=True,
+                        enabled=True)
+        systemd.service(name=f"{pg_unit}: Patroni's to start, not systemd's", service=pg_unit,
+                        enabled=False)
+
+
+# GET the REST API path in argv[2]: exit 0 on 200 (the role asked for), 1 otherwise.
+_PROBE = """
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+ctx.check_hostname = False
+try:
+    sys.exit(0 if urllib.request.urlopen(sys.argv[1] + sys.argv[3], context=ctx,
+                                         timeout=3).status == 200 else 1)
+except Exception:
+    sys.exit(1)
+"""
