@@ -8,12 +8,14 @@ lab's own key and known_hosts, exactly as production hosts are reached.
     pyinfra -y inventories/rehearsal.py deploys/postgres.py
 
 ``PGINFRA_REHEARSAL_HA=patroni`` deploys the hosts (three) as a Patroni cluster with etcd
-(secrets also rewinder and patroni_restapi).
+(secrets also rewinder and patroni_restapi); ``PGINFRA_REHEARSAL_DATA`` (a JSON object) adds
+settings for every host, such as ``{"ha_synchronous_mode": true}``.
 ``PGINFRA_REHEARSAL_DIR`` chooses another lab (default /var/lib/pginfra/rehearsal);
 ``PGINFRA_REHEARSAL_HOSTS=pg1,pg2`` deploys to those hosts only (the others are not in the
 inventory: a standby taken out); ``PGINFRA_REHEARSAL_PRIMARY=pg2`` names another primary.
 """
 
+import json
 import os
 
 from pginfra_lab.inventory import rehearsal_hosts, rehearsal_lab
@@ -51,5 +53,6 @@ postgres_servers = (
         ],
         **({"postgres_ha": os.environ["PGINFRA_REHEARSAL_HA"]}
            if os.environ.get("PGINFRA_REHEARSAL_HA") else {}),
+        **json.loads(os.environ.get("PGINFRA_REHEARSAL_DATA") or "{}"),
     },
 )

@@ -642,6 +642,23 @@ class Lab:
             time.sleep(0.1)
         raise RehearsalError(f"{name} did not stop within {timeout:.0f}s of SIGKILL")
 
+    def kill(self, name: str) -> None:
+        """A host's power cut: killed at once, no shutdown inside (a fault for failover tests).
+        ``boot`` starts it again."""
+        require_root_on_linux()
+        self.close_ssh(name)
+        self._pull_plug(name)
+
+    def boot(self, name: str, timeout: float = 120) -> None:
+        """Boot a host that ``kill`` or ``stop_host`` stopped, on its own root filesystem, and
+        wait for SSH."""
+        require_root_on_linux()
+        if self.is_running(name):
+            raise RehearsalError(f"{name} is running already")
+        self.hosts[name]["pid"] = self.start_host(name)
+        self.save_state()
+        self.wait_for_ssh(name, timeout=timeout, shared=False)
+
     def boot_id(self, name: str, shared: bool = True) -> str:
         """The host's boot id: a new one on every boot."""
         return self.ssh(name, ["cat", BOOT_ID], shared=shared, timeout=30).stdout.strip()

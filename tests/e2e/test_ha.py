@@ -1,0 +1,308 @@
+"""postgres_ha: Patroni and etcd on a lab of three rehearsal hosts of its own (pgh1, pgh2,
+pgh3), deployed by the runbook with synchronous mode and a short TTL; then real faults: a
+switchover and a hard kill of the leader under writes (counted on the client side), etcd
+losing one member and then two.
+
+The tests are one story, in order: each starts from where the one before left the lab.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+from conftest import BIN, STATE_DIR, Deploy, record_timing, wait_for
+
+from pginfra import ROOT, ha
+from pginfra.secrets import generate_missing
+from pginfra_lab.rehearsal import Lab, free_subnet
+
+LAB_DIR = STATE_DIR.parent / "e2e-ha"
+CONTROL = STATE_DIR.parent / "e2e-ha-control"
+LAB = {"state_dir": LAB_DIR, "bridge": "pginfra-e2eh", "prefix": "pgh"}
+NAMES = ["pgh1", "pgh2", "pgh3"]
+ROLES = ["postgres", "app", "pgbouncer_admin", "pgbouncer_auth", "replicator", "rewinder",
+         "backup_cipher_pass", ha.REST_SECRET]
+# synchronous mode, and failover within seconds: loop_wait + 2 x retry_timeout <= ttl
+DATA = {"ha_synchronous_mode": True, "ha_ttl": 20, "ha_loop_wait": 4, "ha_retry_timeout": 8}
+CONFIG = "/etc/patroni/15-main.yml"
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with contextlib.suppress(Exception):
+        if Lab.default(**LAB).load_state():  # left over from an interrupted run
+            Lab.default(**LAB).down()
+    shutil.rmtree(CONTROL, ignore_errors=True)
+    generate_missing(ROLES, CONTROL / "secrets.yaml")
+    lab = Lab.default(**LAB, subnet=free_subnet(first=40))
+    started = time.monotonic()
+    lab.up(3)
+    record_timing("ha_lab_up_seconds", time.monotonic() - started)
+    yield lab
+    Lab.default(**LAB).down()
+    shutil.rmtree(CONTROL, ignore_errors=True)
+
+
+def secret(name: str) -> str:
+    from pginfra.secrets import _read_file
+
+    return _read_file(CONTROL / "secrets.yaml")[name]
+
+
+def deploy(lab: Lab, data: dict | None = None) -> Deploy:
+    env = {**os.environ, "PGINFRA_REHEARSAL_DIR": str(lab.state_dir),
+           "PGINFRA_SECRETS_FILE": str(CONTROL / "secrets.yaml"),
+           "PGINFRA_CA_DIR": str(CONTROL / "ca"), "PGINFRA_REHEARSAL_HA": "patroni",
+           "PGINFRA_REHEARSAL_DATA": json.dumps(DATA if data is None else data)}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [str(BIN / "pyinfra"), "-y", "--json", "inventories/rehearsal.py", "deploys/postgres.py"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    return Deploy(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+
+
+def q(lab: Lab, name: str, query: str, db: str = "postgres", check: bool = True):
+    proc = lab.ssh(name, ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-v",
+                          "ON_ERROR_STOP=1", "-d", db, "-c", shlex.quote(query)], check=check)
+    return proc.stdout.strip() if check else proc
+
+
+def members(lab: Lab, name: str) -> dict[str, dict]:
+    proc = lab.ssh(name, ["runuser", "-u", "postgres", "--", "patronictl", "-c", CONFIG, "list",
+                          "-f", "json"], check=False, timeout=30)
+    if proc.returncode:
+        return {}
+    return {m["Member"]: m for m in json.loads(proc.stdout or "[]")}
+
+
+def leader(lab: Lab, ask: str) -> str | None:
+    return next((n for n, m in members(lab, ask).items() if m["Role"] == "Leader"
+                 and m["State"] == "running"), None)
+
+
+def healthy(lab: Lab, ask: str, names: list[str]) -> bool:
+    """One running leader and every other of ``names`` a streaming replica."""
+    found = members(lab, ask)
+    roles = sorted(found.get(n, {}).get("Role", "") for n in names)
+    states = {found.get(n, {}).get("State") for n in names}
+    return (roles.count("Leader") == 1 and len(roles) == len(names)
+            and states <= {"running", "streaming"}
+            and all(found[n]["State"] == "streaming" for n in names
+                    if found[n]["Role"] != "Leader"))
+
+
+class Writer:
+    """The application: inserts one row at a time through the client path (every host in
+    one connection string, target_session_attrs=read-write: libpq finds the leader),
+    reconnecting after any error. ``committed`` holds every id the server confirmed."""
+
+    def __init__(self, lab: Lab):
+        hosts = ",".join(lab.hosts[n]["address"] for n in NAMES)
+        self.conninfo = (f"host={hosts} port=5432 dbname=app user=app "
+                         f"password={secret('app')} sslmode=verify-full "
+                         f"sslrootcert={CONTROL / 'ca' / 'ca.crt'} connect_timeout=2 "
+                         "target_session_attrs=read-write")
+        self.committed: list[int] = []
+        self.times: list[float] = []  # when each commit was confirmed (monotonic)
+        self.failures = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        n, conn = 0, None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = psycopg.connect(self.conninfo, autocommit=True)
+                n += 1
+                conn.execute("INSERT INTO ha_probe (id) VALUES (%s)", (n,))
+                self.committed.append(n)
+                self.times.append(time.monotonic())
+            except psycopg.Error:
+                self.failures += 1
+                with contextlib.suppress(Exception):
+                    conn.close()
+                conn = None
+                time.sleep(0.2)
+        with contextlib.suppress(Exception):
+            conn.close()
+
+    def __enter__(self):
+        self.thread.start()
+        wait_for(lambda: len(self.committed) > 20, "the writer's first commits")
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+    def first_commit_after(self, moment: float) -> float | None:
+        return next((t for t in self.times if t > moment), None)
+
+
+def missing_rows(lab: Lab, name: str, committed: list[int]) -> list[int]:
+    have = {int(v) for v in q(lab, name, "SELECT id FROM ha_probe", db="app").split()}
+    return [i for i in committed if i not in have]
+
+
+def test_a_patroni_cluster_from_a_cold_start(lab):
+    result = deploy(lab)
+    assert result.returncode == 0, result.stderr[-6000:]
+    record_timing("ha_cold_deploy_3_hosts_seconds", result.seconds)
+    wait_for(lambda: healthy(lab, "pgh2", NAMES), "one leader and two streaming replicas",
+             timeout=90)
+    found = members(lab, "pgh3")
+    assert found["pgh1"]["Role"] == "Leader"  # the inventory's primary kept its data
+    assert sorted(found[n]["Role"] for n in ("pgh2", "pgh3")) in (
+        ["Replica", "Sync Standby"], ["Sync Standby", "Sync Standby"])
+    # Patroni runs the server now, not the cluster's own unit
+    for name in NAMES:
+        assert lab.ssh(name, ["systemctl", "is-enabled", "patroni@15-main"]).stdout.strip() \
+            == "enabled"
+        assert lab.ssh(name, ["systemctl", "is-active", "postgresql@15-main"],
+                       check=False).stdout.strip() == "inactive"
+    q(lab, "pgh1", "CREATE TABLE ha_probe (id bigint PRIMARY KEY, at timestamptz "
+                   "DEFAULT now()); GRANT INSERT, SELECT ON ha_probe TO app", db="app")
+
+
+def test_etcd_has_three_members_over_tls_with_client_certificates(lab):
+    address = lab.hosts["pgh1"]["address"]
+    etcdctl = ["env", "ETCDCTL_API=3", "etcdctl", f"--endpoints=https://{address}:2379",
+               f"--cacert={ha.PATRONI_TLS['ca']}", f"--cert={ha.PATRONI_TLS['cert']}",
+               f"--key={ha.PATRONI_TLS['key']}"]
+    listed = json.loads(lab.ssh("pgh1", [*etcdctl, "member", "list", "-w", "json"]).stdout)
+    peers = sorted(u for m in listed["members"] for u in m["peerURLs"])
+    assert peers == sorted(f"https://{lab.hosts[n]['address']}:2380" for n in NAMES)
+    health = lab.ssh("pgh1", [*etcdctl, "endpoint", "health", "--cluster", "-w", "json"])
+    assert [h["health"] for h in json.loads(health.stdout)] == [True] * 3
+    # without a client certificate, and without TLS, etcd says nothing
+    no_cert = lab.ssh("pgh1", ["env", "ETCDCTL_API=3", "etcdctl", "--dial-timeout=3s",
+                               f"--endpoints=https://{address}:2379",
+                               f"--cacert={ha.PATRONI_TLS['ca']}", "member", "list"],
+                      check=False)
+    assert no_cert.returncode != 0
+    plain = lab.ssh("pgh1", ["env", "ETCDCTL_API=3", "etcdctl", "--dial-timeout=3s",
+                             f"--endpoints=http://{address}:2379", "member", "list"],
+                    check=False)
+    assert plain.returncode != 0
+    for name in NAMES:
+        data = lab.ssh(name, ["stat", "-c", "%U %a", "/var/lib/etcd/pginfra"]).stdout.split()
+        assert data == ["etcd", "700"]
+        listening = lab.ssh(name, ["ss", "-Hltn"]).stdout
+        own = lab.hosts[name]["address"]
+        for port in (2379, 2380):
+            assert f"{own}:{port} " in listening
+            assert f"0.0.0.0:{port} " not in listening and f"127.0.0.1:{port} " not in listening
+
+
+def test_patronis_files_api_and_secrets(lab):
+    for name in NAMES:
+        stat = lab.ssh(name, ["stat", "-c", "%U %a", CONFIG, ha.PATRONI_TLS["key"]]).stdout
+        assert stat.split() == ["postgres", "600", "postgres", "600"]
+    probe = ("import ssl,sys,urllib.request as u\n"
+             "c=ssl.create_default_context(cafile=sys.argv[1]); c.check_hostname=False\n"
+             "r=u.Request(sys.argv[2], method=sys.argv[3])\n"
+             "try: print(u.urlopen(r, context=c, timeout=5).status)\n"
+             "except u.HTTPError as e: print(e.code)\n")
+
+    def api(path, method="GET", host="pgh1"):
+        url = f"https://{lab.hosts[host]['address']}:8008{path}"
+        return lab.ssh("pgh2", ["python3", "-c", shlex.quote(probe), ha.PATRONI_TLS["ca"], url,
+                                method]).stdout.strip()
+
+    assert api("/primary", host="pgh1") == "200"
+    assert api("/primary", host="pgh2") == "503" and api("/replica", host="pgh2") == "200"
+    assert api("/restart", "POST") == "401"  # an unsafe method needs the REST API's password
+    passwords = [secret(n) for n in ("postgres", "replicator", "rewinder", ha.REST_SECRET)]
+    for name in NAMES:
+        seen = lab.ssh(name, ["sh", "-c", shlex.quote(
+            "ps -eo args; journalctl --no-pager -u patroni@15-main -u etcd; "
+            "cat /var/log/postgresql/* 2>/dev/null")]).stdout
+        assert not [p for p in passwords if p in seen]
+
+
+def test_second_deploy_reports_no_changes(lab):
+    again = deploy(lab)
+    assert again.returncode == 0, again.stderr[-5000:]
+    assert again.changed == [], again.changed
+    record_timing("ha_second_deploy_seconds", again.seconds)
+
+
+def test_a_bad_patroni_setting_is_refused_before_any_operation(lab):
+    bad = deploy(lab, {**DATA, "ha_ttl": 12})
+    assert bad.returncode != 0
+    assert "ha_ttl: 12 s is too short" in bad.stderr + bad.stdout
+    assert healthy(lab, "pgh1", NAMES)
+
+
+def test_switchover_under_writes(lab):
+    with Writer(lab) as writer:
+        started = time.monotonic()
+        lab.ssh("pgh1", ["runuser", "-u", "postgres", "--", "patronictl", "-c", CONFIG,
+                         "switchover", "pginfra", "--leader", "pgh1", "--candidate", "pgh2",
+                         "--force"], timeout=120)
+        wait_for(lambda: leader(lab, "pgh3") == "pgh2", "pgh2 to lead", timeout=60)
+        wait_for(lambda: writer.first_commit_after(started + 0.5), "writes on pgh2",
+                 timeout=60)
+        record_timing("ha_switchover_seconds", writer.first_commit_after(started) - started)
+        time.sleep(2)
+    print(f"switchover: {len(writer.committed)} committed, {writer.failures} failed attempts")
+    assert missing_rows(lab, "pgh2", writer.committed) == []
+    wait_for(lambda: healthy(lab, "pgh3", NAMES), "pgh1 back as a replica", timeout=90)
+
+
+def test_failover_after_the_leader_is_killed_loses_nothing_committed(lab):
+    old = leader(lab, "pgh1")
+    assert old == "pgh2"
+    with Writer(lab) as writer:
+        killed = time.monotonic()
+        lab.kill(old)
+        new = wait_for(lambda: leader(lab, "pgh1" if old != "pgh1" else "pgh3"),
+                       "a new leader", timeout=90)
+        wait_for(lambda: writer.first_commit_after(killed), "a write through the new leader",
+                 timeout=90)
+        failover = writer.first_commit_after(killed) - killed
+        record_timing("ha_failover_seconds", failover)
+        time.sleep(2)
+    assert new != old
+    print(f"failover in {failover:.1f}s: {len(writer.committed)} committed, "
+          f"{writer.failures} failed attempts")
+    # synchronous mode: every commit the client saw is on the new leader
+    assert missing_rows(lab, new, writer.committed) == []
+    lab.boot(old)
+    others = [n for n in NAMES if n != old]
+    wait_for(lambda: healthy(lab, others[0], NAMES), f"{old} back as a streaming replica",
+             timeout=180)
+    journal = lab.ssh(old, ["journalctl", "--no-pager", "-u", "patroni@15-main"]).stdout
+    print("pg_rewind ran" if "pg_rewind" in journal else "no rewind was needed")
+    assert missing_rows(lab, old, writer.committed) == []
+
+
+def test_etcd_losing_one_member_keeps_the_leader_two_make_it_step_down(lab):
+    current = leader(lab, "pgh1")
+    others = [n for n in NAMES if n != current]
+    lab.ssh(others[0], ["systemctl", "stop", "etcd"])
+    time.sleep(DATA["ha_ttl"] + 5)
+    assert leader(lab, current) == current
+    assert q(lab, current, "SELECT pg_is_in_recovery()") == "f"
+    lab.ssh(others[1], ["systemctl", "stop", "etcd"])
+    # no majority: the leader cannot renew its key and demotes itself rather than risk a
+    # second writer
+    wait_for(lambda: q(lab, current, "SELECT pg_is_in_recovery()", check=False).stdout.strip()
+             == "t", f"{current} to step down", timeout=DATA["ha_ttl"] + 60)
+    for name in NAMES:
+        assert q(lab, name, "SELECT pg_is_in_recovery()", check=False).stdout.strip() != "f"
+    for name in others:
+        lab.ssh(name, ["systemctl", "start", "etcd"])
+    wait_for(lambda: healthy(lab, current, NAMES), "the cluster healed", timeout=120)
+    with Writer(lab):
+        pass  # writes are taken again
