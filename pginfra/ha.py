@@ -228,3 +228,15 @@ def patroni_runs_server(settings: Settings) -> bool:
     """Whether Patroni, not systemd's postgresql@ unit, runs this host's server now (the other
     steps leave starting, stopping, promoting and replication to it)."""
     return patroni_state(settings)["active"]
+
+
+def health_settings(settings: Settings, host_name: str) -> dict | None:
+    """health.json's "ha": where pginfra-health asks Patroni and etcd (None without HA)."""
+    if not settings.postgres_ha:
+        return None
+    me = settings.cluster[host_name]
+    return {"member": host_name, "members": list(settings.cluster),
+            "rest_url": f"https://{_host(me.address)}:{settings.ha_rest_port}",
+            "etcd_endpoints": [f"https://{e}" for e in etcd_endpoints(settings)],
+            "cafile": PATRONI_TLS["ca"], "certfile": PATRONI_TLS["cert"],
+            "keyfile": PATRONI_TLS["key"]}

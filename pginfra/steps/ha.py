@@ -104,10 +104,11 @@ def _certificates(settings: Settings) -> None:
     names = [settings.node.address, host.name]
     key, cert = ensure_server_cert(host.name, [settings.node.address], names, name="ha",
                                    client=True)
-    server.group(name="Group etcd", group="etcd", system=True)
-    server.user(name="User etcd (the package's, made first so its files can be)", user="etcd",
-                group="etcd", system=True, home="/var/lib/etcd", shell="/usr/sbin/nologin",
-                create_home=False)
+    if settings.node.etcd_member:
+        server.group(name="Group etcd", group="etcd", system=True)
+        server.user(name="User etcd (the package's, made first so its files can be)",
+                    user="etcd", group="etcd", system=True, home="/var/lib/etcd",
+                    shell="/usr/sbin/nologin", create_home=False)
     for directory, owner, tls, wanted in (
             ("/etc/etcd", "etcd", ha.ETCD_TLS, settings.node.etcd_member),
             (ha.PATRONI_DIR, "postgres", ha.PATRONI_TLS, True)):

@@ -16,6 +16,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
+from pginfra import ha
 from pginfra import pgbackrest as pgbr
 from pginfra.facts import psql_command
 from pginfra.pgbouncer import listen_addresses as pgbouncer_listen_addresses
@@ -59,6 +60,7 @@ def health_config(settings: Settings, host_name: str) -> dict:
                    "pgbackrest_config": pgbr.CONFIG, "spool_path": pgbr.SPOOL,
                    "repos": pgbr.repos(settings)} if settings.runs_backups else None,
         "textfile": TEXTFILE if settings.health_prometheus else None,
+        "ha": ha.health_settings(settings, host_name),
         "thresholds": {name: list(getattr(settings, f"health_{name}")) for name in THRESHOLDS},
         # the inventory's standbys of this server: each one not streaming is a warning
         "standbys": [settings.cluster[name].slot for name in settings.node.downstream]

@@ -1,6 +1,7 @@
 """Every check, in the order they run and are reported: ``REGISTRY`` maps a check's name to its
 function ``check_<name>(ctx: Context) -> dict`` in its area's module. ``run_check(ctx, name)``
 runs one (connecting to PostgreSQL first, unless the check needs no connection at all).
+``not_configured(cfg, name)``: the configuration key whose null turns a check off.
 """
 
 from __future__ import annotations
@@ -8,12 +9,14 @@ from __future__ import annotations
 from pginfra_host.health import (
     archiving,
     backups,
+    ha,
     pgbouncer,
     replication,
     server,
     sessions,
     storage,
 )
+from pginfra_host.health.config import HealthConfig
 from pginfra_host.health.context import Context
 
 REGISTRY = {
@@ -31,11 +34,23 @@ REGISTRY = {
     "wraparound": storage.check_wraparound,
     "cache_hit_ratio": storage.check_cache_hit_ratio,
     "replication": replication.check_replication,
+    "patroni": ha.check_patroni,
+    "etcd": ha.check_etcd,
     "pending_restart": server.check_pending_restart,
     "invalid_indexes": server.check_invalid_indexes,
 }
 CHECKS = tuple(REGISTRY)
-WITHOUT_SERVER = {"pgbouncer", "disk_wal_archive"}  # need no connection at all
+WITHOUT_SERVER = {"pgbouncer", "disk_wal_archive", "patroni", "etcd"}  # need no connection
+# The checks a key of the configuration turns off: with that key null (or absent), a run
+# leaves them out, and asked for by name (--check) they are unknown, "not configured".
+CONFIGURED_BY = {"pgbouncer": "pgbouncer", "backup_base": "backup", "backup_dump": "backup",
+                 "patroni": "ha", "etcd": "ha"}
+
+
+def not_configured(cfg: HealthConfig, name: str) -> str | None:
+    """The key of the configuration that is null and turns check ``name`` off, or None."""
+    key = CONFIGURED_BY.get(name)
+    return key if key is not None and getattr(cfg, key) is None else None
 
 
 def run_check(ctx: Context, name: str) -> dict:

@@ -1,7 +1,8 @@
-"""Check this host's PostgreSQL cluster, its PgBouncer, WAL archiving, backups and disks, and
-report the way monitoring wants it: one Nagios line with perfdata and a Nagios exit code (the
-default), one line per check (--verbose) or one line of JSON (--json); and, for the node
-exporter's textfile collector, every check's status and value as Prometheus gauges.
+"""Check this host's PostgreSQL cluster, its PgBouncer, WAL archiving, backups, disks and (with
+Patroni) its high-availability cluster, and report the way monitoring wants it: one Nagios
+line with perfdata and a Nagios exit code (the default), one line per check (--verbose) or one
+line of JSON (--json); and, for the node exporter's textfile collector, every check's status
+and value as Prometheus gauges.
 
     pginfra-health                        Nagios line: "PGINFRA OK - 16 checks ok | ..."
     pginfra-health --verbose              one line per check: status, value, thresholds, detail
@@ -11,7 +12,10 @@ exporter's textfile collector, every check's status and value as Prometheus gaug
 
 The configuration is /etc/pginfra/health.json (--config PATH); its "backup" is null (no backup
 checks) or {"state_dir": PATH, "stanza": NAME, "pgbackrest_config": PATH, "spool_path": PATH,
-"repos": [1, 2]}, every key required. The program runs as postgres (root is switched to
+"repos": [1, 2]}, every key required; its "ha" is null or absent (no Patroni here: no HA checks)
+or {"member": NAME, "members": [NAME, ...], "rest_url": "https://ADDRESS:8008",
+"etcd_endpoints": ["https://ADDRESS:2379", ...], "cafile": PATH, "certfile": PATH,
+"keyfile": PATH}, every key required. The program runs as postgres (root is switched to
 postgres through runuser), connects over the Unix socket by peer authentication (autocommit,
 read only, application_name pginfra-health) with connect_timeout, statement_timeout and
 lock_timeout all set to query_timeout, and never hangs: a watchdog ends the run after
@@ -24,7 +28,7 @@ Checks, in the order they run and are reported ([warning, critical] thresholds f
 configuration; a value at or above a threshold reaches it, for cache_hit_ratio a value below):
   postgres             the server answers (SELECT 1); version, in recovery or not, uptime.
                        Critical with the reason when it does not; then every SQL check is
-                       unknown while the filesystem and PgBouncer checks still run.
+                       unknown while the filesystem, PgBouncer and HA checks still run.
   pgbouncer            SHOW POOLS on PgBouncer's console (psql, Unix socket, user pgbouncer);
                        critical when it does not answer; value: the longest client wait in
                        seconds (pgbouncer_wait_seconds). Omitted when "pgbouncer" is null.
@@ -79,6 +83,20 @@ configuration; a value at or above a threshold reaches it, for cache_hit_ratio a
                        configuration that is not streaming: warning. Standby: received but
                        not replayed WAL in MB;
                        critical when no WAL receiver streams; replay paused: warning.
+  patroni              GET /cluster on this member's Patroni REST API (ha.rest_url, HTTPS: the
+                       server checked against ha.cafile, the client certificate ha.certfile
+                       shown). Critical: no leader, the leader's PostgreSQL not running, this
+                       member (ha.member) absent or not running. Warning: paused (maintenance
+                       mode), a member of ha.members absent or not running/streaming, members
+                       on different timelines. Value: the largest replica lag in MB
+                       (replication_lag_mb). Unknown with the reason when the REST API does
+                       not answer. Omitted when "ha" is null or absent.
+  etcd                 GET /health on every ha.etcd_endpoints with the client certificate, all
+                       at once: warning when a minority is down or unhealthy (naming them and
+                       why), critical when the healthy ones are no majority (no quorum:
+                       Patroni demotes the leader). Value: the members healthy. Omitted when
+                       "ha" is null or absent. Neither HA check needs PostgreSQL; each request
+                       waits at most query_timeout.
   pending_restart      parameters changed but waiting for a restart, and configuration file
                        lines in error (pg_file_settings, pg_hba_file_rules): warning.
   invalid_indexes      INVALID indexes (not being built right now) in every database that
@@ -110,8 +128,8 @@ import sys
 import threading
 import time
 
-from pginfra_host import runner, util
-from pginfra_host.health.checks import CHECKS, run_check
+from pginfra_host import runner, schema, util
+from pginfra_host.health.checks import CHECKS, not_configured, run_check
 from pginfra_host.health.config import DEFAULT_CONFIG, HealthConfig, load_config
 from pginfra_host.health.context import Context
 from pginfra_host.health.db import describe
@@ -145,11 +163,10 @@ class Run:
             raise RunTimeout()
 
     def run_one(self, name: str) -> dict:
-        if name == "pgbouncer" and self.cfg.pgbouncer_port is None:
-            return result(name, UNKNOWN, f"not configured (\"pgbouncer\" is null in "
-                          f"{self.cfg.path})")
-        if name.startswith("backup_") and self.cfg.backup_state_dir is None:
-            return result(name, UNKNOWN, f"not configured (\"backup\" is null in "
+        key = not_configured(self.cfg, name)
+        if key is not None:
+            absent = " or absent" if key in schema.keys(HealthConfig)[1] else ""
+            return result(name, UNKNOWN, f"not configured (\"{key}\" is null{absent} in "
                           f"{self.cfg.path})")
         try:
             return run_check(self.context, name)
@@ -262,9 +279,7 @@ def config_failure(args, message: str, started: float) -> int:
 def selected(cfg: HealthConfig, args) -> list[str]:
     if args.check:
         return [n for n in CHECKS if n in set(args.check)]
-    return [n for n in CHECKS
-            if not (n == "pgbouncer" and cfg.pgbouncer_port is None)
-            and not (n.startswith("backup_") and cfg.backup_state_dir is None)]
+    return [n for n in CHECKS if not_configured(cfg, n) is None]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """The configuration of pginfra-health, ``/etc/pginfra/health.json``, declared and checked:
-``THRESHOLDS`` (every threshold, its defaults, unit and meaning, once), ``HealthConfig`` and
-``BackupSettings`` (the typed configuration), ``validate_config(raw, path)`` and
-``load_config(path)``.
+``THRESHOLDS`` (every threshold, its defaults, unit and meaning, once), ``HealthConfig``,
+``BackupSettings``, ``PgBouncerSettings`` and ``HaSettings`` (the typed configuration),
+``validate_config(raw, path)`` and ``load_config(path)``.
 
 Importing this module has no side effects (no file is read, no connection made): the deploy's
 settings take the thresholds' defaults and meanings from here.
@@ -14,9 +14,11 @@ settings take the thresholds' defaults and meanings from here.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 
 from pginfra_host import layout, runner, schema
@@ -85,7 +87,7 @@ THRESHOLDS: dict[str, Threshold] = {
         checks=("cache_hit_ratio",),
         meaning="shared-buffer hit ratio over all databases (lower is worse)"),
     "replication_lag_mb": Threshold(
-        warning=50, critical=100, unit="MB", checks=("replication",),
+        warning=50, critical=100, unit="MB", checks=("replication", "patroni"),
         meaning="MB a replica (or a replication slot) is behind; on a standby, WAL received "
                 "but not replayed"),
     "pgbouncer_wait_seconds": Threshold(
@@ -120,8 +122,26 @@ class PgBouncerSettings:
     listen: tuple = ()  # the addresses it should listen on
 
 
-# The declaration: HealthConfig's fields (and BackupSettings', PgBouncerSettings') are the
-# file's keys (schema.keys): those with a default are optional; "path" is the program's own.
+@dataclass(frozen=True)
+class HaSettings:
+    """The configuration's "ha" (null or absent: PostgreSQL is not run by Patroni here).
+    ``member``: this host's Patroni member name; ``members``: every member the inventory
+    expects in the cluster (this one included); ``rest_url``: this member's Patroni REST API,
+    "https://ADDRESS:PORT"; ``etcd_endpoints``: every etcd member's client URL,
+    "https://ADDRESS:PORT"; ``cafile``, ``certfile``, ``keyfile``: the CA that signed both
+    servers' certificates, and the client certificate and key shown to them."""
+    member: str
+    members: tuple
+    rest_url: str
+    etcd_endpoints: tuple
+    cafile: str
+    certfile: str
+    keyfile: str
+
+
+# The declaration: HealthConfig's fields (and BackupSettings', PgBouncerSettings',
+# HaSettings') are the file's keys (schema.keys): those with a default are optional; "path" is
+# the program's own.
 @dataclass(frozen=True)
 class HealthConfig:
     """/etc/pginfra/health.json."""
@@ -141,6 +161,7 @@ class HealthConfig:
     thresholds: dict  # name -> (warning, critical), every one of THRESHOLDS
     socket_dir: str = layout.DEFAULT_SOCKET_DIR
     standbys: tuple = ()  # application names that should stream from this server
+    ha: HaSettings | None = None  # Patroni and etcd; None: no HA checks
 
     @property
     def pgbouncer_port(self) -> int | None:
@@ -212,6 +233,63 @@ def validate_backup(backup) -> BackupSettings | None:
                           spool_path=spool_path, repos=tuple(repos))
 
 
+def https_url(key: str, value) -> str:
+    """"https://HOST:PORT" (an IPv6 address in brackets), nothing after it but one "/";
+    returned without that "/"."""
+    what = 'must be a URL "https://HOST:PORT" (no path, no user, no query)'
+    schema.require(isinstance(value, str) and value.isprintable() and " " not in value,
+                   key, what, value)
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    schema.require(parts is not None and parts.scheme == "https" and bool(parts.hostname)
+                   and port is not None and 0 < port < 65536 and parts.path in ("", "/")
+                   and not parts.query and not parts.fragment and "@" not in parts.netloc
+                   and not value.endswith("?") and not value.endswith("#"), key, what, value)
+    return value.rstrip("/")
+
+
+def _names(key: str, value, what: str) -> tuple:
+    schema.require(isinstance(value, list) and value != []
+                   and all(isinstance(n, str) and schema.NAME.fullmatch(n) for n in value)
+                   and len(set(value)) == len(value), key,
+                   f"must be a non-empty list of distinct {what} ([A-Za-z0-9._-], 1..63)", value)
+    return tuple(value)
+
+
+def validate_ha(ha) -> HaSettings | None:
+    """The "ha" key: null, or every key of HaSettings."""
+    schema.require(ha is None or isinstance(ha, dict), "ha",
+                   "must be null or an object {"
+                   + ", ".join(f'"{k}"' for k in schema.keys(HaSettings)[0]) + "}", ha)
+    if ha is None:
+        return None
+    schema.check_declared(ha, HaSettings, prefix="ha.")
+    member = ha["member"]
+    schema.require(isinstance(member, str) and bool(schema.NAME.fullmatch(member)),
+                   "ha.member", "must be a Patroni member name ([A-Za-z0-9._-], 1..63)",
+                   member)
+    members = _names("ha.members", ha["members"], "Patroni member names")
+    schema.require(member in members, "ha.members",
+                   f"must include ha.member ({json.dumps(member)})", ha["members"])
+    endpoints = ha["etcd_endpoints"]
+    schema.require(isinstance(endpoints, list) and endpoints != [], "ha.etcd_endpoints",
+                   'must be a non-empty list of URLs "https://HOST:PORT"', endpoints)
+    urls = tuple(https_url(f"ha.etcd_endpoints[{i}]", url) for i, url in enumerate(endpoints))
+    schema.require(len(set(urls)) == len(urls), "ha.etcd_endpoints",
+                   "must not name an endpoint twice", endpoints)
+    files = {}
+    for name in ("cafile", "certfile", "keyfile"):
+        files[name] = schema.abspath(f"ha.{name}", ha[name])
+        schema.require(files[name] != "/", f"ha.{name}", "must be the path of a file",
+                       ha[name])
+    return HaSettings(member=member, members=members,
+                      rest_url=https_url("ha.rest_url", ha["rest_url"]),
+                      etcd_endpoints=urls, **files)
+
+
 def validate_config(raw, path: str = DEFAULT_CONFIG) -> HealthConfig:
     """The configuration, checked strictly; runner.ConfigError names the first bad key."""
     if not isinstance(raw, dict):
@@ -227,6 +305,7 @@ def validate_config(raw, path: str = DEFAULT_CONFIG) -> HealthConfig:
         schema.require(isinstance(listen, list) and all(isinstance(a, str) for a in listen),
                        "pgbouncer.listen", "must be a list of addresses", listen)
     backup = validate_backup(raw["backup"])
+    ha = validate_ha(raw.get("ha"))
     textfile = raw["textfile"]
     if textfile is not None:
         schema.abspath("textfile", textfile)
@@ -263,6 +342,7 @@ def validate_config(raw, path: str = DEFAULT_CONFIG) -> HealthConfig:
         backup=backup,
         textfile=textfile,
         thresholds=pairs,
+        ha=ha,
     )
 
 

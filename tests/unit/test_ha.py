@@ -159,3 +159,20 @@ def test_the_rewind_role_reads_files_and_checkpoints_nothing_more():
     assert rewind_role_sql(settings, "w" * 24, {"rewinder": {"password": verifier}}) == ""
     changed = rewind_role_sql(settings, "x" * 24, {"rewinder": {"password": verifier}})
     assert "CREATE ROLE" not in changed and 'ALTER ROLE "rewinder"' in changed
+
+
+def test_the_health_check_is_told_where_patroni_and_etcd_answer():
+    from pginfra.programs import checked_config
+    from pginfra.steps.health import health_config
+
+    hosts, nodes = cluster(3)
+    settings = settings_of(hosts, nodes, "db2")
+    config = checked_config("pginfra-health", health_config(settings, "db2"), "db2",
+                            "/etc/pginfra/health.json")
+    assert config["ha"] == {
+        "member": "db2", "members": ["db1", "db2", "db3"],
+        "rest_url": "https://10.0.0.2:8008",
+        "etcd_endpoints": [f"https://10.0.0.{i}:2379" for i in (1, 2, 3)],
+        "cafile": ha.PATRONI_TLS["ca"], "certfile": ha.PATRONI_TLS["cert"],
+        "keyfile": ha.PATRONI_TLS["key"]}
+    assert health_config(resolve({}), "db1")["ha"] is None
