@@ -2,6 +2,7 @@
 locked, safe."""
 
 import json
+import shlex
 import subprocess
 import time
 
@@ -9,6 +10,7 @@ import pytest
 from conftest import sql
 
 from pginfra import ROOT
+from pginfra.programs import entry_point
 
 RUNNER = "/usr/local/lib/pginfra/pginfra-migrate"
 USERS = """CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
@@ -28,8 +30,13 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS posts_user_id_idx ON posts (user_id);
 
 @pytest.fixture(scope="module")
 def runner(lab, first_deploy):
-    lab.ssh("pgt1", ["sh", "-c", f"'cat > {RUNNER} && chmod 755 {RUNNER}'"],
-            input=(ROOT / "pginfra_host/migrate.py").read_text())
+    """The runner the deploy installed: its entry point, and the package it runs, are this
+    checkout's (step 3 ships them)."""
+    entry = lab.ssh("pgt1", ["cat", RUNNER]).stdout
+    assert entry == entry_point("pginfra-migrate")
+    shipped = lab.ssh("pgt1", ["python3", "-c", shlex.quote(
+        "import pginfra_host.migrate as m; print(open(m.__file__).read(), end='')")]).stdout
+    assert shipped == (ROOT / "pginfra_host/migrate.py").read_text()
     return RUNNER
 
 
