@@ -185,6 +185,7 @@ def patroni_config(settings: Settings, host_name: str, parameters: dict,
             "bin_dir": layout.pg_bin(version, "").rstrip("/"),
             "pgpass": "/var/lib/postgresql/.pgpass.patroni",
             "use_unix_socket": True,
+            "use_unix_socket_repl": True,  # its own timeline and position (pg_hba: local)
             "authentication": {
                 "superuser": {"username": "postgres", "password": secrets["postgres"]},
                 "replication": {"username": settings.postgres_replication_user,

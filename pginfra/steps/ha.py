@@ -92,9 +92,13 @@ def run_ha(settings: Settings, new_cluster: bool = False):
     _certificates(settings)
     if settings.node.etcd_member:
         _etcd(settings)
-    _patroni(settings, passwords)
+    config = _patroni(settings, passwords)
     _rewind_role(settings, passwords, state, new_cluster)
     _takeover(settings, state)
+    if state["active"]:  # Patroni reads its file again on SIGHUP (its unit's reload)
+        systemd.service(name="Patroni reloads its changed configuration",
+                        service=ha.patroni_unit(settings), reloaded=True,
+                        _if=config.did_change)
 
 
 def _certificates(settings: Settings) -> None:
@@ -154,7 +158,7 @@ def _etcd(settings: Settings) -> None:
         _if=lambda: environment.did_change() or bool(missing))
 
 
-def _patroni(settings: Settings, passwords: dict[str, str]) -> None:
+def _patroni(settings: Settings, passwords: dict[str, str]):
     installed = host.get_fact(DebPackages)
     apt.packages(name="Patroni (Debian's package)",
                  packages=[f"patroni={settings.ha_patroni_version}"], no_recommends=True,
@@ -166,9 +170,9 @@ def _patroni(settings: Settings, passwords: dict[str, str]) -> None:
     text = ("# Managed by pginfra: Patroni's configuration of this member (postgres, 0600: it\n"
             "# holds passwords). Cluster-wide settings live in etcd: patronictl edit-config.\n"
             + yaml.safe_dump(config, sort_keys=False, default_flow_style=False))
-    files.put(name=f"{ha.patroni_config_path(settings)} (postgres, 0600)",
-              src=io.StringIO(text), dest=ha.patroni_config_path(settings), user="postgres",
-              group="postgres", mode="0600")
+    written = files.put(name=f"{ha.patroni_config_path(settings)} (postgres, 0600)",
+                        src=io.StringIO(text), dest=ha.patroni_config_path(settings),
+                        user="postgres", group="postgres", mode="0600")
     dropin = files.put(name="patroni@.service: after the network, restarted when it dies",
                        src=render_io("patroni@.service.d-pginfra.conf.j2"), dest=DROPIN,
                        user="root", group="root", mode="0644", create_remote_dir=True)
@@ -179,6 +183,7 @@ def _patroni(settings: Settings, passwords: dict[str, str]) -> None:
                               "(postgres_ha)\nmanual\n"),
               dest=f"{layout.config_directory(version, cluster)}/start.conf",
               user="postgres", group="postgres", mode="0644")
+    return written
 
 
 def _rewind_role(settings: Settings, passwords: dict[str, str], state: dict,
@@ -204,20 +209,33 @@ def _takeover(settings: Settings, state: dict) -> None:
     api = f"https://{ha._host(settings.node.address)}:{settings.ha_rest_port}"
     curl = (f"python3 -c {shlex.quote(_PROBE)} {shlex.quote(api)} "
             f"{shlex.quote(ha.PATRONI_TLS['ca'])}")
-    hand_over = (f"systemctl disable --now {pg_unit} && systemctl enable --now {unit}")
-    if not state["active"] and not settings.is_standby:
-        server.shell(name="Patroni takes over the primary: it becomes the leader, with its data",
-                     commands=[f"{hand_over} && for i in $(seq {WAIT}); do {curl} /primary && "
-                               "exit 0; sleep 1; done; exit 1"])
-    if not state["active"] and settings.is_standby:
-        server.shell(name="Patroni takes over the standby: it stays a replica of the leader",
-                     commands=[f"{hand_over} && for i in $(seq {WAIT}); do {curl} /replica && "
-                               "exit 0; sleep 1; done; exit 1"])
+    hand_over = f"systemctl disable --now {pg_unit} && systemctl enable --now {unit}"
+    leader_key = f"/service/{settings.ha_scope}/leader"
+    # Both operations exist on every host (skipped where they do not apply), so pyinfra runs
+    # the primary's on all hosts before the standbys' on any: a standby's Patroni must never
+    # find etcd empty, or it would initialise the cluster and race the primary for the lead.
+    server.shell(name="Patroni takes over the primary: it becomes the leader, with its data",
+                 commands=[f"{hand_over} && for i in $(seq {WAIT}); do {curl} /primary && "
+                           "exit 0; sleep 1; done; exit 1"],
+                 _if=lambda: not state["active"] and not settings.is_standby)
+    server.shell(name="Patroni takes over the standby: it stays a replica of the leader",
+                 commands=[
+                     # refuse to start without a leader in etcd: never a second initialiser
+                     f"for i in $(seq {WAIT}); do test -n \"$("
+                     f"{ha.etcdctl_command(settings, 'get --print-value-only', leader_key)}"
+                     ")\" && break; sleep 1; done; test -n \"$("
+                     f"{ha.etcdctl_command(settings, 'get --print-value-only', leader_key)}"
+                     ")\" || { echo 'no leader in etcd: not starting Patroni here' >&2; "
+                     "exit 1; }",
+                     f"{hand_over} && for i in $(seq {WAIT}); do {curl} /replica && "
+                     "exit 0; sleep 1; done; exit 1"],
+                 _if=lambda: not state["active"] and settings.is_standby)
     if state["active"]:
         systemd.service(name=f"{unit} running, started at boot", service=unit, running=True,
                         enabled=True)
+        # enablement only: stopping this unit would stop the server Patroni runs
         systemd.service(name=f"{pg_unit}: Patroni's to start, not systemd's", service=pg_unit,
-                        enabled=False)
+                        running=None, enabled=False)
 
 
 # GET the REST API path in argv[2]: exit 0 on 200 (the role asked for), 1 otherwise.
