@@ -218,7 +218,10 @@ def server_parameters(settings: Settings, memory: int, cpus: int,
         "ssl_key_file": tls["key"],
         "ssl_ca_file": tls["ca"],
         "archive_command": pgbackrest.archive_command(settings),
-        "restore_command": pgbackrest.restore_command(settings),
+        # With Patroni, replicas stream only (their slots keep the WAL they need): after a
+        # failover the archive may hold the old leader's diverged segments (Patroni archives
+        # them before pg_rewind), and a replica restoring one would replay past the fork.
+        "restore_command": "" if settings.postgres_ha else pgbackrest.restore_command(settings),
         "log_directory": settings.postgres_log_directory,
         "log_min_duration_statement": f"{slow}ms" if slow >= 0 else "-1",
         "auto_explain.log_min_duration": f"{slow * 4}ms" if slow >= 0 else "-1",

@@ -90,14 +90,23 @@ def leader(lab: Lab, ask: str) -> str | None:
 
 
 def healthy(lab: Lab, ask: str, names: list[str]) -> bool:
-    """One running leader and every other of ``names`` a streaming replica."""
+    """One running leader, every other of ``names`` a running replica (Patroni 3.0 says
+    "running" of a replica), and the leader's server streaming to each of them."""
     found = members(lab, ask)
-    roles = sorted(found.get(n, {}).get("Role", "") for n in names)
-    states = {found.get(n, {}).get("State") for n in names}
-    return (roles.count("Leader") == 1 and len(roles) == len(names)
-            and states <= {"running", "streaming"}
-            and all(found[n]["State"] == "streaming" for n in names
-                    if found[n]["Role"] != "Leader"))
+    if sorted(found) != sorted(names):
+        return False
+    leaders = [n for n in names if found[n]["Role"] == "Leader"]
+    if len(leaders) != 1 or found[leaders[0]]["State"] != "running":
+        return False
+    if any(found[n]["Role"] not in ("Replica", "Sync Standby")
+           or found[n]["State"] not in ("running", "streaming") for n in names
+           if n != leaders[0]):
+        return False
+    streaming = q(lab, leaders[0], "SELECT string_agg(application_name, ',' "
+                  "ORDER BY application_name) "
+                  "FROM pg_stat_replication WHERE state = 'streaming'", check=False)
+    return streaming.returncode == 0 and streaming.stdout.strip() == ",".join(
+        sorted(n for n in names if n != leaders[0]))
 
 
 class Writer:
@@ -118,7 +127,7 @@ class Writer:
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self):
-        n, conn = 0, None
+        n, conn = int(time.time() * 1000) * 1000, None  # ids of their own, run after run
         while not self.stop.is_set():
             try:
                 if conn is None:
@@ -195,7 +204,7 @@ def test_etcd_has_three_members_over_tls_with_client_certificates(lab):
                     check=False)
     assert plain.returncode != 0
     for name in NAMES:
-        data = lab.ssh(name, ["stat", "-c", "%U %a", "/var/lib/etcd/pginfra"]).stdout.split()
+        data = lab.ssh(name, ["stat", "-c", "'%U %a'", "/var/lib/etcd/pginfra"]).stdout.split()
         assert data == ["etcd", "700"]
         listening = lab.ssh(name, ["ss", "-Hltn"]).stdout
         own = lab.hosts[name]["address"]
@@ -206,27 +215,31 @@ def test_etcd_has_three_members_over_tls_with_client_certificates(lab):
 
 def test_patronis_files_api_and_secrets(lab):
     for name in NAMES:
-        stat = lab.ssh(name, ["stat", "-c", "%U %a", CONFIG, ha.PATRONI_TLS["key"]]).stdout
+        stat = lab.ssh(name, ["stat", "-c", "'%U %a'", CONFIG, ha.PATRONI_TLS["key"]]).stdout
         assert stat.split() == ["postgres", "600", "postgres", "600"]
     probe = ("import ssl,sys,urllib.request as u\n"
              "c=ssl.create_default_context(cafile=sys.argv[1]); c.check_hostname=False\n"
+             "if len(sys.argv) > 4: c.load_cert_chain(sys.argv[4], sys.argv[5])\n"
              "r=u.Request(sys.argv[2], method=sys.argv[3])\n"
              "try: print(u.urlopen(r, context=c, timeout=5).status)\n"
              "except u.HTTPError as e: print(e.code)\n")
 
-    def api(path, method="GET", host="pgh1"):
+    def api(path, method="GET", host="pgh1", cert=False):
         url = f"https://{lab.hosts[host]['address']}:8008{path}"
+        mine = [ha.PATRONI_TLS["cert"], ha.PATRONI_TLS["key"]] if cert else []
         return lab.ssh("pgh2", ["python3", "-c", shlex.quote(probe), ha.PATRONI_TLS["ca"], url,
-                                method]).stdout.strip()
+                                method, *mine]).stdout.strip()
 
     assert api("/primary", host="pgh1") == "200"
     assert api("/primary", host="pgh2") == "503" and api("/replica", host="pgh2") == "200"
-    assert api("/restart", "POST") == "401"  # an unsafe method needs the REST API's password
+    # an unsafe method needs a client certificate from pginfra's CA, and the API's password
+    assert api("/restart", "POST") == "403"
+    assert api("/restart", "POST", cert=True) == "401"
     passwords = [secret(n) for n in ("postgres", "replicator", "rewinder", ha.REST_SECRET)]
     for name in NAMES:
         seen = lab.ssh(name, ["sh", "-c", shlex.quote(
             "ps -eo args; journalctl --no-pager -u patroni@15-main -u etcd; "
-            "cat /var/log/postgresql/* 2>/dev/null")]).stdout
+            "cat /var/log/postgresql/*.log /var/log/postgresql/*/* 2>/dev/null; true")]).stdout
         assert not [p for p in passwords if p in seen]
 
 
@@ -238,9 +251,12 @@ def test_second_deploy_reports_no_changes(lab):
 
 
 def test_a_bad_patroni_setting_is_refused_before_any_operation(lab):
-    bad = deploy(lab, {**DATA, "ha_ttl": 12})
+    bad = deploy(lab, {**DATA, "ha_ttl": 24, "ha_loop_wait": 10})
     assert bad.returncode != 0
-    assert "ha_ttl: 12 s is too short" in bad.stderr + bad.stdout
+    said = bad.stderr + bad.stdout
+    assert "nothing was changed" in said
+    assert "pgh1: ha_ttl: 24 s is too short for ha_loop_wait 10 s and ha_retry_timeout 8 s" \
+        in said
     assert healthy(lab, "pgh1", NAMES)
 
 
@@ -264,13 +280,15 @@ def test_failover_after_the_leader_is_killed_loses_nothing_committed(lab):
     old = leader(lab, "pgh1")
     assert old == "pgh2"
     with Writer(lab) as writer:
-        killed = time.monotonic()
+        started = time.monotonic()
         lab.kill(old)
-        new = wait_for(lambda: leader(lab, "pgh1" if old != "pgh1" else "pgh3"),
+        killed = time.monotonic()  # the host is gone: no commit after this was its
+        ask = next(n for n in NAMES if n != old)
+        new = wait_for(lambda: (found := leader(lab, ask)) != old and found,
                        "a new leader", timeout=90)
         wait_for(lambda: writer.first_commit_after(killed), "a write through the new leader",
                  timeout=90)
-        failover = writer.first_commit_after(killed) - killed
+        failover = writer.first_commit_after(killed) - started
         record_timing("ha_failover_seconds", failover)
         time.sleep(2)
     assert new != old

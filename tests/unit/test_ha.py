@@ -96,6 +96,8 @@ def test_patroni_takes_its_parameters_from_the_same_settings():
     assert dcs["synchronous_mode"] is True and dcs["postgresql"]["use_pg_rewind"] is True
     assert dcs["postgresql"]["use_slots"] is True
     assert "shared_buffers" not in dcs["postgresql"]["parameters"]  # per host: conf.d's
+    # replicas stream only: never the old leader's diverged WAL from the archive
+    assert params["restore_command"] == "" and "archive-push" in params["archive_command"]
     pg = config["postgresql"]
     assert pg["custom_conf"] == "/etc/postgresql/15/main/postgresql.conf"
     assert pg["parameters"]["hba_file"] == "/etc/postgresql/15/main/pg_hba.conf"
