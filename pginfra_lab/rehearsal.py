@@ -616,7 +616,7 @@ class Lab:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
 
-    def _pull_plug(self, name: str, timeout: float = 30) -> None:
+    def _pull_plug(self, name: str, timeout: float = 90) -> None:
         """Stop a host at once, with no shutdown inside: SIGKILL to its supervisor's group
         (supervisor and nspawn) and to the container's init (nspawn's child; the kernel then
         kills every process of the container, which nspawn's death alone would leave running).
