@@ -28,9 +28,10 @@ def test_batch_lines_are_split_as_pyinfra_splits_them():
 
 
 @pytest.fixture
-def local(tmp_path, monkeypatch):
-    """pyinfra's state for @local, planning, with the hook installed and fact plans in tmp."""
-    monkeypatch.setenv(factcache.PLAN_DIR_ENV, str(tmp_path / "plans"))
+def local(tmp_path, tmp_path_factory, monkeypatch):
+    """pyinfra's state for @local, planning, with the hook installed and fact plans in tmp
+    (beside tmp_path, not in it: saving them would change the directory the facts read)."""
+    monkeypatch.setenv(factcache.PLAN_DIR_ENV, str(tmp_path_factory.mktemp("plans")))
     factcache.install()
     inventory = Inventory((["@local"], {}))
     state = State(inventory, Config())
