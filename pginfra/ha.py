@@ -96,6 +96,11 @@ def etcdctl_command(settings: Settings, *args: str) -> str:
             f"--cert={PATRONI_TLS['cert']} --key={PATRONI_TLS['key']} " + " ".join(args))
 
 
+def rest_url(settings: Settings, host_name: str) -> str:
+    """Where a member's Patroni REST API answers (TLS, its replication address)."""
+    return f"https://{_host(settings.cluster[host_name].address)}:{settings.ha_rest_port}"
+
+
 def patroni_name(settings: Settings) -> str:
     """Debian's template instance: patroni@15-main reads /etc/patroni/15-main.yml."""
     return f"{settings.postgres_version}-{settings.postgres_cluster}"
@@ -235,9 +240,8 @@ def health_settings(settings: Settings, host_name: str) -> dict | None:
     """health.json's "ha": where pginfra-health asks Patroni and etcd (None without HA)."""
     if not settings.postgres_ha:
         return None
-    me = settings.cluster[host_name]
     return {"member": host_name, "members": list(settings.cluster),
-            "rest_url": f"https://{_host(me.address)}:{settings.ha_rest_port}",
+            "rest_url": rest_url(settings, host_name),
             "etcd_endpoints": [f"https://{e}" for e in etcd_endpoints(settings)],
             "cafile": PATRONI_TLS["ca"], "certfile": PATRONI_TLS["cert"],
             "keyfile": PATRONI_TLS["key"]}

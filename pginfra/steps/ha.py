@@ -206,7 +206,7 @@ def _takeover(settings: Settings, state: dict) -> None:
     standbys (each waits for the leader, then joins as the replica it already is)."""
     unit = ha.patroni_unit(settings)
     pg_unit = layout.unit(*settings.pg_cluster)
-    api = f"https://{ha._host(settings.node.address)}:{settings.ha_rest_port}"
+    api = ha.rest_url(settings, settings.node.name)
     curl = (f"python3 -c {shlex.quote(_PROBE)} {shlex.quote(api)} "
             f"{shlex.quote(ha.PATRONI_TLS['ca'])}")
     hand_over = f"systemctl disable --now {pg_unit} && systemctl enable --now {unit}"
