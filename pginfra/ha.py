@@ -230,6 +230,33 @@ def patroni_state(settings: Settings) -> dict:
                          config=patroni_config_path(settings))
 
 
+def leader_now(settings: Settings) -> str | None:
+    """The member Patroni reports as leader now (None when Patroni does not run the cluster, or
+    has no leader)."""
+    state = patroni_state(settings)
+    return next((m["Member"] for m in state["members"] if m.get("Role") == "Leader"), None) \
+        if state["active"] else None
+
+
+def writes_here(settings: Settings, host_name: str) -> bool:
+    """Whether this run's writing SQL (roles, databases, SQL bundles, the first dump) goes to
+    this host: to Patroni's leader when Patroni runs the cluster, wherever a failover put it;
+    otherwise, and before Patroni takes over, to the inventory's primary. A Patroni cluster
+    with no leader (etcd without quorum, a failover under way) stops the run while it plans,
+    before any operation: there is nowhere safe to write."""
+    if not patroni_runs_server(settings):
+        return not settings.is_standby
+    current = leader_now(settings)
+    if current is None:
+        from pginfra.settings import SettingsError
+
+        raise SettingsError(
+            f"{host_name}: Patroni runs cluster {settings.ha_scope!r} but reports no leader "
+            "(etcd without quorum, or a failover under way): nothing was changed; run again "
+            "when 'patronictl list' shows a leader")
+    return current == host_name
+
+
 def patroni_runs_server(settings: Settings) -> bool:
     """Whether Patroni, not systemd's postgresql@ unit, runs this host's server now (the other
     steps leave starting, stopping, promoting and replication to it)."""

@@ -174,15 +174,17 @@ def repo_options(settings: Settings, cpus: int) -> list[tuple[str, str]]:
 
 def stanza_options(settings: Settings) -> list[tuple[str, str]]:
     """The servers of the [stanza] section: this host's as pg1; on the primary, with backups
-    from a standby, the standbys as pg2.. over TLS."""
+    from a standby, the standbys as pg2.. over TLS. With postgres_ha the repository host lists
+    every other member whatever ``backup_from_standby`` says: pgBackRest finds the leader
+    among them, wherever a failover put it."""
     opts = [("pg1-path", data_directory(settings)), ("pg1-port", str(settings.postgres_port))]
-    if settings.is_standby or not settings.backup_from_standby:
+    if settings.is_standby or not (settings.backup_from_standby or settings.postgres_ha):
         return opts
     standbys = [n for n in peers(settings) if n.role == "standby"][:MAX_PG - 1]
     for i, node in enumerate(standbys, start=2):
         opts += _tls_client(f"pg{i}", node, settings)
         opts += [(f"pg{i}-path", data_directory(settings)), (f"pg{i}-port", str(node.port))]
-    if standbys:
+    if standbys and settings.backup_from_standby:
         opts.append(("backup-standby", "y"))
     return opts
 

@@ -46,13 +46,14 @@ def package_files() -> list[Path]:
 
 def wanted_programs(settings) -> list[str]:
     """The entry points this host gets; the others are removed. A standby's backups are the
-    primary's: it keeps pginfra-restore only, to rebuild itself from the repository."""
+    primary's: it keeps pginfra-restore only, to rebuild itself from the repository. With
+    postgres_ha every member gets every program: the jobs run where the leader is now."""
     from pginfra.sql_bundles import databases_with_bundles
 
     wanted = ["pginfra-apply-config"]
     if settings.backup_enabled:
-        wanted += ["pginfra-restore"] if settings.is_standby else ["pginfra-backup",
-                                                                   "pginfra-restore"]
+        wanted += ["pginfra-backup", "pginfra-restore"] if settings.runs_backups else [
+            "pginfra-restore"]
     if settings.health_enabled:
         wanted.append("pginfra-health")
     if settings.runs_maintenance:

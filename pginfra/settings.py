@@ -1076,18 +1076,31 @@ class Settings:
 
     @property
     def runs_backups(self) -> bool:
-        """Backups, dumps and drills run on the primary only: a standby's are the primary's."""
+        """Whether this host gets the backup jobs. Without HA the primary only (a standby's are
+        the primary's). With postgres_ha every member: whichever leads now takes the dumps and
+        drills, the others log "standby: skipped"; pgBackRest's jobs stay on the repository
+        host (``repository_host``)."""
+        return self.backup_enabled and (bool(self.postgres_ha) or not self.is_standby)
+
+    @property
+    def repository_host(self) -> bool:
+        """Whether this host holds pgBackRest's repository 1 and runs its backups, expiry and
+        checks: the inventory's primary. With postgres_ha it goes on doing so after a failover
+        made it a replica: pgBackRest finds the primary among its pg1..pgN."""
         return self.backup_enabled and not self.is_standby
 
     @property
     def runs_maintenance(self) -> bool:
-        """VACUUM, ANALYZE, REINDEX and refreshes write: on the primary only."""
-        return self.maintenance_enabled and not self.is_standby
+        """VACUUM, ANALYZE, REINDEX and refreshes write: on the primary only; with postgres_ha
+        on every member, where the job runs only while the member leads."""
+        return self.maintenance_enabled and (bool(self.postgres_ha) or not self.is_standby)
 
     @property
     def runs_bundles(self) -> bool:
-        """SQL bundles are applied on the primary; standbys replay them."""
-        return bool(self.postgres_sql_bundles) and not self.is_standby
+        """SQL bundles are applied on the primary; standbys replay them. With postgres_ha every
+        member has the runner, and the deploy applies them on the current leader."""
+        return bool(self.postgres_sql_bundles) and (bool(self.postgres_ha)
+                                                    or not self.is_standby)
 
     @property
     def replicated(self) -> bool:

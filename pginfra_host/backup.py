@@ -107,11 +107,30 @@ def backup_repo(cfg: Config, log: JobLog, repo: int, kind: str) -> bool:
     return True
 
 
+def repository_elsewhere(cfg: Config, log: JobLog, stage: str) -> bool:
+    """With postgres_ha, pgBackRest's own jobs (backups, expiry, check, verify) run on the
+    repository host whatever its server's role now: pgBackRest finds the primary among
+    pg1..pgN. True (logged as skipped) on any other member."""
+    if cfg.ha and not cfg.repository_host:
+        log.emit(stage, "skipped", detail="the repository host runs pgBackRest's jobs; with "
+                 "postgres_ha it backs up whichever member leads")
+        return True
+    return False
+
+
+def role_skip(cfg: Config, log: JobLog) -> bool:
+    """Whether a pgBackRest backup sits this run out here (logged; the job exits 0): without
+    HA on a standby, with HA anywhere but the repository host."""
+    if cfg.ha:
+        return repository_elsewhere(cfg, log, "repository")
+    with pg.connect(cfg) as conn:
+        return pg.standby_skip(conn, log)
+
+
 def job_backup(cfg: Config, args, log: JobLog):
     repos = chosen_repos(cfg, args.repo)
-    with pg.connect(cfg) as conn:
-        if pg.standby_skip(conn, log):
-            return {"skipped": "standby"}
+    if role_skip(cfg, log):
+        return {"skipped": "standby" if not cfg.ha else "not the repository host"}
     results, done = {}, {}
     for repo in repos:
         if not backup_repo(cfg, log, repo, args.command):
@@ -338,10 +357,12 @@ def job_retention(cfg: Config, args, log: JobLog):
     with pg.connect(cfg) as conn:
         standby = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
         sysid = pg.sql_system_identifier(conn)
-    if standby:
+    if cfg.ha:
+        repository_elsewhere(cfg, log, "pgbackrest-expire")
+    elif standby:
         log.emit("pgbackrest-expire", "skipped", detail="this server is a standby: the "
                  "primary expires the repositories")
-    else:
+    if (cfg.repository_host if cfg.ha else not standby):
         with contextlib.suppress(runner.Failed), log.stage("pgbackrest-expire") as info:
             proc = pgbr.pgbackrest(cfg, *(["--dry-run"] if args.dry_run else []), "expire")
             if proc.returncode != 0:
@@ -442,10 +463,12 @@ def job_verify(cfg: Config, args, log: JobLog):
             standby = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
     except runner.Failed:
         standby = False  # check then says what is wrong
-    if standby:
+    if cfg.ha:
+        repository_elsewhere(cfg, log, "pgbackrest-check")
+    elif standby:
         log.emit("pgbackrest-check", "skipped", detail="this server is a standby: the "
                  "primary's check proves archiving")
-    else:
+    if (cfg.repository_host if cfg.ha else not standby):
         with contextlib.suppress(runner.Failed), log.stage("pgbackrest-check") as info:
             proc = pgbr.pgbackrest(cfg, "check")
             if proc.returncode != 0:
@@ -453,12 +476,13 @@ def job_verify(cfg: Config, args, log: JobLog):
                 raise runner.Failed(check_problem)
             info.detail = "WAL reaches every repository"
     results = {}
-    for repo in repos:
+    for repo in repos if (cfg.repository_host or not cfg.ha) else []:
         result = pgbr.verify_repo(cfg, log, repo)
         if check_problem:
             result = {**result, "ok": False, "problems": [check_problem, *result["problems"]]}
         results[repo] = result
-    pgbr.record_verify(cfg, results)
+    if results:
+        pgbr.record_verify(cfg, results)
     verified = verify_dumps(cfg, log, dumps.local_entries(cfg), None)
     if args.s3:
         try:

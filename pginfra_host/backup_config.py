@@ -73,6 +73,10 @@ class Config:
     pgbackrest: PgBackRestSettings
     s3: S3Settings | None
     socket_dir: str = DEFAULT_SOCKET_DIR
+    # postgres_ha: any member may lead, so the jobs ask the server's role at each run
+    ha: bool = False
+    # this host holds repository 1 and runs pgBackRest's jobs (with ha: whatever its role now)
+    repository_host: bool = True
 
     def bin(self, name: str) -> str:
         return layout.pg_bin(self.version, name)
@@ -160,7 +164,14 @@ def validate_config(raw, path: str = DEFAULT_CONFIG) -> Config:
         keep_local_dumps=integer("keep_local_dumps", raw["keep_local_dumps"], 1, 100000),
         pgbackrest=pgbackrest, s3=settings,
         socket_dir=abspath("socket_dir", raw.get("socket_dir", DEFAULT_SOCKET_DIR)),
+        ha=_flag("ha", raw.get("ha", False)),
+        repository_host=_flag("repository_host", raw.get("repository_host", True)),
     )
+
+
+def _flag(key: str, value) -> bool:
+    require(isinstance(value, bool), key, "must be true or false", value)
+    return value
 
 
 def load_config(path: str) -> Config:

@@ -36,7 +36,8 @@ def standby_skip(conn, log: JobLog) -> bool:
     """True (logged as "standby: skipped") when the server is a standby."""
     if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
         log.emit("standby", "skipped", detail="this server is a standby (pg_is_in_recovery()): "
-                 "nothing to do here; the primary runs this job")
+                 "nothing to do here; the primary (with postgres_ha the current leader) runs "
+                 "this job")
         return True
     return False
 

@@ -12,6 +12,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server
 
+from pginfra import ha
 from pginfra import pgbackrest as pgbr
 from pginfra.facts import PgBackRestRepos
 from pginfra.programs import checked_config
@@ -68,6 +69,8 @@ def backup_config(settings: Settings, host_name: str) -> dict:
             "retention_full": settings.backup_retention_full,
         },
         "s3": s3,
+        "ha": bool(settings.postgres_ha),
+        "repository_host": settings.repository_host,
     }
 
 
@@ -103,9 +106,19 @@ def install_backups(settings: Settings):
     for path in (settings.backup_dir, STATE_DIR):
         files.directory(name=f"Directory {path}", path=path, user="postgres", group="postgres",
                         mode="0700")
+    if settings.postgres_ha:
+        if settings.repository_host:
+            _first_backup(settings)
+        if ha.writes_here(settings, host.name):  # the leader, wherever it is now
+            _first_dump()
+        return
     if settings.is_standby:
         return
+    _first_backup(settings)
+    _first_dump()
 
+
+def _first_backup(settings: Settings) -> None:
     # Point-in-time recovery needs a full backup to start from, and a restore of one database
     # a dump: a host gets its first of each now rather than at the first scheduled run, so
     # the health check's backup freshness is right from the start. On a host that archived
@@ -127,6 +140,9 @@ def install_backups(settings: Settings):
                       f"cd /tmp && runuser -u postgres -- pgbackrest --stanza={stanza} check",
                       *(f"cd /tmp && runuser -u postgres -- {BIN}/pginfra-backup full "
                         f"--repo {n} >/dev/null" for n in empty)])
+
+
+def _first_dump() -> None:
     found = host.get_fact(Command, f"ls {STATE_DIR}/last-success 2>/dev/null || true")
     if "dump.json" not in (found or "").split():
         server.shell(name="First dumps, so a single database can be restored from now on",

@@ -68,10 +68,6 @@ def rewind_role_sql(settings: Settings, password: str, roles: dict) -> str:
     return quiet_sql(statements)
 
 
-def leader(state: dict) -> str | None:
-    return next((m["Member"] for m in state["members"] if m.get("Role") == "Leader"), None)
-
-
 @deploy("High availability (Patroni, etcd)")
 def run_ha(settings: Settings, new_cluster: bool = False):
     """
@@ -188,9 +184,7 @@ def _patroni(settings: Settings, passwords: dict[str, str]):
 
 def _rewind_role(settings: Settings, passwords: dict[str, str], state: dict,
                  new_cluster: bool) -> None:
-    current = leader(state) if state["active"] else None
-    is_leader = current == host.name if current else not settings.is_standby
-    if not is_leader:
+    if not ha.writes_here(settings, host.name):
         return
     roles = {} if new_cluster else host.get_fact(PostgresRoles,
                                                  port=settings.postgres_port) or {}

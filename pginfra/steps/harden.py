@@ -17,6 +17,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server
 
+from pginfra import ha
 from pginfra.facts import DatabaseHasTable, MigrationHistory
 from pginfra.settings import Settings, SettingsError
 from pginfra.sql_bundles import archive, bundles_for, databases_with_bundles, plan
@@ -92,6 +93,9 @@ def harden_databases(settings: Settings, new_cluster: bool = False):
     if not settings.runs_bundles or not databases_with_bundles(settings):
         return  # none, or a standby: it replays what the primary applied
     pending = pending_by_database(settings, new_cluster)  # may refuse: before any operation
+    # with postgres_ha every member keeps the bundles and the example's cron jobs (which do
+    # nothing on a replica), and the leader, wherever it is now, applies them
+    leads = ha.writes_here(settings, host.name)
 
     tar, digest = archive()
     on_host = host.get_fact(Command, f"cat {SQL_DIR}/{STAMP} 2>/dev/null || true")
@@ -109,7 +113,7 @@ def harden_databases(settings: Settings, new_cluster: bool = False):
                         path=settings.pginfra_migrate_dump_dir, user="postgres",
                         group="postgres", mode="0700")
 
-    if settings.pginfra_example_community and (new_cluster or not host.get_fact(
+    if leads and settings.pginfra_example_community and (new_cluster or not host.get_fact(
             DatabaseHasTable, database=EXAMPLE_DB, table="public.users",
             port=settings.postgres_port)):
         owner = next(db["owner"] for db in settings.postgres_databases
@@ -130,7 +134,7 @@ def harden_databases(settings: Settings, new_cluster: bool = False):
         files.file(name="No cron jobs of the community example",
                    path="/etc/cron.d/pginfra-example-community", present=False)
 
-    for database, keys in pending.items():
+    for database, keys in pending.items() if leads else ():
         shown = ", ".join(keys[:6]) + (f", and {len(keys) - 6} more" if len(keys) > 6 else "")
         server.shell(name=f"Apply {len(keys)} SQL file(s) to {database}: {shown}",
                      commands=[migrate_command(settings, database,

@@ -58,7 +58,7 @@ def health_config(settings: Settings, host_name: str) -> dict:
         if settings.pgbouncer_enabled else None,
         "backup": {"state_dir": STATE_DIR, "stanza": pgbr.stanza(settings),
                    "pgbackrest_config": pgbr.CONFIG, "spool_path": pgbr.SPOOL,
-                   "repos": pgbr.repos(settings)} if settings.runs_backups else None,
+                   "repos": pgbr.repos(settings)} if settings.repository_host else None,
         "textfile": TEXTFILE if settings.health_prometheus else None,
         "ha": ha.health_settings(settings, host_name),
         "thresholds": {name: list(getattr(settings, f"health_{name}")) for name in THRESHOLDS},

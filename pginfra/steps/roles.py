@@ -6,6 +6,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
+from pginfra import ha
 from pginfra.credentials import credentials, server_roles
 from pginfra.facts import PostgresDatabases, PostgresDatabaseState, PostgresRoles
 from pginfra.pgbouncer import AUTH_USER, auth_function_sql
@@ -41,8 +42,8 @@ def manage_roles(settings: Settings, new_cluster: bool = False):
 
         manage_roles(load_settings())
     """
-    if settings.is_standby:
-        return  # read-only: roles and databases arrive from the primary
+    if not ha.writes_here(settings, host.name):
+        return  # read-only: roles and databases arrive from the primary (Patroni's leader)
     roles = server_roles(settings)
     port = settings.postgres_port
 

@@ -338,6 +338,58 @@ def test_failover_when_the_leaders_host_is_killed_under_writes(lab):
     q(lab, new, "CHECKPOINT")
 
 
+def backup_job(lab: Lab, name: str, *args: str, program: str = "pginfra-backup") -> list[dict]:
+    """Run one of pginfra's jobs on a member as cron does; its JSON lines (exit 0 asserted)."""
+    proc = lab.ssh(name, ["cd", "/tmp", "&&", "runuser", "-u", "postgres", "--",
+                          f"/usr/local/lib/pginfra/{program}", *args], check=False, timeout=300)
+    assert proc.returncode == 0, (name, args, proc.stdout[-2000:], proc.stderr[-2000:])
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def test_after_a_failover_the_deploy_and_the_jobs_follow_the_leader(lab):
+    now = leader(lab, "pgh1")
+    assert now and now != "pgh1"  # the inventory's primary, rejoined, is a replica now
+    replicas = [n for n in NAMES if n != now]
+    # a deploy after the failover writes on the leader: a role's change reaches every member
+    roles = [{"name": "app_owner"},
+             {"name": "app", "login": True, "connection_limit": 61, "member_of": ["app_owner"]},
+             {"name": "community_owner"}]
+    changed = deploy(lab, {**DATA, "postgres_roles": roles})
+    assert changed.returncode == 0, changed.stderr[-6000:]
+    assert any(n.endswith("| Create or change roles: app") for n in changed.changed), \
+        changed.changed
+    wait_for(lambda: all(q(lab, n, "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'app'")
+                         == "61" for n in NAMES), "the role's change on every member")
+    back = deploy(lab)
+    assert back.returncode == 0, back.stderr[-6000:]
+    again = deploy(lab)
+    assert again.returncode == 0 and again.changed == [], again.changed
+
+    # every member has every job; on a replica the leader's jobs log "skipped" and exit 0
+    for name in NAMES:
+        cron = lab.ssh(name, ["cat", "/etc/cron.d/pginfra"]).stdout
+        assert "pginfra-backup dump" in cron and "pginfra-maintenance vacuum" in cron
+    for name in replicas:
+        dump = backup_job(lab, name, "dump")
+        assert [(e["stage"], e["status"]) for e in dump][0] == ("standby", "skipped")
+        maintenance = backup_job(lab, name, "vacuum", program="pginfra-maintenance")
+        assert {e["status"] for e in maintenance if e["stage"] != "end"} == {"skipped"}
+    elsewhere = [n for n in replicas if n != "pgh1"][0]
+    assert backup_job(lab, elsewhere, "diff")[0]["stage"] == "repository"  # skipped there
+    dump = backup_job(lab, now, "dump")
+    assert "ok" in {e["status"] for e in dump if e["stage"] != "end"}
+    assert "skipped" not in {e["status"] for e in dump}
+    # pgBackRest's repository stays on pgh1, now a replica: its backup finds the leader and
+    # copies from a standby, on the new timeline
+    timeline = members(lab, now)[now]["TL"]
+    backup_job(lab, "pgh1", "diff")
+    info = json.loads(lab.ssh("pgh1", ["cd", "/tmp", "&&", "runuser", "-u", "postgres", "--",
+                                       "pgbackrest", "--stanza=main", "--output=json",
+                                       "info"]).stdout)
+    newest = info[0]["backup"][-1]
+    assert newest["type"] == "diff" and int(newest["archive"]["start"][:8], 16) == timeline
+
+
 def test_etcd_losing_one_member_keeps_the_leader_two_make_it_step_down(lab):
     current = leader(lab, "pgh1")
     others = [n for n in NAMES if n != current]

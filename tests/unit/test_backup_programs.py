@@ -484,17 +484,28 @@ def test_a_standby_skips_refuses_pitr_and_is_rebuilt_from_the_repository(cluster
     assert run("pginfra-backup", primary, "full").returncode == 0
     standby = cluster.standby()
     try:
-        config = cluster.config(
-            "standby", port=standby.port, socket_dir=str(standby.root),
-            data_directory=str(standby.data),
-            stop_command=[*standby.pg_ctl, "-m", "fast", "-w", "stop"],
-            start_command=[*standby.pg_ctl, "-l", str(standby.pg_log), "-o",
-                           standby.start_options, "-w", "-t", "120", "start"],
-            pgbackrest={"config": str(standby.pgbr_config)})
+        own = dict(port=standby.port, socket_dir=str(standby.root),
+                   data_directory=str(standby.data),
+                   stop_command=[*standby.pg_ctl, "-m", "fast", "-w", "stop"],
+                   start_command=[*standby.pg_ctl, "-l", str(standby.pg_log), "-o",
+                                  standby.start_options, "-w", "-t", "120", "start"],
+                   pgbackrest={"config": str(standby.pgbr_config)})
+        config = cluster.config("standby", **own)
         for job in ("full", "diff", "dump", "drill"):
             proc = run("pginfra-backup", config, job)
             assert proc.returncode == 0, proc.stdout + proc.stderr
             assert (proc.lines[0]["stage"], proc.lines[0]["status"]) == ("standby", "skipped")
+        # postgres_ha: a member that is not the repository host leaves pgBackRest's jobs to
+        # it, and the leader's jobs to the leader
+        member = cluster.config("member", **own, ha=True, repository_host=False)
+        for job, skipped in (("full", "repository"), ("diff", "repository"),
+                             ("dump", "standby"), ("drill", "standby")):
+            proc = run("pginfra-backup", member, job)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert (proc.lines[0]["stage"], proc.lines[0]["status"]) == (skipped, "skipped")
+        proc = run("pginfra-backup", member, "retention")
+        assert proc.returncode == 0 and stage(proc, "pgbackrest-expire")[0]["status"] == \
+            "skipped", proc.stdout + proc.stderr
         assert not backups(config).exists()
         proc = run("pginfra-backup", config, "retention")
         assert proc.returncode == 0, proc.stdout + proc.stderr

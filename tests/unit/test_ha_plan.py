@@ -178,3 +178,21 @@ def test_the_health_check_is_told_where_patroni_and_etcd_answer():
         "cafile": ha.PATRONI_TLS["ca"], "certfile": ha.PATRONI_TLS["cert"],
         "keyfile": ha.PATRONI_TLS["key"]}
     assert health_config(resolve({}), "db1")["ha"] is None
+
+
+def test_every_member_gets_the_jobs_and_the_repository_stays_on_the_primary():
+    from pginfra import pgbackrest as pgbr
+    from pginfra.programs import wanted_programs
+
+    hosts, nodes = cluster(3, backup_from_standby=False)
+    primary, member = settings_of(hosts, nodes, "db1"), settings_of(hosts, nodes, "db2")
+    for settings in (primary, member):
+        assert settings.runs_backups and settings.runs_maintenance
+        assert {"pginfra-backup", "pginfra-maintenance"} <= set(wanted_programs(settings))
+    assert primary.repository_host and not member.repository_host
+    # the repository host knows every member, to find the leader wherever it is; without
+    # backup_from_standby it copies from the leader
+    keys = dict(pgbr.stanza_options(primary))
+    assert keys["pg2-host"] == "10.0.0.2" and keys["pg3-host"] == "10.0.0.3"
+    assert "backup-standby" not in keys
+    assert "pg2-host" not in dict(pgbr.stanza_options(member))
