@@ -599,3 +599,29 @@ class PatroniCluster(FactBase):
         except ValueError:
             members = []
         return {"active": active, "members": members if isinstance(members, list) else []}
+
+
+class PatroniDynamicConfig(FactBase):
+    """
+    The cluster's shared configuration in etcd (``patronictl show-config``), or {} when Patroni
+    is not configured here or etcd does not answer.
+
+    .. code:: python
+
+        {"ttl": 30, "loop_wait": 10, "postgresql": {"parameters": {"max_connections": "200"}}}
+    """
+
+    def command(self, config: str) -> str:
+        quoted = shlex.quote(config)
+        return (f"test -f {quoted} && command -v patronictl >/dev/null && "
+                f"timeout 20 runuser -u postgres -- patronictl -c {quoted} show-config "
+                "2>/dev/null || true")
+
+    def process(self, output):
+        import yaml
+
+        try:
+            found = yaml.safe_load("\n".join(output)) if output else {}
+        except yaml.YAMLError:
+            return {}
+        return found if isinstance(found, dict) else {}

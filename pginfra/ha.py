@@ -272,3 +272,72 @@ def health_settings(settings: Settings, host_name: str) -> dict | None:
             "etcd_endpoints": [f"https://{e}" for e in etcd_endpoints(settings)],
             "cafile": PATRONI_TLS["ca"], "certfile": PATRONI_TLS["cert"],
             "keyfile": PATRONI_TLS["key"]}
+
+
+# Set by the configure step while the run executes: the members whose server waits for a
+# restart (pginfra-apply-config left it to Patroni's rolling restart).
+PENDING_RESTART: set[str] = set()
+
+
+def _same(wanted, current) -> bool:
+    if isinstance(wanted, bool):
+        return str(current).lower() in (("true", "on") if wanted else ("false", "off"))
+    return current is not None and str(wanted) == str(current)
+
+
+def dcs_changes(wanted: dict, current: dict) -> tuple[list[str], list[str], bool]:
+    """What ``patronictl edit-config`` must set so the cluster's configuration in etcd holds
+    ``wanted`` (Patroni's bootstrap.dcs): (``-s`` KEY=VALUE, ``-p`` NAME=VALUE, whether a
+    number shrank, so the leader restarts first). Keys in etcd that pginfra does not set are
+    left alone.
+
+        >>> dcs_changes({"ttl": 30, "synchronous_mode": True,
+        ...              "postgresql": {"use_slots": True,
+        ...                             "parameters": {"max_connections": 300}}},
+        ...             {"ttl": 20, "synchronous_mode": True,
+        ...              "postgresql": {"use_slots": True,
+        ...                             "parameters": {"max_connections": "200"}}})
+        (['ttl=30'], ['max_connections=300'], False)
+        >>> dcs_changes({"postgresql": {"parameters": {"max_connections": 100}}},
+        ...             {"postgresql": {"parameters": {"max_connections": "200"}}})
+        ([], ['max_connections=100'], True)
+    """
+    def text(value) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    current = current or {}
+    sets, pgs, shrank = [], [], False
+    for key, value in wanted.items():
+        if key != "postgresql":
+            if not _same(value, current.get(key)):
+                sets.append(f"{key}={text(value)}")
+            continue
+        have = current.get("postgresql") or {}
+        for sub, subvalue in value.items():
+            if sub != "parameters":
+                if not _same(subvalue, have.get(sub)):
+                    sets.append(f"postgresql.{sub}={text(subvalue)}")
+                continue
+            params = have.get("parameters") or {}
+            for name, param in subvalue.items():
+                if _same(param, params.get(name)):
+                    continue
+                pgs.append(f"{name}={text(param)}")
+                old = params.get(name)
+                if str(old).isdigit() and str(param).isdigit() and int(param) < int(old):
+                    shrank = True
+    return sets, pgs, shrank
+
+
+def rolling_restart_command(settings: Settings, sets: list[str], pgs: list[str],
+                            leader_first: bool) -> str:
+    """pginfra-apply-config --rolling-restart, run on the leader: the shared configuration
+    first, then the pending restarts one member at a time."""
+    import shlex
+
+    return shlex.join([
+        layout.program("pginfra-apply-config"), "--rolling-restart",
+        patroni_config_path(settings), settings.ha_scope,
+        *(a for kv in sets for a in ("--dcs-set", kv)),
+        *(a for kv in pgs for a in ("--dcs-pg", kv)),
+        "--settle", str(settings.ha_loop_wait + 3), *(["--leader-first"] if leader_first else [])])

@@ -1,4 +1,5 @@
-"""Apply staged PostgreSQL configuration files safely, or put the old ones back.
+"""Apply staged PostgreSQL configuration files safely, or put the old ones back. With
+postgres_ha (``--patroni``) a pending restart is left to ``--rolling-restart`` (rolling.py).
 
     pginfra-apply-config --cluster 15/main --port 5432 \
         /etc/postgresql/15/main/pginfra-staged/postgresql-production.conf=\
@@ -38,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from pginfra_host import layout
+from pginfra_host import layout, rolling
 from pginfra_host.util import OS_USER
 
 # A valid new value of a restart-only parameter shows as "setting could not be applied": that
@@ -189,6 +190,7 @@ def pending_restart(psql: Psql) -> list[str]:
 
 # With Patroni (postgres_ha), the server is Patroni's to restart: (config, scope, member).
 PATRONI: tuple[str, str, str] | None = None
+PENDING = "pending restart"  # what the deploy reads in the output, under Patroni
 
 
 def restart(cluster: str, psql: Psql, timeout: float = 120, verb: str = "restart") -> None:
@@ -237,7 +239,12 @@ def apply(pairs: list[tuple[Path, Path]], cluster: str, psql: Psql, log=print) -
             reload_and_wait(psql)
             log("pginfra-apply-config: reloaded")
         waiting = pending_restart(psql)
-        if waiting:
+        if waiting and PATRONI is not None:
+            # every member at once would be an outage: the deploy's rolling restart
+            # (--rolling-restart, on the leader) restarts them one at a time, replicas first
+            log(f"pginfra-apply-config: {PENDING} for: {', '.join(waiting)} (Patroni's rolling "
+                "restart applies it)")
+        elif waiting:
             log(f"pginfra-apply-config: restarting {cluster} for: {', '.join(waiting)}")
             restarting = True
             restart(cluster, psql)
@@ -276,13 +283,33 @@ def main(argv: list[str] | None = None) -> int:
         description="Apply staged PostgreSQL configuration files: check them on the running "
                     "server, reload, and restart only when a changed parameter needs it; on any "
                     "error put the previous files back.")
-    parser.add_argument("--cluster", required=True, help="VERSION/NAME, e.g. 15/main")
-    parser.add_argument("--port", type=int, required=True, help="the cluster's port")
+    parser.add_argument("--cluster", help="VERSION/NAME, e.g. 15/main (required)")
+    parser.add_argument("--port", type=int, help="the cluster's port (required)")
     parser.add_argument("--patroni", nargs=3, metavar=("CONFIG", "SCOPE", "MEMBER"),
                         help="Patroni runs the server: restart it through patronictl")
-    parser.add_argument("pairs", nargs="+", metavar="STAGED=TARGET",
+    parser.add_argument("pairs", nargs="*", metavar="STAGED=TARGET",
                         help="a staged file and the configuration file it replaces")
+    rolling_group = parser.add_argument_group(
+        "rolling restart (postgres_ha, on the leader; see pginfra_host/rolling.py)")
+    rolling_group.add_argument("--rolling-restart", nargs=2, metavar=("CONFIG", "SCOPE"),
+                               help="change the cluster's shared configuration, then restart "
+                                    "the members waiting for it one at a time, replicas first")
+    rolling_group.add_argument("--dcs-set", action="append", default=[], metavar="KEY=VALUE",
+                               help="patronictl edit-config -s (repeatable)")
+    rolling_group.add_argument("--dcs-pg", action="append", default=[], metavar="NAME=VALUE",
+                               help="patronictl edit-config -p (repeatable)")
+    rolling_group.add_argument("--settle", type=float, default=0,
+                               help="seconds for every member to see the change first")
+    rolling_group.add_argument("--leader-first", action="store_true",
+                               help="restart the leader first (a shared value shrank)")
     args = parser.parse_args(argv)
+    if args.rolling_restart:
+        config, scope = args.rolling_restart
+        return rolling.rolling_restart(config, scope, args.dcs_set, args.dcs_pg, args.settle,
+                                       args.leader_first, print)
+    if not (args.pairs and args.cluster and args.port):
+        parser.error("--cluster, --port and STAGED=TARGET pairs are required (or "
+                     "--rolling-restart)")
     global PATRONI
     PATRONI = tuple(args.patroni) if args.patroni else None
     try:

@@ -32,6 +32,7 @@ from pginfra.settings import Settings
 from pginfra.templating import render_io
 from pginfra.tuning import MB, format_size
 from pginfra_host import layout
+from pginfra_host.apply_config import PENDING
 
 APPLY_CONFIG = layout.program("pginfra-apply-config")
 
@@ -152,6 +153,8 @@ def run_reporting(state, host, command: str) -> bool:
     ok, output = host.run_shell_command(command=command, print_output=False)
     for line in output.output_lines:
         logger.info(f"{host.print_prefix}{line}")
+        if line.startswith(f"pginfra-apply-config: {PENDING} for"):
+            ha.PENDING_RESTART.add(host.name)  # Patroni's rolling restart, in the HA step
     return ok
 
 

@@ -16,7 +16,7 @@ from pyinfra.facts.hardware import Cpus, Memory
 from pyinfra.operations import apt, files, server, systemd
 
 from pginfra import ha
-from pginfra.facts import PatroniCluster, PostgresRoles
+from pginfra.facts import PatroniCluster, PatroniDynamicConfig, PostgresRoles
 from pginfra.roles import ident, literal, psql_stdin, quiet_sql, wanted_verifiers
 from pginfra.secrets import password_for, require_strong_password
 from pginfra.server_config import cluster_floor, server_parameters
@@ -88,13 +88,29 @@ def run_ha(settings: Settings, new_cluster: bool = False):
     _certificates(settings)
     if settings.node.etcd_member:
         _etcd(settings)
-    config = _patroni(settings, passwords)
+    config, wanted = _patroni(settings, passwords)
     _rewind_role(settings, passwords, state, new_cluster)
     _takeover(settings, state)
     if state["active"]:  # Patroni reads its file again on SIGHUP (its unit's reload)
         systemd.service(name="Patroni reloads its changed configuration",
                         service=ha.patroni_unit(settings), reloaded=True,
                         _if=config.did_change)
+        _shared_config_and_restarts(settings, wanted["bootstrap"]["dcs"])
+
+
+def _shared_config_and_restarts(settings: Settings, wanted: dict) -> None:
+    """On the leader: the settings Patroni keeps in etcd (TTL, synchronous mode, the cluster-wide
+    parameters...) changed through patronictl edit-config, never behind its back; then every
+    member whose server waits for a restart (a changed parameter, here or from the configure
+    step) is restarted through Patroni, one at a time, replicas first."""
+    current = host.get_fact(PatroniDynamicConfig, config=ha.patroni_config_path(settings))
+    sets, pgs, shrank = ha.dcs_changes(wanted, current) if current else ([], [], False)
+    leads = ha.writes_here(settings, host.name)
+    server.shell(  # one name on every host: pyinfra reports an operation by its first name
+        name="Patroni: the cluster's shared configuration (patronictl edit-config), then "
+             "pending restarts one member at a time, replicas first",
+        commands=[ha.rolling_restart_command(settings, sets, pgs, shrank)],
+        _if=lambda: leads and bool(sets or pgs or ha.PENDING_RESTART))
 
 
 def _certificates(settings: Settings) -> None:
@@ -179,7 +195,7 @@ def _patroni(settings: Settings, passwords: dict[str, str]):
                               "(postgres_ha)\nmanual\n"),
               dest=f"{layout.config_directory(version, cluster)}/start.conf",
               user="postgres", group="postgres", mode="0644")
-    return written
+    return written, config
 
 
 def _rewind_role(settings: Settings, passwords: dict[str, str], state: dict,

@@ -286,6 +286,36 @@ def test_a_bad_patroni_setting_is_refused_before_any_operation(lab):
     assert healthy(lab, "pgh1", NAMES)
 
 
+def test_a_shared_parameter_changes_through_patroni_and_restarts_roll(lab):
+    now = leader(lab, "pgh1")
+    replicas = [n for n in NAMES if n != now]
+    started = {n: q(lab, n, "SELECT pg_postmaster_start_time()") for n in NAMES}
+    with Writer(lab) as writer:
+        grown = deploy(lab, {**DATA, "postgres_max_connections": 250})
+        time.sleep(1)
+    assert grown.returncode == 0, grown.stderr[-6000:]
+    record_timing("ha_rolling_restart_deploy_seconds", grown.seconds)
+    assert any("shared configuration (patronictl edit-config)" in n for n in grown.changed)
+    # etcd holds it (a file would be overridden by Patroni's command line)
+    shown = lab.ssh(now, ["cd", "/tmp", "&&", "runuser", "-u", "postgres", "--", "patronictl",
+                          "-c", CONFIG, "show-config"]).stdout
+    assert re.search(r"max_connections: '?250'?\n", shown), shown
+    after = {n: q(lab, n, "SELECT pg_postmaster_start_time()") for n in NAMES}
+    assert all(after[n] != started[n] for n in NAMES), (started, after)
+    assert all(q(lab, n, "SHOW max_connections") == "250" for n in NAMES)
+    # one at a time, the replicas first, the leader last
+    assert len(set(after.values())) == 3 and max(after[n] for n in replicas) < after[now]
+    assert missing_rows(lab, now, writer.committed) == []
+    print(f"rolling restart: {len(writer.committed)} committed, {writer.failures} failed")
+    again = deploy(lab, {**DATA, "postgres_max_connections": 250})
+    assert again.returncode == 0 and again.changed == [], again.changed
+    # a shrink: the leader first (a replica must not have less than its primary)
+    back = deploy(lab)
+    assert back.returncode == 0, back.stderr[-6000:]
+    assert q(lab, now, "SHOW max_connections") == "200"
+    wait_for(lambda: healthy(lab, now, NAMES), "the cluster after the restarts", timeout=90)
+
+
 def test_switchover_under_writes(lab):
     # in synchronous mode only the synchronous standby may take over
     candidate = next(n for n, m in members(lab, "pgh1").items() if m["Role"] == "Sync Standby")
