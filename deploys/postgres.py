@@ -20,6 +20,7 @@ from pginfra.steps import (
     manage_roles,
     prepare_repository,
     replicate,
+    route_clients,
     run_ha,
     run_pgbouncer,
     run_service,
@@ -42,8 +43,9 @@ replicate(settings, new_cluster)  # 8. the primary's replication role and slots;
 manage_roles(settings, new_cluster)  # 9. roles, passwords, databases, pg_stat_statements
 run_ha(settings, new_cluster)  # 10. with postgres_ha: etcd, then Patroni takes the server over
 run_pgbouncer(settings, new_cluster, tls_files)  # 11. PgBouncer, its userlist in step with 9.
-install_backups(settings)  # 12. the first full backup, verified; dumps, S3 copies, drills
-install_health(settings)  # 13. health checks, maintenance, metrics (Prometheus exporters)
-schedule_jobs(settings)  # 14. /etc/cron.d/pginfra: backups, health checks, maintenance
-harden_databases(settings, new_cluster)  # 15. SQL bundles as tracked migrations: monitoring
+route_clients(settings)  # 12. with postgres_ha: HAProxy on each member, to the leader's PgBouncer
+install_backups(settings)  # 13. the first full backup, verified; dumps, S3 copies, drills
+install_health(settings)  # 14. health checks, maintenance, metrics (Prometheus exporters)
+schedule_jobs(settings)  # 15. /etc/cron.d/pginfra: backups, health checks, maintenance
+harden_databases(settings, new_cluster)  # 16. SQL bundles as tracked migrations: monitoring
 #                                           views, constraints and indexes, safely on a live db

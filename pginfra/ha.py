@@ -34,6 +34,10 @@ PATRONI_DIR = "/etc/patroni"
 PATRONI_TLS_DIR = "/etc/patroni/tls"  # postgres 0700
 PATRONI_TLS = {kind: f"{PATRONI_TLS_DIR}/patroni.{ext}" for kind, ext in
                (("key", "key"), ("cert", "crt"), ("ca", "ca.crt"))}
+ROLE_CHANGED = "/run/postgresql/pginfra-role-changed"  # written by Patroni's callback
+# Patroni appends (action, role, scope): they become the file's contents
+ROLE_CHANGE_CALLBACK = f"/bin/sh -c 'echo \"$@\" > {ROLE_CHANGED}' pginfra"
+ROLE_UNIT = "pginfra-pgbouncer-follows-role"  # .path watches ROLE_CHANGED, .service restarts
 REST_USER = "patroni"  # the REST API's user for unsafe methods
 REST_SECRET = "patroni_restapi"  # its password, in the secrets source
 # What Patroni keeps cluster-wide (its DCS): it passes these to postgres on the command line,
@@ -189,6 +193,10 @@ def patroni_config(settings: Settings, host_name: str, parameters: dict,
             "custom_conf": f"{layout.config_directory(version, cluster)}/postgresql.conf",
             "bin_dir": layout.pg_bin(version, "").rstrip("/"),
             "pgpass": "/var/lib/postgresql/.pgpass.patroni",
+            # a new role: PgBouncer's pools cached the old one's in_hot_standby (pgbouncer#859),
+            # so a systemd path unit restarts it (root's job; postgres only writes this file)
+            **({"callbacks": {"on_role_change": ROLE_CHANGE_CALLBACK}}
+               if settings.pgbouncer_enabled else {}),
             "use_unix_socket": True,
             "use_unix_socket_repl": True,  # its own timeline and position (pg_hba: local)
             "authentication": {

@@ -352,6 +352,9 @@ def _ha_problems(values: Mapping[str, Any]) -> list[str]:
             values["ha_vip"] and values["ha_vip_interface"]):
         found.append("ha_vip: ha_client_path 'vip' needs ha_vip (address/prefix) and "
                      "ha_vip_interface")
+    elif values["postgres_ha"] and values["ha_client_path"] == "vip":
+        found.append("ha_client_path: 'vip' (vip-manager) is not supported yet: use 'haproxy', "
+                     "or a multi-host connection string (README: High availability)")
     rewind = values["ha_rewind_user"]
     if rewind in ("postgres", values["postgres_replication_user"]) or rewind.startswith("pg_") \
             or rewind in {r["name"] for r in values["postgres_roles"]}:
@@ -599,7 +602,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "ha_client_path", "haproxy", str,
-        "How clients find the leader: 'haproxy' on each host, or 'vip' (vip-manager's address).",
+        "How clients find the leader: 'haproxy' on each host ('vip', vip-manager, is refused yet).",
         choices=("haproxy", "vip"),
     ),
     Setting(

@@ -86,6 +86,55 @@ def wait_back(config: str, member: str, timeout: float, pending_ok: bool = False
     raise RuntimeError(f"{member} did not come back within {timeout:.0f}s of its restart")
 
 
+def psql(query: str) -> str:
+    """One value from this host's server (the leader), as postgres over the local socket."""
+    proc = subprocess.run(["runuser", "-u", OS_USER, "--", "psql", "-XAtq", "-c", query],
+                          capture_output=True, text=True, timeout=60, cwd="/")
+    if proc.returncode:
+        raise RuntimeError(proc.stderr.strip())
+    return proc.stdout.strip()
+
+
+def local_lsn() -> str:
+    return psql("SELECT pg_current_wal_lsn()")
+
+
+def caught_up(member: str, lsn: str, timeout: float, log: Callable[[str], None],
+              sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Wait until ``member`` has replayed this server's WAL up to ``lsn`` (pg_stat_replication;
+    Patroni names a replica's connection after the member). False, said, after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    query = ("SELECT count(*) FROM pg_stat_replication WHERE application_name = "
+             f"'{member.replace(chr(39), chr(39) * 2)}' AND replay_lsn >= '{lsn}'::pg_lsn")
+    while time.monotonic() < deadline:
+        try:
+            if psql(query) == "1":
+                return True
+        except RuntimeError:
+            pass
+        sleep(1)
+    log(f"pginfra-apply-config: {member} has not replayed {lsn} within {timeout:.0f}s")
+    return False
+
+
+def restart_one(config: str, scope: str, member: str, timeout: float,
+                log: Callable[[str], None]) -> bool:
+    """Restart one member through Patroni and wait until it runs again (a replica may still
+    wait for a restart: see rolling_restart). False, said, when it did not."""
+    log(f"pginfra-apply-config: restarting {member} through Patroni")
+    proc = patronictl(config, "restart", scope, member, "--force", timeout=timeout)
+    if proc.returncode or "Success" not in proc.stdout:
+        log(f"pginfra-apply-config: restart of {member} failed: "
+            f"{(proc.stderr or proc.stdout).strip()}; the others are left as they are")
+        return False
+    try:
+        wait_back(config, member, timeout, pending_ok=True)
+    except RuntimeError as exc:
+        log(f"pginfra-apply-config: {exc}; the others are left as they are")
+        return False
+    return True
+
+
 def rolling_restart(config: str, scope: str, dcs_set: list[str], dcs_pg: list[str],
                     settle: float, leader_first: bool, log: Callable[[str], None],
                     timeout: float = 300) -> int:
@@ -101,27 +150,33 @@ def rolling_restart(config: str, scope: str, dcs_set: list[str], dcs_pg: list[st
         log(f"pginfra-apply-config: cluster {scope}'s configuration: "
             + ", ".join([*dcs_set, *dcs_pg]))
     time.sleep(settle)
-    order = restart_order(members(config), leader_first)
+    found = members(config)
+    order = restart_order(found, leader_first)
+    leader = next((m["Member"] for m in found if m.get("Role") == "Leader"), None)
     if not order:
         log("pginfra-apply-config: no member waits for a restart")
+    leader_lsn = None
     for member in order:
-        log(f"pginfra-apply-config: restarting {member} through Patroni")
-        proc = patronictl(config, "restart", scope, member, "--force", timeout=timeout)
-        if proc.returncode or "Success" not in proc.stdout:
-            log(f"pginfra-apply-config: restart of {member} failed: "
-                f"{(proc.stderr or proc.stdout).strip()}; the others are left as they are")
+        if leader_lsn is not None:
+            caught_up(member, leader_lsn, timeout, log)
+        if not restart_one(config, scope, member, timeout, log):
             return 1
-        try:
-            # a replica restarted after its leader's value shrank keeps the larger one (Patroni
-            # reads it from the replica's pg_control) until its next restartpoint
-            wait_back(config, member, timeout, pending_ok=leader_first)
-        except RuntimeError as exc:
-            log(f"pginfra-apply-config: {exc}; the others are left as they are")
+        if member == leader:
+            # the restarted leader logged its new values (XLOG_PARAMETER_CHANGE); a replica
+            # that has replayed them has them in pg_control, where Patroni reads them
+            leader_lsn = local_lsn()
+    # a value shrank: a replica restarted before its leader kept the larger one (it may not go
+    # below its primary's); once it has replayed the leader's new values, once more
+    again = [m["Member"] for m in members(config) if m.get("Pending restart")
+             and m.get("Role") != "Leader"] if leader_lsn is not None else []
+    for member in again:
+        caught_up(member, leader_lsn, timeout, log)
+        if not restart_one(config, scope, member, timeout, log):
             return 1
     still = [m["Member"] for m in members(config) if m.get("Pending restart")]
     if still:
         log(f"pginfra-apply-config: {', '.join(still)} still wait(s) for a restart: a replica "
-            "keeps a shrunk value's larger old one until its next restartpoint (Patroni reads "
+            "may keep a shrunk value's larger old one until its next restartpoint (Patroni reads "
             "it from pg_control); after that (checkpoint_timeout at most): patronictl -c "
             f"{config} restart {scope} --pending")
     return 0

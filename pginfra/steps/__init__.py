@@ -5,6 +5,7 @@ from pginfra.steps.backups import install_backups
 from pginfra.steps.cluster import create_cluster
 from pginfra.steps.configure import configure_server
 from pginfra.steps.ha import run_ha
+from pginfra.steps.ha_client import route_clients
 from pginfra.steps.harden import harden_databases
 from pginfra.steps.health import install_health
 from pginfra.steps.packages import install_packages
@@ -20,6 +21,7 @@ from pginfra.steps.tls import install_tls
 __all__ = [
     "configure_server", "create_cluster", "harden_databases", "install_backups",
     "install_health", "install_packages", "install_programs", "install_tls",
-    "manage_roles", "prepare_repository", "replicate", "run_ha", "run_pgbouncer", "run_service",
+    "manage_roles", "prepare_repository", "replicate", "route_clients", "run_ha", "run_pgbouncer",
+    "run_service",
     "schedule_jobs",
 ]

@@ -14,6 +14,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.hardware import Cpus, Memory
 from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
 
 from pginfra import ha
 from pginfra.facts import PatroniCluster, PatroniDynamicConfig, PostgresRoles
@@ -90,15 +91,16 @@ def run_ha(settings: Settings, new_cluster: bool = False):
         _etcd(settings)
     config, wanted = _patroni(settings, passwords)
     _rewind_role(settings, passwords, state, new_cluster)
+    _pgbouncer_follows_role(settings)
     _takeover(settings, state)
     if state["active"]:  # Patroni reads its file again on SIGHUP (its unit's reload)
         systemd.service(name="Patroni reloads its changed configuration",
                         service=ha.patroni_unit(settings), reloaded=True,
                         _if=config.did_change)
-        _shared_config_and_restarts(settings, wanted["bootstrap"]["dcs"])
+        _shared_config_and_restarts(settings, state, wanted["bootstrap"]["dcs"])
 
 
-def _shared_config_and_restarts(settings: Settings, wanted: dict) -> None:
+def _shared_config_and_restarts(settings: Settings, state: dict, wanted: dict) -> None:
     """On the leader: the settings Patroni keeps in etcd (TTL, synchronous mode, the cluster-wide
     parameters...) changed through patronictl edit-config, never behind its back; then every
     member whose server waits for a restart (a changed parameter, here or from the configure
@@ -106,11 +108,13 @@ def _shared_config_and_restarts(settings: Settings, wanted: dict) -> None:
     current = host.get_fact(PatroniDynamicConfig, config=ha.patroni_config_path(settings))
     sets, pgs, shrank = ha.dcs_changes(wanted, current) if current else ([], [], False)
     leads = ha.writes_here(settings, host.name)
+    # a restart left pending (a run cut short, a member that was down): this run finishes it
+    waiting = any(m.get("Pending restart") for m in state["members"])
     server.shell(  # one name on every host: pyinfra reports an operation by its first name
         name="Patroni: the cluster's shared configuration (patronictl edit-config), then "
              "pending restarts one member at a time, replicas first",
         commands=[ha.rolling_restart_command(settings, sets, pgs, shrank)],
-        _if=lambda: leads and bool(sets or pgs or ha.PENDING_RESTART))
+        _if=lambda: leads and bool(sets or pgs or ha.PENDING_RESTART or waiting))
 
 
 def _certificates(settings: Settings) -> None:
@@ -196,6 +200,27 @@ def _patroni(settings: Settings, passwords: dict[str, str]):
               dest=f"{layout.config_directory(version, cluster)}/start.conf",
               user="postgres", group="postgres", mode="0644")
     return written, config
+
+
+def _pgbouncer_follows_role(settings: Settings) -> None:
+    """PgBouncer restarted when this member's role changes: its pools keep the parameters the
+    server reported when they first connected, and a promoted replica's PgBouncer went on
+    telling new clients in_hot_standby=on (pgbouncer#859), so target_session_attrs=read-write
+    clients refused the new leader. Patroni's on_role_change callback (as postgres) writes
+    ha.ROLE_CHANGED; this path unit (root) restarts PgBouncer."""
+    path = f"/etc/systemd/system/{ha.ROLE_UNIT}.path"
+    service = f"/etc/systemd/system/{ha.ROLE_UNIT}.service"
+    if not settings.pgbouncer_enabled:
+        for unit in (path, service):
+            files.file(name=f"No {unit}", path=unit, present=False)
+        return
+    units = [files.put(name=f"{unit}", src=render_io(f"{unit.rsplit('/', 1)[1]}.j2",
+                                                     role_changed=ha.ROLE_CHANGED),
+                       dest=unit, user="root", group="root", mode="0644")
+             for unit in (path, service)]
+    systemd.daemon_reload(name=f"systemd picks up {ha.ROLE_UNIT}", _if=any_changed(*units))
+    systemd.service(name=f"{ha.ROLE_UNIT}.path watching, started at boot",
+                    service=f"{ha.ROLE_UNIT}.path", running=True, enabled=True)
 
 
 def _rewind_role(settings: Settings, passwords: dict[str, str], state: dict,

@@ -22,6 +22,11 @@ def certificate_names(settings: Settings) -> tuple[list[str], list[str]]:
     if ssh_hostname:
         names.append(ssh_hostname)
     names += [a for a in settings.postgres_listen_addresses if a not in ("*", "0.0.0.0", "::")]
+    if settings.postgres_ha and settings.ha_client_path == "haproxy":
+        # every member's HAProxy passes clients' TLS through to the leader's PgBouncer: a client
+        # that called any member (verify-full) gets the leader's certificate, so each names all
+        for name, node in settings.cluster.items():
+            names += [name, node.address]
     dns, ips = [], []
     for name in names:
         try:

@@ -42,6 +42,7 @@ ROLES = ["postgres", "app", "pgbouncer_admin", "pgbouncer_auth", "replicator", "
 # synchronous mode, and failover within seconds: loop_wait + 2 x retry_timeout <= ttl
 DATA = {"ha_synchronous_mode": True, "ha_ttl": 20, "ha_loop_wait": 4, "ha_retry_timeout": 8}
 CONFIG = "/etc/patroni/15-main.yml"
+HAPROXY_RW, HAPROXY_RO = 5000, 5001
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +138,13 @@ def healthy(lab: Lab, ask: str, names: list[str]) -> bool:
 
 class Writer:
     """The application: inserts one row at a time through the client path (every host in
-    one connection string, target_session_attrs=read-write: libpq finds the leader),
-    reconnecting after any error. ``committed`` holds every id the server confirmed."""
+    one connection string, target_session_attrs=read-write: libpq finds the leader; with
+    ``port`` 5000 each host's HAProxy sends it to the leader's PgBouncer), reconnecting after
+    any error. ``committed`` holds every id the server confirmed."""
 
-    def __init__(self, lab: Lab):
+    def __init__(self, lab: Lab, port: int = 5432):
         hosts = ",".join(lab.hosts[n]["address"] for n in NAMES)
-        self.conninfo = (f"host={hosts} port=5432 dbname=app user=app "
+        self.conninfo = (f"host={hosts} port={port} dbname=app user=app "
                          f"password={secret('app')} sslmode=verify-full "
                          f"sslrootcert={CONTROL / 'ca' / 'ca.crt'} connect_timeout=2 "
                          "target_session_attrs=read-write")
@@ -269,6 +271,31 @@ def test_patronis_files_api_and_secrets(lab):
         assert not [p for p in passwords if p in seen]
 
 
+def connect(lab: Lab, name: str, port: int) -> psycopg.Connection:
+    return psycopg.connect(
+        host=lab.hosts[name]["address"], port=port, dbname="app", user="app",
+        password=secret("app"), sslmode="verify-full", connect_timeout=5,
+        sslrootcert=str(CONTROL / "ca" / "ca.crt"))
+
+
+def test_haproxy_on_every_member_routes_to_the_leader_and_the_replicas(lab):
+    for name in NAMES:
+        assert lab.ssh(name, ["systemctl", "is-enabled", "haproxy"]).stdout.strip() == "enabled"
+        listening = lab.ssh(name, ["ss", "-Hltn"]).stdout
+        own = lab.hosts[name]["address"]
+        assert f"{own}:{HAPROXY_RW} " in listening and f"0.0.0.0:{HAPROXY_RW} " not in listening
+        stat = lab.ssh(name, ["stat", "-c", "'%U %G %a'", "/etc/haproxy/haproxy.cfg"]).stdout
+        assert stat.split() == ["root", "haproxy", "640"]
+    # whichever member a client calls, verify-full holds (each certificate names every
+    # member: the leader's PgBouncer answers), read-write reaches the leader, read-only a
+    # replica
+    for name in NAMES:
+        with connect(lab, name, HAPROXY_RW) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+        with connect(lab, name, HAPROXY_RO) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+
+
 def test_second_deploy_reports_no_changes(lab):
     again = deploy(lab)
     assert again.returncode == 0, again.stderr[-5000:]
@@ -339,7 +366,7 @@ def test_failover_when_the_leaders_host_is_killed_under_writes(lab):
     old = leader(lab, "pgh1")
     survivors = [n for n in NAMES if n != old]
     timeline = members(lab, survivors[0])[old]["TL"]
-    with Writer(lab) as writer:
+    with Writer(lab, port=HAPROXY_RW) as writer:  # HAProxy, PgBouncer, the leader
         killed = time.monotonic()
         lab.kill(old)  # no shutdown: its server, Patroni and etcd member die at once
         wait_for(lambda: leader(lab, survivors[0]) in survivors, "a new leader",

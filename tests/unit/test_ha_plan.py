@@ -39,6 +39,8 @@ def settings_of(hosts, nodes, name="db1"):
     ({"ha_ttl": 20}, "ha_ttl: 20 s is too short for ha_loop_wait 10 s and ha_retry_timeout"),
     ({"ha_synchronous_mode_strict": True}, "only with ha_synchronous_mode: true"),
     ({"postgres_ha": "patroni", "ha_client_path": "vip"}, "ha_vip: ha_client_path 'vip' needs"),
+    ({"postgres_ha": "patroni", "ha_client_path": "vip", "ha_vip": "10.0.0.9/24",
+      "ha_vip_interface": "eth0"}, "ha_client_path: 'vip' .vip-manager. is not supported yet"),
     ({"postgres_ha": "patroni", "ha_rest_port": 6432},
      "ha_rest_port: port 6432 is already pgbouncer_port's"),
     ({"ha_rewind_user": "replicator"}, "ha_rewind_user: 'replicator' must be a role of its own"),
