@@ -100,3 +100,14 @@ def test_replication():
         assert sorted(figures[run]) == ["pgq3", "pgq4"], figures[run]
         for lag in figures[run].values():
             assert lag["samples"] > 0 and lag["max_bytes"] >= lag["p50_bytes"] >= 0, lag
+
+
+def test_ha():
+    figures = run_short("ha")
+    tps = figures["tps"]
+    assert positive(tps["direct_to_leader"], tps["client_path_haproxy_pgbouncer"])
+    run = figures["tuned_sync"]
+    assert len(run["failovers"]) == 1 and positive(run["p50_s"], run["max_s"])
+    one = run["failovers"][0]
+    assert one["new_leader"] != one["killed"] and one["committed"] > 0
+    assert run["lost_total"] == 0  # synchronous mode: nothing the client saw committed is lost

@@ -1,8 +1,9 @@
 """postgres_ha: Patroni and etcd on a lab of three rehearsal hosts of its own (pgh1, pgh2,
-pgh3), deployed by the runbook with synchronous mode and a short TTL; then a switchover under
-writes (counted on the client side), the leader's host killed under writes (nothing the client
-saw committed is lost; the old leader rejoins through pg_rewind), and etcd losing one member and
-then two.
+pgh3), deployed by the runbook with synchronous mode and a short TTL; then HAProxy's routing,
+a shared parameter changed with a rolling restart under writes, a switchover under writes
+(counted on the client side), the leader's host killed under writes through HAProxy (nothing
+the client saw committed is lost; the old leader rejoins through pg_rewind), a deploy and the
+jobs after that failover, etcd losing one member and then two, and the leader's host rebooting.
 
 The tests read the cluster as pginfra-health does: a member's REST API (``/cluster``), from here.
 ``patronictl list`` on a member picks an etcd endpoint itself, and may spend a probe's whole
@@ -19,11 +20,8 @@ import os
 import re
 import shlex
 import shutil
-import ssl
 import subprocess
-import threading
 import time
-import urllib.request
 
 import psycopg
 import pytest
@@ -31,6 +29,7 @@ from conftest import BIN, STATE_DIR, Deploy, record_timing, wait_for
 
 from pginfra import ROOT, ha
 from pginfra.secrets import generate_missing
+from pginfra_lab import clients
 from pginfra_lab.rehearsal import Lab, free_subnet
 
 LAB_DIR = STATE_DIR.parent / "e2e-ha"
@@ -95,20 +94,8 @@ def patronictl_members(lab: Lab, name: str) -> dict[str, dict]:
 
 
 def members(lab: Lab, name: str) -> dict[str, dict]:
-    """The cluster as a member's Patroni sees it (GET /cluster on its REST API, verified with
-    pginfra's CA), in patronictl's words: Role Leader / Sync Standby / Replica, State. {} when
-    the member does not answer."""
-    url = f"https://{lab.hosts[name]['address']}:8008/cluster"
-    context = ssl.create_default_context(cafile=str(CONTROL / "ca" / "ca.crt"))
-    try:
-        with urllib.request.urlopen(url, context=context, timeout=3) as answer:
-            found = json.load(answer)["members"]
-    except (OSError, ValueError, KeyError):
-        return {}
-    roles = {"leader": "Leader", "sync_standby": "Sync Standby", "replica": "Replica",
-             "standby_leader": "Standby Leader"}
-    return {m["name"]: {"Role": roles.get(m["role"], m["role"]), "State": m["state"],
-                        "TL": m.get("timeline")} for m in found}
+    """The cluster as a member's Patroni sees it (its REST API's /cluster)."""
+    return clients.members(lab.hosts[name]["address"], str(CONTROL / "ca" / "ca.crt"))
 
 
 def leader(lab: Lab, ask: str) -> str | None:
@@ -136,54 +123,11 @@ def healthy(lab: Lab, ask: str, names: list[str]) -> bool:
         sorted(n for n in names if n != leaders[0]))
 
 
-class Writer:
-    """The application: inserts one row at a time through the client path (every host in
-    one connection string, target_session_attrs=read-write: libpq finds the leader; with
-    ``port`` 5000 each host's HAProxy sends it to the leader's PgBouncer), reconnecting after
-    any error. ``committed`` holds every id the server confirmed."""
-
-    def __init__(self, lab: Lab, port: int = 5432):
-        hosts = ",".join(lab.hosts[n]["address"] for n in NAMES)
-        self.conninfo = (f"host={hosts} port={port} dbname=app user=app "
-                         f"password={secret('app')} sslmode=verify-full "
-                         f"sslrootcert={CONTROL / 'ca' / 'ca.crt'} connect_timeout=2 "
-                         "target_session_attrs=read-write")
-        self.committed: list[int] = []
-        self.times: list[float] = []  # when each commit was confirmed (monotonic)
-        self.failures = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        n, conn = int(time.time() * 1000) * 1000, None  # ids of their own, run after run
-        while not self.stop.is_set():
-            try:
-                if conn is None:
-                    conn = psycopg.connect(self.conninfo, autocommit=True)
-                n += 1
-                conn.execute("INSERT INTO ha_probe (id) VALUES (%s)", (n,))
-                self.committed.append(n)
-                self.times.append(time.monotonic())
-            except psycopg.Error:
-                self.failures += 1
-                with contextlib.suppress(Exception):
-                    conn.close()
-                conn = None
-                time.sleep(0.2)
-        with contextlib.suppress(Exception):
-            conn.close()
-
-    def __enter__(self):
-        self.thread.start()
-        wait_for(lambda: len(self.committed) > 20, "the writer's first commits")
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(timeout=30)
-
-    def first_commit_after(self, moment: float) -> float | None:
-        return next((t for t in self.times if t > moment), None)
+def Writer(lab: Lab, port: int = 5432) -> clients.Writer:  # noqa: N802 - it makes one
+    """The application (pginfra_lab.clients.Writer) through the client path: every member in
+    one connection string; ``port`` 5000 goes through each member's HAProxy."""
+    return clients.Writer(clients.conninfo([lab.hosts[n]["address"] for n in NAMES], port,
+                                           secret("app"), str(CONTROL / "ca" / "ca.crt")))
 
 
 def missing_rows(lab: Lab, name: str, committed: list[int]) -> list[int]:
@@ -207,8 +151,8 @@ def test_a_patroni_cluster_from_a_cold_start(lab):
             == "enabled"
         assert lab.ssh(name, ["systemctl", "is-active", "postgresql@15-main"],
                        check=False).stdout.strip() == "inactive"
-    q(lab, "pgh1", "CREATE TABLE ha_probe (id bigint PRIMARY KEY, at timestamptz "
-                   "DEFAULT now()); GRANT INSERT, SELECT ON ha_probe TO app", db="app")
+    q(lab, "pgh1", f"{clients.CREATE}; GRANT INSERT, SELECT ON {clients.TABLE} TO app",
+      db="app")
 
 
 def test_etcd_has_three_members_over_tls_with_client_certificates(lab):
@@ -466,3 +410,33 @@ def test_etcd_losing_one_member_keeps_the_leader_two_make_it_step_down(lab):
     wait_for(lambda: healthy(lab, current, NAMES), "the cluster healed", timeout=120)
     with Writer(lab):
         pass  # writes are taken again
+
+
+def test_a_member_that_reboots_comes_back_serving_where_it_listens(lab):
+    """The leader's host reboots (a clean shutdown: Patroni hands the lead over on its way
+    down); it comes back by itself as a replica, etcd, Patroni, PgBouncer, HAProxy and the
+    role-change path unit started at boot, listening on its own address."""
+    old = leader(lab, "pgh1")
+    others = [n for n in NAMES if n != old]
+    with Writer(lab, port=HAPROXY_RW) as writer:
+        started = time.monotonic()
+        lab.reboot(old)
+        wait_for(lambda: leader(lab, others[0]) in others, "a leader while it reboots",
+                 timeout=DATA["ha_ttl"] + 60)
+        wait_for(lambda: writer.first_commit_after(started + 0.5), "writes during the reboot",
+                 timeout=60)
+        record_timing("ha_leader_reboot_writes_again_seconds",
+                      writer.first_commit_after(started) - started)
+        wait_for(lambda: healthy(lab, others[0], NAMES), f"{old} back as a replica",
+                 timeout=180)
+    new = leader(lab, others[0])
+    assert missing_rows(lab, new, writer.committed) == []
+    for unit in ("etcd", "patroni@15-main", "pgbouncer", "haproxy",
+                 "pginfra-pgbouncer-follows-role.path"):
+        assert lab.ssh(old, ["systemctl", "is-active", unit]).stdout.strip() == "active", unit
+    own = lab.hosts[old]["address"]
+    listening = lab.ssh(old, ["ss", "-Hltn"]).stdout
+    for port in (5432, 6432, 2379, 2380, 8008, HAPROXY_RW, HAPROXY_RO):
+        assert f"{own}:{port} " in listening, (port, listening)
+    with connect(lab, old, HAPROXY_RW) as conn:  # its HAProxy finds the new leader
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
