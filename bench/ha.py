@@ -64,14 +64,17 @@ def psql(lab, name: str, sql: str) -> str:
     return host_sql(lab, name, sql, db="app")
 
 
-def whole(lab, ca: str, timeout: float = 180) -> str:
-    """Wait until one leader runs and the other two members run too; the leader's name."""
+def whole(lab, ca: str, synchronous: bool, timeout: float = 180) -> str:
+    """Wait until one leader runs and the other two members run too, one of them the
+    synchronous standby in synchronous mode (without one Patroni promotes no one); the
+    leader's name."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for name in NAMES:
             found = clients.members(lab.hosts[name]["address"], ca)
             leaders = [n for n, m in found.items() if m["Role"] == "Leader"]
-            if (sorted(found) == NAMES and len(leaders) == 1
+            sync = any(m["Role"] == "Sync Standby" for m in found.values())
+            if (sorted(found) == NAMES and len(leaders) == 1 and (sync or not synchronous)
                     and all(m["State"] in ("running", "streaming") for m in found.values())):
                 return leaders[0]
         time.sleep(1)
@@ -98,7 +101,7 @@ def pgbench_tps(lab, env: dict, address: str, port: int, seconds: int) -> float:
     return float(found.group(1))
 
 
-def failover(lab, env: dict, leader: str) -> dict:
+def failover(lab, env: dict, leader: str, synchronous: bool) -> dict:
     """Kill ``leader``'s host under writes; boot it again; the figures of one failover."""
     survivors = [n for n in NAMES if n != leader]
     path = clients.conninfo([lab.hosts[n]["address"] for n in NAMES], 5000,
@@ -119,7 +122,7 @@ def failover(lab, env: dict, leader: str) -> dict:
     have = {int(v) for v in psql(lab, new, f"SELECT id FROM {clients.TABLE}").split()}
     lost = [i for i in writer.committed if i not in have]
     lab.boot(leader)
-    whole(lab, env["CA"])
+    whole(lab, env["CA"], synchronous)
     return {"killed": leader, "new_leader": new, "seconds_to_first_commit": round(
         first - killed, 2), "committed": len(writer.committed), "lost": len(lost),
         "failed_attempts": writer.failures}
@@ -139,7 +142,7 @@ def main() -> None:
         env = {**env, "APP_PASSWORD": _read_file(control / "secrets.yaml")["app"],
                "CA": str(control / "ca" / "ca.crt")}
         figures["cold_deploy_s"] = round(deploy(env, SETTINGS[runs[0]]), 1)
-        leader = whole(lab, env["CA"])
+        leader = whole(lab, env["CA"], SETTINGS[runs[0]]["ha_synchronous_mode"])
         psql(lab, leader, f"{clients.CREATE}; GRANT INSERT, SELECT ON {clients.TABLE} TO app; "
                           "CREATE TABLE IF NOT EXISTS bench_tps (id bigserial, v int); "
                           "GRANT INSERT ON bench_tps TO app; "
@@ -153,9 +156,10 @@ def main() -> None:
             if run != runs[0]:
                 figures[f"deploy_{run}_s"] = round(deploy(env, SETTINGS[run]), 1)
             done = []
+            synchronous = SETTINGS[run]["ha_synchronous_mode"]
             for _ in range(args.failovers):
-                leader = whole(lab, env["CA"])
-                done.append(failover(lab, env, leader))
+                leader = whole(lab, env["CA"], synchronous)
+                done.append(failover(lab, env, leader, synchronous))
             seconds = [f["seconds_to_first_commit"] for f in done]
             figures[run] = {"settings": SETTINGS[run], "failovers": done,
                             "p50_s": round(statistics.median(seconds), 2),
