@@ -117,6 +117,7 @@ def failover(lab, env: dict, leader: str, synchronous: bool) -> dict:
         time.sleep(2)
     if first is None:
         raise SystemExit(f"no commit within 180 s of killing {leader}")
+    first = writer.resumed_after(killed)  # the end of the pause, not a commit in flight
     new = clients.leader(lab.hosts[survivors[0]]["address"], env["CA"]) or \
         clients.leader(lab.hosts[survivors[1]]["address"], env["CA"])
     have = {int(v) for v in psql(lab, new, f"SELECT id FROM {clients.TABLE}").split()}

@@ -85,6 +85,23 @@ class Writer:
     def first_commit_after(self, moment: float) -> float | None:
         return next((t for t in self.times if t > moment), None)
 
+    def resumed_after(self, moment: float) -> float | None:
+        """When commits resumed after the longest pause that began after ``moment`` (a kill,
+        a switchover): the commit ending that pause; None before any commit follows one.
+        Commits already in flight at ``moment`` land just after it: the pause is what counts.
+
+            >>> w = Writer("")
+            >>> w.times = [1.0, 1.1, 1.2, 1.25, 9.0, 9.1]
+            >>> w.resumed_after(1.15)
+            9.0
+        """
+        times = [t for t in self.times if t >= moment]
+        before = [t for t in self.times if t < moment]
+        if before:
+            times.insert(0, before[-1])
+        gaps = [(b - a, b) for a, b in zip(times, times[1:], strict=False)]
+        return max(gaps)[1] if gaps else None
+
 
 ROLES = {"leader": "Leader", "sync_standby": "Sync Standby", "replica": "Replica",
          "standby_leader": "Standby Leader"}
