@@ -279,7 +279,7 @@ def health_settings(settings: Settings, host_name: str) -> dict | None:
             "rest_url": rest_url(settings, host_name),
             "etcd_endpoints": [f"https://{e}" for e in etcd_endpoints(settings)],
             "cafile": PATRONI_TLS["ca"], "certfile": PATRONI_TLS["cert"],
-            "keyfile": PATRONI_TLS["key"]}
+            "keyfile": PATRONI_TLS["key"], "synchronous": settings.ha_synchronous_mode}
 
 
 # Set by the configure step while the run executes: the members whose server waits for a

@@ -137,6 +137,9 @@ class HaSettings:
     cafile: str
     certfile: str
     keyfile: str
+    # ha_synchronous_mode: Patroni promotes only a named synchronous standby, so while none
+    # is named a dead leader is not replaced (the patroni check warns of it)
+    synchronous: bool = False
 
 
 # The declaration: HealthConfig's fields (and BackupSettings', PgBouncerSettings',
@@ -285,9 +288,12 @@ def validate_ha(ha) -> HaSettings | None:
         files[name] = schema.abspath(f"ha.{name}", ha[name])
         schema.require(files[name] != "/", f"ha.{name}", "must be the path of a file",
                        ha[name])
+    synchronous = ha.get("synchronous", False)
+    schema.require(isinstance(synchronous, bool), "ha.synchronous", "must be true or false",
+                   synchronous)
     return HaSettings(member=member, members=members,
                       rest_url=https_url("ha.rest_url", ha["rest_url"]),
-                      etcd_endpoints=urls, **files)
+                      etcd_endpoints=urls, synchronous=synchronous, **files)
 
 
 def validate_config(raw, path: str = DEFAULT_CONFIG) -> HealthConfig:

@@ -159,11 +159,13 @@ def _lag(member: dict) -> int | None:
     return lag if isinstance(lag, int) and not isinstance(lag, bool) else None
 
 
-def grade_cluster(cluster: dict, me: str, expected: tuple, pair: tuple) -> dict:
+def grade_cluster(cluster: dict, me: str, expected: tuple, pair: tuple,
+                  synchronous: bool = False) -> dict:
     """The patroni check's result from a /cluster answer (parse_cluster's), for member ``me``
     and the ``expected`` members. Critical: no leader, the leader's PostgreSQL not up, this
     member absent or not up. Warning: paused, an expected member absent or not up, members on
-    different timelines. The value: the largest replica lag in MB (``pair``:
+    different timelines, ``synchronous`` mode with no synchronous standby named (Patroni would
+    replace no dead leader then). The value: the largest replica lag in MB (``pair``:
     replication_lag_mb)."""
     members = {m["name"]: m for m in cluster["members"]}
     leaders = [m for m in members.values() if m.get("role") in LEADER_ROLES]
@@ -198,6 +200,12 @@ def grade_cluster(cluster: dict, me: str, expected: tuple, pair: tuple) -> dict:
         statuses.append(WARNING)
         problems.append("member(s) not streaming: " + more(
             [f"{clean(m['name'])} {_state(m)}" for m in down]))
+    if synchronous and leader is not None and replicas and not any(
+            m.get("role") == "sync_standby" for m in replicas):
+        statuses.append(WARNING)
+        problems.append("synchronous mode without a synchronous standby: were the leader to "
+                        "fail now, Patroni would promote no one (none is known to hold every "
+                        "commit)")
     timelines = {m["name"]: m["timeline"] for m in members.values()
                  if _up(m) and isinstance(m.get("timeline"), int)}
     if len(set(timelines.values())) > 1:
@@ -260,7 +268,7 @@ def check_patroni(ctx: Context) -> dict:
     except (OSError, ValueError, http.client.HTTPException) as exc:
         return result("patroni", UNKNOWN, f"Patroni's REST API did not answer GET {url}: "
                       f"{failure(exc, timeout)}", unit="MB", pair=pair, data={"url": url})
-    return grade_cluster(cluster, ha.member, ha.members, pair)
+    return grade_cluster(cluster, ha.member, ha.members, pair, ha.synchronous)
 
 
 # ---------------------------------------------------------------------------------------------

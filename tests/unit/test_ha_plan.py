@@ -178,7 +178,7 @@ def test_the_health_check_is_told_where_patroni_and_etcd_answer():
         "rest_url": "https://10.0.0.2:8008",
         "etcd_endpoints": [f"https://10.0.0.{i}:2379" for i in (1, 2, 3)],
         "cafile": ha.PATRONI_TLS["ca"], "certfile": ha.PATRONI_TLS["cert"],
-        "keyfile": ha.PATRONI_TLS["key"]}
+        "keyfile": ha.PATRONI_TLS["key"], "synchronous": False}
     assert health_config(resolve({}), "db1")["ha"] is None
 
 

@@ -120,6 +120,17 @@ def test_a_healthy_cluster_names_the_leader_the_sync_standby_and_the_timeline():
     assert r["detail"] == "leader pgh1, 2 replicas streaming (pgh2 sync), timeline 3"
 
 
+def test_synchronous_mode_without_a_synchronous_standby_warns():
+    assert graded(HEALTHY)["status"] == "ok"
+    no_sync = shape(HEALTHY, pgh2={"role": "replica"})
+    assert graded(no_sync)["status"] == "ok"  # asynchronous: nothing to say
+    r = ha.grade_cluster(ha.parse_cluster(no_sync), "pgh2", MEMBERS, PAIR, synchronous=True)
+    assert r["status"] == "warning"
+    assert "synchronous mode without a synchronous standby" in r["detail"]
+    r = ha.grade_cluster(ha.parse_cluster(HEALTHY), "pgh2", MEMBERS, PAIR, synchronous=True)
+    assert r["status"] == "ok"
+
+
 def test_no_leader_is_critical():
     r = graded(NO_LEADER)
     assert r["status"] == "critical"
