@@ -118,8 +118,8 @@ def test_patroni_says_who_leads_over_tls_checked_against_pginfras_ca():
     config = sections(rendered(ha_rest_port=8443, ha_maximum_lag_on_failover=4194304))
     rw, ro = config["listen pginfra_rw"], config["listen pginfra_ro"]
     assert "option httpchk" in rw and "option httpchk" in ro
-    assert "http-check send meth GET uri /primary" in rw
-    assert "http-check send meth GET uri /replica?lag=4194304" in ro  # bytes, as Patroni's
+    assert "http-check send meth OPTIONS uri /primary" in rw
+    assert "http-check send meth OPTIONS uri /replica?lag=4194304" in ro  # bytes, as Patroni's
     for listen in (rw, ro):
         assert "http-check expect status 200" in listen
         default = next(line for line in listen if line.startswith("default-server")).split()
@@ -184,7 +184,7 @@ class _Quiet:
 
 def _patroni(name, address, port, roles, cert, key):
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
+        def do_OPTIONS(self):  # what HAProxy sends; a GET would be refused (501)
             role = roles[name]
             ok = self.path == "/primary" if role == "leader" else self.path.startswith(
                 "/replica?lag=")
