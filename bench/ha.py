@@ -60,10 +60,6 @@ def deploy(env: dict, data: dict) -> float:
     return time.monotonic() - started
 
 
-def psql(lab, name: str, sql: str) -> str:
-    return host_sql(lab, name, sql, db="app")
-
-
 def whole(lab, ca: str, synchronous: bool, timeout: float = 180) -> str:
     """Wait until one leader runs and the other two members run too, one of them the
     synchronous standby in synchronous mode (without one Patroni promotes no one); the
@@ -120,7 +116,8 @@ def failover(lab, env: dict, leader: str, synchronous: bool) -> dict:
     first = writer.resumed_after(killed)  # the end of the pause, not a commit in flight
     new = clients.leader(lab.hosts[survivors[0]]["address"], env["CA"]) or \
         clients.leader(lab.hosts[survivors[1]]["address"], env["CA"])
-    have = {int(v) for v in psql(lab, new, f"SELECT id FROM {clients.TABLE}").split()}
+    have = {int(v) for v in host_sql(lab, new, f"SELECT id FROM {clients.TABLE}",
+                                     db="app").split()}
     lost = [i for i in writer.committed if i not in have]
     lab.boot(leader)
     whole(lab, env["CA"], synchronous)
@@ -144,7 +141,7 @@ def main() -> None:
                "CA": str(control / "ca" / "ca.crt")}
         figures["cold_deploy_s"] = round(deploy(env, SETTINGS[runs[0]]), 1)
         leader = whole(lab, env["CA"], SETTINGS[runs[0]]["ha_synchronous_mode"])
-        psql(lab, leader, f"{clients.CREATE}; GRANT INSERT, SELECT ON {clients.TABLE} TO app; "
+        host_sql(lab, leader, f"{clients.CREATE}; GRANT INSERT, SELECT ON {clients.TABLE} TO app; "
                           "CREATE TABLE IF NOT EXISTS bench_tps (id bigserial, v int); "
                           "GRANT INSERT ON bench_tps TO app; "
                           "GRANT USAGE ON SEQUENCE bench_tps_id_seq TO app")

@@ -90,7 +90,7 @@ def run_ha(settings: Settings, new_cluster: bool = False):
     if settings.node.etcd_member:
         _etcd(settings)
     config, wanted = _patroni(settings, passwords)
-    _rewind_role(settings, passwords, state, new_cluster)
+    _rewind_role(settings, passwords, new_cluster)
     _pgbouncer_follows_role(settings)
     _takeover(settings, state)
     if state["active"]:  # Patroni reads its file again on SIGHUP (its unit's reload)
@@ -223,8 +223,7 @@ def _pgbouncer_follows_role(settings: Settings) -> None:
                     service=f"{ha.ROLE_UNIT}.path", running=True, enabled=True)
 
 
-def _rewind_role(settings: Settings, passwords: dict[str, str], state: dict,
-                 new_cluster: bool) -> None:
+def _rewind_role(settings: Settings, passwords: dict[str, str], new_cluster: bool) -> None:
     if not ha.writes_here(settings, host.name):
         return
     roles = {} if new_cluster else host.get_fact(PostgresRoles,
