@@ -1,6 +1,6 @@
 """HA benchmark: how long a failover takes, what it loses, and what the client path costs.
 
-    .venv/bin/python bench/ha.py [--failovers N] [--seconds S] [--short]
+    .venv/bin/python bench/ha.py [--failovers N] [--seconds S] [--settings NAME...] [--short]
 
 On a lab of its own (pgf1, pgf2, pgf3; postgres_ha: patroni, HAProxy on every member):
   1. pgbench tps for ``--seconds`` (4 clients, one-row inserts), from this machine: straight to
@@ -14,7 +14,8 @@ On a lab of its own (pgf1, pgf2, pgf3; postgres_ha: patroni, HAProxy on every me
      Patroni's defaults (ttl 30, loop_wait 10, retry_timeout 10) and tuned (20, 4, 8), both with
      synchronous_mode; tuned without it (asynchronous: commits may be lost).
 Figures go to bench/results/ha.json (ha.short.json with --short: one failover, tuned and
-synchronous only). Nothing here is asserted: it is a measurement, not a test.
+synchronous only; ha.NAME+NAME.json with --settings), written also when a setting fails, with
+what the settings before it gave. Nothing here is asserted: it is a measurement, not a test.
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ def pgbench_tps(lab, env: dict, address: str, port: int, seconds: int) -> float:
     return float(found.group(1))
 
 
+class Stalled(Exception):
+    """A failover after which no commit came."""
+
+
 def failover(lab, env: dict, leader: str, synchronous: bool) -> dict:
     """Kill ``leader``'s host under writes; boot it again; the figures of one failover."""
     survivors = [n for n in NAMES if n != leader]
@@ -112,7 +117,9 @@ def failover(lab, env: dict, leader: str, synchronous: bool) -> dict:
         first = writer.first_commit_after(killed + 0.5)
         time.sleep(2)
     if first is None:
-        raise SystemExit(f"no commit within 180 s of killing {leader}")
+        views = {n: clients.members(lab.hosts[n]["address"], env["CA"]) for n in survivors}
+        raise Stalled(f"no commit within 180 s of killing {leader}; the survivors' view of "
+                      f"the cluster: {json.dumps(views)}")
     first = writer.resumed_after(killed)  # the end of the pause, not a commit in flight
     new = clients.leader(lab.hosts[survivors[0]]["address"], env["CA"]) or \
         clients.leader(lab.hosts[survivors[1]]["address"], env["CA"])
@@ -126,13 +133,34 @@ def failover(lab, env: dict, leader: str, synchronous: bool) -> dict:
         "failed_attempts": writer.failures}
 
 
+def measure(lab, env: dict, run: str, failovers: int, first: bool, figures: dict) -> None:
+    """``failovers`` kills with the settings ``run`` (deployed first unless ``first``), into
+    ``figures[run]`` as they come."""
+    if not first:
+        figures[f"deploy_{run}_s"] = round(deploy(env, SETTINGS[run]), 1)
+    synchronous = SETTINGS[run]["ha_synchronous_mode"]
+    done: list[dict] = []
+    figures[run] = {"settings": SETTINGS[run], "failovers": done}
+    for _ in range(failovers):
+        leader = whole(lab, env["CA"], synchronous)
+        done.append(failover(lab, env, leader, synchronous))
+    seconds = [f["seconds_to_first_commit"] for f in done]
+    figures[run].update({"p50_s": round(statistics.median(seconds), 2), "max_s": max(seconds),
+                         "lost_total": sum(f["lost"] for f in done)})
+    print(f"{run}: p50 {figures[run]['p50_s']} s, max {figures[run]['max_s']} s, "
+          f"lost {figures[run]['lost_total']}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--failovers", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS),
+                        help="measure only these settings, in this order (default: all)")
     args = parse_args(parser, {"failovers": 1, "seconds": 5})
-    runs = ["tuned_sync"] if args.short else list(SETTINGS)
+    runs = args.settings or (["tuned_sync"] if args.short else list(SETTINGS))
     figures: dict = {"failovers_per_setting": args.failovers}
+    name = "ha" if not args.settings else "ha." + "+".join(args.settings)  # a part: its own file
     with bench_lab("pginfra-bha", "pgf", ROLES, hosts=3) as (lab, env, tmp):
         from pginfra.secrets import _read_file
 
@@ -142,29 +170,22 @@ def main() -> None:
         figures["cold_deploy_s"] = round(deploy(env, SETTINGS[runs[0]]), 1)
         leader = whole(lab, env["CA"], SETTINGS[runs[0]]["ha_synchronous_mode"])
         host_sql(lab, leader, f"{clients.CREATE}; GRANT INSERT, SELECT ON {clients.TABLE} TO app; "
-                          "CREATE TABLE IF NOT EXISTS bench_tps (id bigserial, v int); "
-                          "GRANT INSERT ON bench_tps TO app; "
-                          "GRANT USAGE ON SEQUENCE bench_tps_id_seq TO app")
+                 "CREATE TABLE IF NOT EXISTS bench_tps (id bigserial, v int); "
+                 "GRANT INSERT ON bench_tps TO app; "
+                 "GRANT USAGE ON SEQUENCE bench_tps_id_seq TO app", db="app")
         other = next(n for n in NAMES if n != leader)
         direct = pgbench_tps(lab, env, lab.hosts[leader]["address"], 5432, args.seconds)
         through = pgbench_tps(lab, env, lab.hosts[other]["address"], 5000, args.seconds)
         figures["tps"] = {"direct_to_leader": direct, "client_path_haproxy_pgbouncer": through,
                           "ratio_client_path_to_direct": round(through / direct, 3)}
         for run in runs:
-            if run != runs[0]:
-                figures[f"deploy_{run}_s"] = round(deploy(env, SETTINGS[run]), 1)
-            done = []
-            synchronous = SETTINGS[run]["ha_synchronous_mode"]
-            for _ in range(args.failovers):
-                leader = whole(lab, env["CA"], synchronous)
-                done.append(failover(lab, env, leader, synchronous))
-            seconds = [f["seconds_to_first_commit"] for f in done]
-            figures[run] = {"settings": SETTINGS[run], "failovers": done,
-                            "p50_s": round(statistics.median(seconds), 2),
-                            "max_s": max(seconds), "lost_total": sum(f["lost"] for f in done)}
-            print(f"{run}: p50 {figures[run]['p50_s']} s, max {figures[run]['max_s']} s, "
-                  f"lost {figures[run]['lost_total']}", flush=True)
-    write_results("ha", figures, args.short)
+            try:
+                measure(lab, env, run, args.failovers, first=run == runs[0], figures=figures)
+            except (Stalled, SystemExit) as failed:  # keep what the settings before it gave
+                figures[run] = {**figures.get(run, {}), "error": str(failed)}
+                write_results(name, figures, args.short)
+                raise SystemExit(f"{run}: {failed}") from None
+    write_results(name, figures, args.short)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -132,10 +133,20 @@ def lab():
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == forward_before
 
 
+def why_failed(output: str, tail: int = 4000) -> str:
+    """What a failed pyinfra run printed, for an assertion: every operation in which a host
+    failed (a host that fails drops out of the operations after it, so the tail alone may not
+    name it), then the tail."""
+    blocks = re.split(r"\n(?=--> )", output)
+    failing = [b for b in blocks if re.search(r"^\s*\[[^\]]+\] Error", b, re.M)]
+    head = "\n".join(b[-2500:] for b in failing[:3])
+    return (f"failed operations:\n{head}\n...\n" if head else "") + output[-tail:]
+
+
 @pytest.fixture(scope="session")
 def first_deploy(lab) -> Deploy:
     result = run_pyinfra(lab)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, why_failed(result.stderr)
     record_timing("first_deploy_seconds", result.seconds)
     return result
 
@@ -143,7 +154,7 @@ def first_deploy(lab) -> Deploy:
 def deploy_ok(lab: Lab, *args: str, env: dict | None = None) -> Deploy:
     """A deploy that must succeed."""
     result = run_pyinfra(lab, *args, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, why_failed(result.stderr)
     return result
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 
 import pytest
-from conftest import BIN, STATE_DIR, Deploy, record_timing, wait_for
+from conftest import BIN, STATE_DIR, Deploy, record_timing, wait_for, why_failed
 
 from pginfra import ROOT
 from pginfra.secrets import generate_missing
@@ -60,7 +60,7 @@ def deploy(lab: Lab, hosts: str = "pgr1,pgr2,pgr3", primary: str = "", *args: st
 
 def deploy_ok(lab: Lab, *args, **kwargs) -> Deploy:
     result = deploy(lab, *args, **kwargs)
-    assert result.returncode == 0, result.stderr[-5000:]
+    assert result.returncode == 0, why_failed(result.stderr)
     return result
 
 
@@ -117,7 +117,7 @@ def test_primary_and_standby_from_a_cold_start(lab):
 @pytest.mark.parametrize("name", ["pgr1", "pgr2"])
 def test_host_state_by_testinfra(lab, name):
     proc = host_checks(lab, name)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stdout[-4000:] + why_failed(proc.stderr)
     assert " passed" in proc.stdout
 
 
@@ -176,7 +176,7 @@ def test_second_run_changes_nothing_on_any_host(lab):
     record_timing("replication_noop_deploy_3_hosts_seconds", again.seconds)
     assert again.changed == [], again.changed
     proc = host_checks(lab, "pgr3")
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stdout[-4000:] + why_failed(proc.stderr)
 
 
 def test_a_synchronous_standby_holds_commits_until_it_is_back(lab):
