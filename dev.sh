@@ -25,7 +25,8 @@ HOST_PACKAGES=(debootstrap systemd-container iptables iproute2 openssh-client ca
 # unit tests run throwaway PostgreSQL 15 clusters here (Debian's postgresql-15 must not create
 # and start a cluster of its own: see no_debian_cluster), and run the programs as on a host, with
 # Debian's python3 and the modules the deploy installs there, and the real pgBackRest they drive.
-TEST_PACKAGES=(vagrant postgresql-15 python3-psycopg python3-boto3 pgbackrest patroni haproxy)
+TEST_PACKAGES=(vagrant postgresql-15 python3-psycopg python3-boto3 pgbackrest patroni haproxy
+               keepalived)
 
 preflight() {
     [ "$(uname -s)" = Linux ] || die "pginfra's rehearsal hosts need Linux"

@@ -49,8 +49,9 @@ DCS_PARAMETERS = ("max_connections", "max_locks_per_transaction", "max_worker_pr
 
 
 def etcd_members(settings: Settings) -> list:
-    """The Nodes that run etcd, in inventory order."""
-    return [node for node in settings.cluster.values() if node.etcd_member]
+    """The Nodes that run etcd, in inventory order: database hosts first, then etcd's own."""
+    return ([node for node in settings.cluster.values() if node.etcd_member]
+            + list(settings.etcd_hosts.values()))
 
 
 def etcd_data_dir(settings: Settings) -> str:
@@ -64,7 +65,7 @@ def etcd_endpoints(settings: Settings) -> list[str]:
 def etcd_environment(settings: Settings, host_name: str) -> dict[str, str]:
     """/etc/default/etcd: this member on its replication address only, TLS with client
     certificates from pginfra's CA for clients and peers, the v2 API off."""
-    me = settings.cluster[host_name]
+    me = {n.name: n for n in etcd_members(settings)}[host_name]
     peer = f"https://{_host(me.address)}:{settings.ha_etcd_peer_port}"
     client = f"https://{_host(me.address)}:{settings.ha_etcd_client_port}"
     initial = ",".join(f"{n.name}=https://{_host(n.address)}:{settings.ha_etcd_peer_port}"
@@ -93,11 +94,13 @@ def etcd_environment(settings: Settings, host_name: str) -> dict[str, str]:
 
 
 def etcdctl_command(settings: Settings, *args: str) -> str:
-    """etcdctl (v3 API) against every member, with the Patroni client certificate."""
+    """etcdctl (v3 API) against every member, with Patroni's client certificate (etcd's own
+    on etcd's own hosts, which have no Patroni)."""
     endpoints = ",".join(f"https://{e}" for e in etcd_endpoints(settings))
+    tls = ETCD_TLS if settings.etcd_only else PATRONI_TLS
     return ("ETCDCTL_API=3 etcdctl --command-timeout=5s "
-            f"--endpoints={endpoints} --cacert={PATRONI_TLS['ca']} "
-            f"--cert={PATRONI_TLS['cert']} --key={PATRONI_TLS['key']} " + " ".join(args))
+            f"--endpoints={endpoints} --cacert={tls['ca']} "
+            f"--cert={tls['cert']} --key={tls['key']} " + " ".join(args))
 
 
 def rest_url(settings: Settings, host_name: str) -> str:

@@ -25,8 +25,14 @@ TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!eNULL:!MD5"
 
 
 def listen_addresses(settings: Settings) -> list[str]:
+    """Where PgBouncer listens: its own addresses (else the server's), and with
+    ``ha_client_path: vip`` the floating address too, held or not (``pginfra.vip``)."""
+    from pginfra import vip
+
     addresses = settings.pgbouncer_listen_addresses or settings.postgres_listen_addresses
-    return ["127.0.0.1" if a == "localhost" else a for a in addresses]
+    found = ["127.0.0.1" if a == "localhost" else a for a in addresses]
+    floating = vip.address(settings)
+    return found + [floating] if floating and floating not in found else found
 
 
 def pooled_pairs(settings: Settings) -> list[tuple[str, str]]:

@@ -60,7 +60,7 @@ def directory_problems(settings: Settings, states: dict[str, dict]) -> list[str]
 
 def _listen_wanted(settings: Settings) -> list[tuple[str, str]]:
     """(setting, address) for every address PostgreSQL or PgBouncer is told to listen on that
-    must be one of the host's: not "*" and not localhost."""
+    must be one of the host's: not "*", not localhost, not the floating address (ha_vip)."""
     from pginfra.pgbouncer import listen_addresses as pgbouncer_addresses
 
     wanted = [("postgres_listen_addresses", a) for a in settings.postgres_listen_addresses]
@@ -68,7 +68,11 @@ def _listen_wanted(settings: Settings) -> list[tuple[str, str]]:
         key = ("pgbouncer_listen_addresses" if settings.pgbouncer_listen_addresses
                else "postgres_listen_addresses (PgBouncer's too)")
         wanted += [(key, a) for a in pgbouncer_addresses(settings) if (key, a) not in wanted]
-    return [(k, a) for k, a in wanted if a not in ANY_ADDRESS and a not in LOCAL_NAMES]
+    from pginfra import vip
+
+    floating = vip.address(settings)  # held by the leader only; checked on its own
+    return [(k, a) for k, a in wanted
+            if a not in ANY_ADDRESS and a not in LOCAL_NAMES and a != floating]
 
 
 def _is_ip(address: str) -> bool:
@@ -107,9 +111,9 @@ def check_host(settings: Settings) -> None:
     """Raise SettingsError naming the host, the setting and the problem; warn where the host
     lacks something that is not pginfra's to change."""
     from pyinfra import host, logger
-    from pyinfra.facts.hardware import Cpus, Memory
+    from pyinfra.facts.hardware import Cpus, Memory, NetworkDevices
 
-    from pginfra import factcache
+    from pginfra import factcache, vip
     from pginfra.facts import (
         AptSecuritySources,
         DeployLock,
@@ -128,11 +132,23 @@ def check_host(settings: Settings) -> None:
                             "again once it has finished")
     # The host is ours for this run: read every fact its last run read, in one command.
     factcache.prefetch(host)
+    if settings.etcd_only:  # one of etcd's own hosts: its address must be its own
+        have = set(host.get_fact(HostAddresses))
+        if settings.node.address not in have:
+            raise SettingsError(
+                f"invalid inventory data for this host, nothing was changed:\n  "
+                f"{settings.host_name}: postgres_replication_address: etcd would listen on "
+                f"{settings.node.address}, which is not an address of this host (it has "
+                f"{', '.join(sorted(have))})")
+        return
     paths = tuple(getattr(settings, key) for key in POSTGRES_DIRECTORIES)
     problems = directory_problems(settings, host.get_fact(PathStates, paths=paths))
     names = hostnames(settings)
     resolved = host.get_fact(ResolvedNames, names=names) if names else {}
     problems += listen_problems(settings, host.get_fact(HostAddresses), resolved)
+    if vip.wanted(settings):
+        problems += [p for p in [vip.interface_problem(settings, host.get_fact(NetworkDevices))]
+                     if p]
     if problems:
         lines = "\n".join(f"  {settings.host_name}: {p}" for p in problems)
         raise SettingsError(f"invalid inventory data for this host, nothing was changed:\n"

@@ -20,6 +20,7 @@ left alone.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import posixpath
 import re
@@ -270,6 +271,25 @@ def _port_problems(values: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def _vip_problems(values: Mapping[str, Any]) -> list[str]:
+    """ha_client_path 'vip': a floating IPv4 address with its prefix, and where it goes."""
+    if not (values["ha_vip"] and values["ha_vip_interface"]):
+        return ["ha_vip: ha_client_path 'vip' needs ha_vip (address/prefix, such as "
+                "10.0.0.50/24) and ha_vip_interface"]
+    try:
+        vip = ipaddress.IPv4Interface(values["ha_vip"])
+    except ValueError:
+        return [f"ha_vip: {values['ha_vip']!r} is not an IPv4 address with its prefix "
+                "(such as 10.0.0.50/24)"]
+    if vip.network.prefixlen < 32 and vip.ip in (vip.network.network_address,
+                                                 vip.network.broadcast_address):
+        kind = "network" if vip.ip == vip.network.network_address else "broadcast"
+        return [f"ha_vip: {vip} is its network's own {kind} address, not one a host can hold"]
+    if vip.ip.is_loopback or vip.ip.is_unspecified or vip.ip.is_multicast or vip.ip.is_link_local:
+        return [f"ha_vip: {vip.ip} cannot float between hosts"]
+    return []
+
+
 def _ip_problem(value: str) -> str | None:
     try:
         ipaddress.ip_address(value)
@@ -348,13 +368,8 @@ def _ha_problems(values: Mapping[str, Any]) -> list[str]:
     if values["postgres_ha"] and values["postgres_former_primary"]:
         found.append("postgres_former_primary: with postgres_ha, Patroni promotes: use "
                      "patronictl switchover or failover (README: High availability)")
-    if values["postgres_ha"] and values["ha_client_path"] == "vip" and not (
-            values["ha_vip"] and values["ha_vip_interface"]):
-        found.append("ha_vip: ha_client_path 'vip' needs ha_vip (address/prefix) and "
-                     "ha_vip_interface")
-    elif values["postgres_ha"] and values["ha_client_path"] == "vip":
-        found.append("ha_client_path: 'vip' (vip-manager) is not supported yet: use 'haproxy', "
-                     "or a multi-host connection string (README: High availability)")
+    if values["postgres_ha"] and values["ha_client_path"] == "vip":
+        found += _vip_problems(values)
     rewind = values["ha_rewind_user"]
     if rewind in ("postgres", values["postgres_replication_user"]) or rewind.startswith("pg_") \
             or rewind in {r["name"] for r in values["postgres_roles"]}:
@@ -602,7 +617,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "ha_client_path", "haproxy", str,
-        "How clients find the leader: 'haproxy' on each host ('vip', vip-manager, is refused yet).",
+        "How clients find the leader: 'haproxy' on each host, or 'vip' (keepalived moves ha_vip).",
         choices=("haproxy", "vip"),
     ),
     Setting(
@@ -617,13 +632,18 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "ha_vip", "", str,
-        "With ha_client_path 'vip': the floating address/prefix vip-manager puts on the leader.",
+        "With ha_client_path 'vip': the floating address/prefix keepalived puts on the leader.",
         pattern=r"([0-9.]+/[0-9]{1,2})?",
     ),
     Setting(
         "ha_vip_interface", "", str,
-        "With ha_client_path 'vip': the network interface that carries ha_vip.",
+        "With ha_client_path 'vip': this host's network interface that carries ha_vip.",
         pattern=r"[A-Za-z0-9._-]{0,15}",
+    ),
+    Setting(
+        "ha_vip_router_id", 51, int,
+        "With ha_client_path 'vip': the VRRP router id, unique among clusters on that network.",
+        minimum=1, maximum=255,
     ),
     Setting(
         "postgres_listen_addresses", ["localhost"], list,
@@ -1062,11 +1082,18 @@ class Settings:
         # load_settings(); None is a server on its own, a primary without standbys.
         self.node = None
         self.cluster: dict = {}
+        self.etcd_hosts: dict = {}  # with postgres_ha: etcd's own hosts (not database hosts)
 
     @property
     def pg_cluster(self) -> tuple[int, str]:
         """(postgres_version, postgres_cluster): what the host layout's paths take."""
         return self.postgres_version, self.postgres_cluster
+
+    @property
+    def etcd_only(self) -> bool:
+        """Whether this host is one of etcd's own (the inventory's etcd group, not a database
+        host): the runbook's steps pass it by, but for etcd in the HA step."""
+        return self.node is not None and self.node.role == "etcd"
 
     @property
     def is_standby(self) -> bool:
@@ -1179,17 +1206,37 @@ def load_settings() -> Settings:
 
     from pginfra import factcache
     from pginfra.preflight import check_host
-    from pginfra.topology import TopologyError, current
+    from pginfra.topology import TopologyError, current, current_etcd_only
 
     factcache.install()  # facts this host's last run read come in one command (preflight)
     settings = resolve(host.data.dict(), host.name)
     settings.cluster = current()
-    settings.node = settings.cluster.get(host.name)
+    settings.etcd_hosts = current_etcd_only()
+    settings.node = settings.cluster.get(host.name) or settings.etcd_hosts.get(host.name)
     if settings.node is None:
-        raise TopologyError(f"{host.name} is not in the inventory's group postgres_servers, "
-                            "nothing was changed: pginfra deploys to the hosts of that group")
+        raise TopologyError(f"{host.name} is not in the inventory's group postgres_servers "
+                            "(nor, with postgres_ha, in its group etcd), nothing was changed: "
+                            "pginfra deploys to the hosts of those groups")
     check_host(settings)
     return settings
+
+
+def database_hosts_only(default: Any = None) -> Callable:
+    """A runbook step that etcd's own hosts (``Settings.etcd_only``) pass by, returning
+    ``default``; on every other host it runs. Put it above ``@deploy``:
+
+    .. code:: python
+
+        @database_hosts_only(default=False)
+        @deploy("Create the PostgreSQL cluster")
+        def create_cluster(settings): ...
+    """
+    def wrap(step: Callable) -> Callable:
+        @functools.wraps(step)
+        def run(settings: Settings, *args: Any, **kwargs: Any) -> Any:
+            return default if settings.etcd_only else step(settings, *args, **kwargs)
+        return run
+    return wrap
 
 
 def reference(settings: Iterable[Setting] = SETTINGS) -> str:

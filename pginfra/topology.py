@@ -34,7 +34,10 @@ HA_SHARED = ("postgres_ha", "ha_scope", "ha_ttl", "ha_loop_wait", "ha_retry_time
              "ha_synchronous_mode", "ha_synchronous_mode_strict", "ha_maximum_lag_on_failover",
              "ha_rest_port", "ha_etcd_client_port", "ha_etcd_peer_port", "ha_etcd_version",
              "ha_patroni_version", "ha_rewind_user", "ha_client_path", "ha_haproxy_port_rw",
-             "ha_haproxy_port_ro", "ha_vip")
+             "ha_haproxy_port_ro", "ha_vip", "ha_vip_router_id")
+# ... of which etcd's own hosts (the etcd group outside postgres_servers) must agree on these.
+ETCD_SHARED = ("postgres_ha", "ha_scope", "ha_etcd_client_port", "ha_etcd_peer_port",
+               "ha_etcd_version")
 _SYNC = re.compile(r"(ANY|FIRST) ([1-9][0-9]*) \(([^()]+)\)")
 
 
@@ -93,9 +96,11 @@ def replication_address(name: str, data: dict[str, Any]) -> str | None:
 
 
 def plan(hosts: dict[str, dict[str, Any]], primary_group: list[str],
-         etcd_group: list[str] | None = None) -> dict[str, Node]:
+         etcd_group: list[str] | None = None,
+         etcd_hosts: dict[str, dict[str, Any]] | None = None) -> dict[str, Node]:
     """The cluster of ``hosts`` (name -> data), or TopologyError naming every problem. With
-    postgres_ha, ``etcd_group`` names etcd's members (None: every host)."""
+    postgres_ha, ``etcd_group`` names etcd's members (None: every host); ``etcd_hosts`` (name ->
+    data) are those of them that are not database hosts (``etcd_only``)."""
     problems: list[str] = []
     names = list(hosts)
     if not names:
@@ -155,7 +160,10 @@ def plan(hosts: dict[str, dict[str, Any]], primary_group: list[str],
         problems += _uniform(hosts, key)
     problems += _collisions(names)
     if _value(hosts[primary], "postgres_ha"):
-        problems += _ha_problems(hosts, nodes, primary, etcd_group)
+        problems += _ha_problems(hosts, nodes, primary, etcd_group, etcd_hosts or {})
+    elif etcd_hosts:
+        problems.append(f"the {ETCD_GROUP} group names {', '.join(etcd_hosts)}, not in "
+                        f"{SERVERS_GROUP}, but postgres_ha is off: etcd runs only for Patroni")
     for name, node in nodes.items():
         if node.upstream in nodes:
             nodes[node.upstream].downstream.append(name)
@@ -176,27 +184,61 @@ def plan(hosts: dict[str, dict[str, Any]], primary_group: list[str],
 
 
 def _ha_problems(hosts: dict[str, dict[str, Any]], nodes: dict[str, Node], primary: str,
-                 etcd_group: list[str] | None) -> list[str]:
+                 etcd_group: list[str] | None, etcd_hosts: dict[str, dict[str, Any]]
+                 ) -> list[str]:
     """With postgres_ha: one setting for all, etcd's members a majority can be found among."""
     problems = []
     for key in HA_SHARED:
-        problems += _uniform(hosts, key)
+        problems += _uniform({**hosts, **etcd_hosts} if key in ETCD_SHARED else hosts, key)
     members = list(hosts) if etcd_group is None else list(etcd_group)
-    outside = [m for m in members if m not in hosts]
+    outside = [m for m in members if m not in hosts and m not in etcd_hosts]
     if outside:
-        problems.append(f"the {ETCD_GROUP} group names {', '.join(outside)}, not in "
-                        f"{SERVERS_GROUP}: etcd runs on the database hosts (hosts of etcd's own "
-                        "are not supported yet)")
+        problems.append(f"the {ETCD_GROUP} group names {', '.join(outside)}, not hosts of "
+                        "the inventory")
+    for name, data in etcd_hosts.items():
+        if replication_address(name, data) is None:
+            problems.append(f"{name}: postgres_replication_address: none given and ssh_hostname "
+                            f"is not an IP address: set it to the address etcd on {name} "
+                            "listens on, on the cluster's network")
     if len(members) < 3 or len(members) % 2 == 0:
         problems.append(f"postgres_ha: etcd needs 3 or 5 members (an odd number, so a majority "
                         f"survives a host's loss), the inventory gives {len(members)} "
                         f"({', '.join(members)})")
+    problems += _vip_problems(hosts[primary], nodes)
     for name, node in nodes.items():
         if name != primary and node.upstream != primary:
             problems.append(f"{name}: postgres_upstream: with postgres_ha every replica streams "
                             "from the leader (Patroni), not from a cascade")
         node.etcd_member = name in members
     return problems
+
+
+def _vip_problems(data: dict[str, Any], nodes: dict[str, Node]) -> list[str]:
+    """ha_client_path 'vip': the floating address is on the members' own network (keepalived
+    moves it between them, VRRP on that network) and is none of theirs."""
+    if _value(data, "ha_client_path") != "vip" or not _value(data, "ha_vip"):
+        return []
+    vip = ipaddress.IPv4Interface(_value(data, "ha_vip"))  # its form was checked per host
+    found = []
+    for name, node in nodes.items():
+        try:
+            address = ipaddress.ip_address(node.address)
+        except ValueError:
+            continue
+        if address == vip.ip:
+            found.append(f"{name}: ha_vip: {vip.ip} is {name}'s own address; the floating "
+                         "address must be one no host has")
+        elif address not in vip.network:
+            found.append(f"{name}: ha_vip: {name} is at {address}, outside {vip.network}: "
+                         "the floating address moves only between hosts of its own network")
+    return found
+
+
+def etcd_only(etcd_hosts: dict[str, dict[str, Any]]) -> dict[str, Node]:
+    """Nodes for etcd's own hosts (the etcd group outside postgres_servers): they run etcd and
+    nothing else of the runbook. Call after ``plan`` accepted them."""
+    return {name: Node(name=name, role="etcd", address=replication_address(name, data) or "",
+                       port=0, etcd_member=True) for name, data in etcd_hosts.items()}
 
 
 def _message(problems: list[str]) -> str:
@@ -281,7 +323,7 @@ def synchronous_standby_names(value: str) -> str:
     return f"{method} {count} (" + ", ".join(f'"{slot_name(n)}"' for n in names) + ")"
 
 
-_CACHE: dict[int, dict[str, Node]] = {}
+_CACHE: dict[int, tuple[dict[str, Node], dict[str, Node]]] = {}
 
 
 def current() -> dict[str, Node]:
@@ -295,6 +337,17 @@ def current() -> dict[str, Node]:
         hosts = list(group) if group else list(inventory)
         primary = [h.name for h in (inventory.get_group(PRIMARY_GROUP, None) or [])]
         etcd = inventory.get_group(ETCD_GROUP, None)
+        names = {h.name for h in hosts}
+        own = {h.name: h.data.dict() for h in etcd or [] if h.name not in names}
         _CACHE[key] = plan({h.name: h.data.dict() for h in hosts}, primary,
-                           [h.name for h in etcd] if etcd else None)
-    return _CACHE[key]
+                           [h.name for h in etcd] if etcd else None, own), etcd_only(own)
+    return _CACHE[key][0]
+
+
+def current_etcd_only() -> dict[str, Node]:
+    """etcd's own hosts in the running pyinfra inventory (the etcd group outside
+    postgres_servers), once ``current()`` has planned the cluster."""
+    from pyinfra import inventory
+
+    current()
+    return _CACHE[id(inventory._get_module())][1]

@@ -22,20 +22,22 @@ def rehearsal_lab(state_dir: str | os.PathLike | None = None) -> dict:
     return json.loads(state_file.read_text())
 
 
-def rehearsal_hosts(lab: dict | str | os.PathLike | None = None) -> list[tuple[str, dict]]:
+def rehearsal_hosts(lab: dict | str | os.PathLike | None = None,
+                    variable: str = "PGINFRA_REHEARSAL_HOSTS") -> list[tuple[str, dict]]:
     """
     pyinfra host entries for the hosts of a rehearsal lab: SSH with the lab's key and
     known_hosts, and the server listening on the host's lab address too.
-    ``$PGINFRA_REHEARSAL_HOSTS`` (names, comma or space separated) keeps only those hosts.
+    ``$PGINFRA_REHEARSAL_HOSTS`` (names, comma or space separated; ``variable`` names another)
+    keeps only those hosts.
 
     >>> rehearsal_hosts()  # doctest: +SKIP
     [('pg1', {'ssh_hostname': '10.77.0.10', 'ssh_user': 'root', ...})]
     """
     state = lab if isinstance(lab, dict) else rehearsal_lab(lab)
-    only = os.environ.get("PGINFRA_REHEARSAL_HOSTS", "").replace(",", " ").split()
+    only = os.environ.get(variable, "").replace(",", " ").split()
     unknown = [name for name in only if name not in state["hosts"]]
     if unknown:
-        raise PyinfraError(f"PGINFRA_REHEARSAL_HOSTS names {', '.join(unknown)}: the lab has "
+        raise PyinfraError(f"{variable} names {', '.join(unknown)}: the lab has "
                            f"{', '.join(sorted(state['hosts']))}")
     return [
         (

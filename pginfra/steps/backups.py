@@ -17,7 +17,7 @@ from pginfra import pgbackrest as pgbr
 from pginfra.facts import PgBackRestRepos
 from pginfra.programs import checked_config
 from pginfra.s3_access import credentials_text, s3_keys
-from pginfra.settings import Settings
+from pginfra.settings import Settings, database_hosts_only
 from pginfra.templating import render_io
 from pginfra_host import layout
 
@@ -74,6 +74,7 @@ def backup_config(settings: Settings, host_name: str) -> dict:
     }
 
 
+@database_hosts_only()
 @deploy("Backups")
 def install_backups(settings: Settings):
     """

@@ -9,7 +9,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from pginfra.facts import PostgresClusterData, PostgresClusters
-from pginfra.settings import Settings
+from pginfra.settings import Settings, database_hosts_only
 from pginfra_host import layout
 
 
@@ -42,6 +42,7 @@ def reinit_commands(settings: Settings, data_directory: str) -> list[str]:
     ]
 
 
+@database_hosts_only(default=False)
 @deploy("Create the PostgreSQL cluster")
 def create_cluster(settings: Settings):
     """

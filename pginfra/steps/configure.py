@@ -28,7 +28,7 @@ from pginfra.server_config import (
     render_sections,
     server_parameters,
 )
-from pginfra.settings import Settings
+from pginfra.settings import Settings, database_hosts_only
 from pginfra.templating import render_io
 from pginfra.tuning import MB, format_size
 from pginfra_host import layout
@@ -47,6 +47,7 @@ def apply_command(settings: Settings, pairs: list[tuple[str, str]],
                        *through, *(f"{staged}={target}" for staged, target in pairs)])
 
 
+@database_hosts_only()
 @deploy("Configure the PostgreSQL server")
 def configure_server(settings: Settings, tls_changed=None):
     """

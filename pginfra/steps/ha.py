@@ -16,7 +16,7 @@ from pyinfra.facts.hardware import Cpus, Memory
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from pginfra import ha
+from pginfra import ha, vip
 from pginfra.facts import PatroniCluster, PatroniDynamicConfig, PostgresRoles
 from pginfra.roles import ident, literal, psql_stdin, quiet_sql, wanted_verifiers
 from pginfra.secrets import password_for, require_strong_password
@@ -27,6 +27,7 @@ from pginfra.tuning import MB
 from pginfra_host import layout
 
 DROPIN = "/etc/systemd/system/patroni@.service.d/pginfra.conf"
+ETCD_DROPIN = "/etc/systemd/system/etcd.service.d/pginfra.conf"
 WAIT = 180  # seconds a takeover waits for the leader, or a replica for streaming
 REWIND_FUNCTIONS = ("pg_catalog.pg_ls_dir(text, boolean, boolean)",
                     "pg_catalog.pg_stat_file(text, boolean)",
@@ -72,7 +73,9 @@ def rewind_role_sql(settings: Settings, password: str, roles: dict) -> str:
 @deploy("High availability (Patroni, etcd)")
 def run_ha(settings: Settings, new_cluster: bool = False):
     """
-    With ``postgres_ha: patroni``: etcd on every member, TLS between them and for Patroni;
+    With ``postgres_ha: patroni``: etcd on its members (the database hosts, or the inventory's
+    group etcd, which may hold hosts of its own: they get etcd and nothing else), TLS between
+    them and for Patroni;
     Patroni's configuration (the same parameters as postgresql-production.conf; the
     cluster-wide ones seeded into its DCS); the pg_rewind role; then Patroni takes over the
     running server, the primary first.
@@ -83,12 +86,15 @@ def run_ha(settings: Settings, new_cluster: bool = False):
     """
     if not settings.postgres_ha:
         return
-    passwords = secrets(settings, host.name)  # may refuse: before any operation
-    state = host.get_fact(PatroniCluster, unit=ha.patroni_unit(settings),
-                          config=ha.patroni_config_path(settings))
+    passwords = {} if settings.etcd_only else secrets(settings, host.name)  # may refuse
     _certificates(settings)
     if settings.node.etcd_member:
-        _etcd(settings)
+        _etcd(settings)  # called here by every member, so they install etcd together
+    if settings.etcd_only:  # one of etcd's own hosts: nothing else
+        return
+    state = host.get_fact(PatroniCluster, unit=ha.patroni_unit(settings),
+                          config=ha.patroni_config_path(settings))
+    _nonlocal_bind(settings)
     config, wanted = _patroni(settings, passwords)
     _rewind_role(settings, passwords, new_cluster)
     _pgbouncer_follows_role(settings)
@@ -131,7 +137,7 @@ def _certificates(settings: Settings) -> None:
                     shell="/usr/sbin/nologin", create_home=False)
     for directory, owner, tls, wanted in (
             ("/etc/etcd", "etcd", ha.ETCD_TLS, settings.node.etcd_member),
-            (ha.PATRONI_DIR, "postgres", ha.PATRONI_TLS, True)):
+            (ha.PATRONI_DIR, "postgres", ha.PATRONI_TLS, not settings.etcd_only)):
         if not wanted:
             continue
         files.directory(name=f"Directory {directory}", path=directory, user="root",
@@ -152,6 +158,10 @@ def _etcd(settings: Settings) -> None:
         dest=ha.ETCD_DEFAULT, user="root", group="root", mode="0644")
     files.directory(name="Directory /var/lib/etcd (etcd, 0700)", path="/var/lib/etcd",
                     user="etcd", group="etcd", mode="0700")
+    dropin = files.put(name="etcd.service: after the network is up, restarted when it fails",
+                       src=render_io("etcd.service.d-pginfra.conf.j2"), dest=ETCD_DROPIN,
+                       user="root", group="root", mode="0644", create_remote_dir=True)
+    systemd.daemon_reload(name="systemd picks up etcd's drop-in", _if=dropin.did_change)
     installed = host.get_fact(DebPackages)
     missing = [p for p in ha.ETCD_PACKAGES if p not in installed]
     # The configuration is in place first: the package starts etcd on installation, and every
@@ -200,6 +210,21 @@ def _patroni(settings: Settings, passwords: dict[str, str]):
               dest=f"{layout.config_directory(version, cluster)}/start.conf",
               user="postgres", group="postgres", mode="0644")
     return written, config
+
+
+def _nonlocal_bind(settings: Settings) -> None:
+    """With ``ha_client_path: vip``: PgBouncer (the next step) listens on the floating address
+    on every member, held or not, so the host may bind an address it does not hold
+    (``net.ipv4.ip_nonlocal_bind``, set now and at boot by systemd-sysctl)."""
+    wanted = vip.wanted(settings)
+    conf = files.put(name=f"{vip.SYSCTL}: {vip.SYSCTL_KEY} = 1 (PgBouncer listens on ha_vip)",
+                     src=io.StringIO(f"# Managed by pginfra: PgBouncer listens on the floating "
+                                     f"address ha_vip\n{vip.SYSCTL_KEY} = 1\n"),
+                     dest=vip.SYSCTL, user="root", group="root", mode="0644", _if=lambda: wanted)
+    files.file(name=f"No {vip.SYSCTL} (no floating address)", path=vip.SYSCTL, present=False,
+               _if=lambda: not wanted)
+    server.shell(name=f"{vip.SYSCTL_KEY} applied", commands=[
+        f"sysctl -q -p {vip.SYSCTL}"], _if=lambda: wanted and conf.did_change())
 
 
 def _pgbouncer_follows_role(settings: Settings) -> None:

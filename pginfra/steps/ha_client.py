@@ -1,7 +1,9 @@
-"""Step: the HA cluster's client path. With ``ha_client_path: haproxy``, HAProxy on every
-member: read-write on ``ha_haproxy_port_rw`` to the leader's PgBouncer, read-only on
-``ha_haproxy_port_ro`` to the replicas', the leader found by Patroni's REST API (planned in
-``pginfra.haproxy``). A configuration HAProxy refuses never replaces the one in force."""
+"""Step: the HA cluster's client path. With ``ha_client_path: vip``, keepalived on every member
+puts the floating address on the leader (``pginfra.vip``). With ``ha_client_path: haproxy``,
+HAProxy on every member: read-write on ``ha_haproxy_port_rw`` to the leader's PgBouncer,
+read-only on ``ha_haproxy_port_ro`` to the replicas', the leader found by Patroni's REST API
+(planned in ``pginfra.haproxy``). A configuration either refuses never replaces the one in
+force."""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from pyinfra.facts.files import Sha1File
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from pginfra import haproxy
-from pginfra.settings import Settings
+from pginfra import haproxy, vip
+from pginfra.settings import Settings, database_hosts_only
 from pginfra.templating import render
 
 # Check the staged file as HAProxy will read it, then put it in place in one rename.
@@ -35,10 +37,44 @@ def members_data(settings: Settings) -> dict[str, dict]:
     return {name: member.data.dict() for name, member in members.items() if member is not None}
 
 
-@deploy("HA client path (HAProxy)")
+def _floating_address(settings: Settings) -> None:
+    """keepalived on every member, its configuration staged, checked with ``keepalived
+    --config-test``, then installed; running, started at boot, reloaded when it changed."""
+    text = render("keepalived.conf.j2", **vip.keepalived_context(settings, host.name))
+    installed = host.get_fact(DebPackages)
+    staged = files.put(name=f"Stage {vip.CONFIG} ({vip.STAGED})", src=io.StringIO(text),
+                       dest=vip.STAGED, user="root", group="root", mode="0600",
+                       create_remote_dir=True)
+    # Debian's keepalived does not start without /etc/keepalived/keepalived.conf: it starts
+    # below, once its checked configuration is in place
+    apt.packages(name="keepalived and curl (Debian's packages)", packages=list(vip.PACKAGES),
+                 no_recommends=True, update=any(p not in installed for p in vip.PACKAGES),
+                 cache_time=settings.pginfra_apt_cache_time,
+                 extra_install_args="-o Dpkg::Options::=--force-confdef "
+                                    "-o Dpkg::Options::=--force-confold",
+                 _env={"DEBIAN_FRONTEND": "noninteractive"})
+    drifted = host.get_fact(Sha1File, path=vip.CONFIG) != hashlib.sha1(text.encode()).hexdigest()
+    install = server.shell(
+        name=f"keepalived accepts the new configuration (--config-test), then it replaces "
+             f"{vip.CONFIG}",
+        commands=[f"{vip.BINARY} --config-test --use-file={shlex.quote(vip.STAGED)} && "
+                  f"install -o root -g root -m 0600 {shlex.quote(vip.STAGED)} "
+                  f"{shlex.quote(vip.CONFIG + '.pginfra-new')} && "
+                  f"mv -f {shlex.quote(vip.CONFIG + '.pginfra-new')} {shlex.quote(vip.CONFIG)}"],
+        _if=None if drifted else staged.did_change)
+    systemd.service(name="keepalived running, started at boot", service=vip.SERVICE,
+                    running=True, enabled=True)
+    systemd.service(name="keepalived reloads its new configuration", service=vip.SERVICE,
+                    reloaded=True, _if=install.did_change)
+
+
+@database_hosts_only()
+@deploy("HA client path (HAProxy or a floating address)")
 def route_clients(settings: Settings):
     """
-    With ``postgres_ha: patroni`` and ``ha_client_path: haproxy``: Debian's HAProxy, a copy
+    With ``postgres_ha: patroni`` and ``ha_client_path: vip``: keepalived on every member
+    moves the floating address ``ha_vip`` to the leader (``pginfra.vip``).
+    With ``ha_client_path: haproxy``: Debian's HAProxy, a copy
     of pginfra's CA it may read (Patroni's certificates are checked against it), and
     /etc/haproxy/haproxy.cfg, staged, checked with ``haproxy -c``, then installed; HAProxy
     enabled, running, and reloaded (its sessions kept) when its configuration or CA changed.
@@ -47,6 +83,8 @@ def route_clients(settings: Settings):
 
         route_clients(load_settings())
     """
+    if vip.wanted(settings):
+        _floating_address(settings)
     if not haproxy.wanted(settings):
         return
     from pginfra.ca import ensure_ca

@@ -19,7 +19,7 @@ from pyinfra.operations import files, server
 
 from pginfra import ha
 from pginfra.facts import DatabaseHasTable, MigrationHistory
-from pginfra.settings import Settings, SettingsError
+from pginfra.settings import Settings, SettingsError, database_hosts_only
 from pginfra.sql_bundles import archive, bundles_for, databases_with_bundles, plan
 from pginfra.templating import render_io
 from pginfra_host import layout
@@ -78,6 +78,7 @@ def pending_by_database(settings: Settings, new_cluster: bool = False) -> dict[s
     return pending
 
 
+@database_hosts_only()
 @deploy("SQL hardening")
 def harden_databases(settings: Settings, new_cluster: bool = False):
     """

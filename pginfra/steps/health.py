@@ -22,7 +22,7 @@ from pginfra.facts import psql_command
 from pginfra.pgbouncer import listen_addresses as pgbouncer_listen_addresses
 from pginfra.programs import checked_config
 from pginfra.roles import EXPORTER_ROLE
-from pginfra.settings import Settings
+from pginfra.settings import Settings, database_hosts_only
 from pginfra.templating import render, render_io
 from pginfra_host import layout
 from pginfra_host.health.config import THRESHOLDS
@@ -138,6 +138,7 @@ GRANT pg_monitor TO {EXPORTER_ROLE};
 """
 
 
+@database_hosts_only()
 @deploy("Health checks, maintenance and metrics")
 def install_health(settings: Settings):
     """

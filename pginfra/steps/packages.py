@@ -7,7 +7,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt, files
 
-from pginfra.settings import Settings
+from pginfra.settings import Settings, database_hosts_only
 
 # pginfra creates clusters itself (checksums, locale, port); Debian must not create one first.
 CREATECLUSTER_CONF = "/etc/postgresql-common/createcluster.d/50-pginfra.conf"
@@ -31,6 +31,7 @@ def server_packages(settings: Settings) -> list[str]:
     ]
 
 
+@database_hosts_only()
 @deploy("Install PostgreSQL packages")
 def install_packages(settings: Settings):
     """

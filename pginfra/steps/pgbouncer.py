@@ -22,7 +22,7 @@ from pginfra.programs import host_program
 from pginfra.scram import make_verifier, verify
 from pginfra.secrets import require_strong_password
 from pginfra.server_config import tls_paths
-from pginfra.settings import Settings
+from pginfra.settings import Settings, database_hosts_only
 from pginfra.templating import render_io
 
 LIMITS_DROPIN = "/etc/systemd/system/pgbouncer.service.d/pginfra.conf"
@@ -70,6 +70,7 @@ def _userlist_names() -> dict[str, str]:
     return old
 
 
+@database_hosts_only()
 @deploy("PgBouncer")
 def run_pgbouncer(settings: Settings, new_cluster: bool = False, tls_changed=None):
     """

@@ -13,11 +13,12 @@ from pyinfra.operations import files
 
 from pginfra.facts import PythonSitePackages
 from pginfra.programs import PACKAGE_DIR, entry_point, wanted_programs
-from pginfra.settings import Settings, SettingsError
+from pginfra.settings import Settings, SettingsError, database_hosts_only
 from pginfra.templating import render_io
 from pginfra_host import layout
 
 
+@database_hosts_only()
 @deploy("pginfra's host programs")
 def install_programs(settings: Settings):
     """

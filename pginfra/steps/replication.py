@@ -22,7 +22,7 @@ from pginfra.roles import (
 )
 from pginfra.secrets import require_strong_password
 from pginfra.server_config import primary_conninfo
-from pginfra.settings import BY_NAME, Settings
+from pginfra.settings import BY_NAME, Settings, database_hosts_only
 from pginfra.topology import TopologyError
 from pginfra_host import layout
 
@@ -245,6 +245,7 @@ def replication_role_sql(settings: Settings, new_cluster: bool) -> str:
     return quiet_sql(statements) if statements else ""
 
 
+@database_hosts_only()
 @deploy("Streaming replication")
 def replicate(settings: Settings, new_cluster: bool = False):
     """

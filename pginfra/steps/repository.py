@@ -16,7 +16,7 @@ from pginfra import pgbackrest as pgbr
 from pginfra.facts import PgBackRestRepos, PostgresClusters, ReplicationState
 from pginfra.s3_access import ca_file, s3_keys
 from pginfra.secrets import password_for
-from pginfra.settings import Settings, SettingsError
+from pginfra.settings import Settings, SettingsError, database_hosts_only
 
 UNIT = "pgbackrest.service"  # Debian's: `pgbackrest server` as postgres
 
@@ -37,6 +37,7 @@ def passphrases(settings: Settings, host_name: str) -> tuple[str, str | None]:
     return cipher, password_for(pgbr.S3_CIPHER_SECRET)
 
 
+@database_hosts_only()
 @deploy("Backup repository (pgBackRest)")
 def prepare_repository(settings: Settings):
     """

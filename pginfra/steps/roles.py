@@ -17,7 +17,7 @@ from pginfra.roles import (
     psql_stdin,
     quiet_sql,
 )
-from pginfra.settings import Settings
+from pginfra.settings import Settings, database_hosts_only
 
 
 def needs_auth_function(settings: Settings, state: dict) -> bool:
@@ -30,6 +30,7 @@ def needs_auth_function(settings: Settings, state: dict) -> bool:
                 and fn["config"] == ["search_path=pg_catalog, pg_temp"])
 
 
+@database_hosts_only()
 @deploy("Roles and databases")
 def manage_roles(settings: Settings, new_cluster: bool = False):
     """

@@ -9,7 +9,7 @@ import io
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from pginfra.settings import Settings
+from pginfra.settings import Settings, database_hosts_only
 from pginfra.templating import render
 from pginfra_host import layout
 
@@ -33,6 +33,7 @@ def cron_file(settings: Settings) -> str | None:
                   cluster=f"{settings.postgres_version}/{settings.postgres_cluster}")
 
 
+@database_hosts_only()
 @deploy("Scheduled jobs")
 def schedule_jobs(settings: Settings):
     """

@@ -11,7 +11,7 @@ from pyinfra.operations import files, systemd
 from pginfra import ha
 from pginfra.facts import Listeners, PostgresListenAddresses
 from pginfra.programs import host_program
-from pginfra.settings import Settings
+from pginfra.settings import Settings, database_hosts_only
 from pginfra.templating import render_io
 from pginfra_host import layout
 
@@ -23,6 +23,7 @@ def unit_name(settings: Settings) -> str:
     return f"{layout.unit(*settings.pg_cluster)}.service"
 
 
+@database_hosts_only()
 @deploy("Run the PostgreSQL service")
 def run_service(settings: Settings):
     """

@@ -9,8 +9,9 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
+from pginfra import vip
 from pginfra.server_config import tls_paths
-from pginfra.settings import Settings, SettingsError
+from pginfra.settings import Settings, SettingsError, database_hosts_only
 
 
 def certificate_names(settings: Settings) -> tuple[list[str], list[str]]:
@@ -27,6 +28,8 @@ def certificate_names(settings: Settings) -> tuple[list[str], list[str]]:
         # that called any member (verify-full) gets the leader's certificate, so each names all
         for name, node in settings.cluster.items():
             names += [name, node.address]
+    if vip.wanted(settings):  # clients call the floating address, held by the leader
+        names.append(vip.address(settings))
     dns, ips = [], []
     for name in names:
         try:
@@ -65,6 +68,7 @@ def source_files(settings: Settings) -> dict[str, Path]:
     return {"key": key, "cert": cert, "ca": ca_cert}
 
 
+@database_hosts_only()
 @deploy("Install TLS key and certificate")
 def install_tls(settings: Settings):
     """

@@ -16,16 +16,20 @@ from pginfra import ha
 from pginfra.server_config import server_parameters
 from pginfra.settings import SettingsError, resolve
 from pginfra.steps.ha import REWIND_FUNCTIONS, rewind_role_sql
-from pginfra.topology import TopologyError, plan
+from pginfra.topology import TopologyError, etcd_only, plan
 
 SECRETS = {"postgres": "p" * 24, "replicator": "r" * 24, "rewinder": "w" * 24,
            ha.REST_SECRET: "a" * 24}
 
 
+def servers(n: int, **data):
+    return {f"db{i}": {"postgres_ha": "patroni",
+                       "postgres_listen_addresses": ["localhost", f"10.0.0.{i}"], **data}
+            for i in range(1, n + 1)}
+
+
 def cluster(n: int = 3, etcd: list[str] | None = None, **data):
-    hosts = {f"db{i}": {"postgres_ha": "patroni",
-                        "postgres_listen_addresses": ["localhost", f"10.0.0.{i}"], **data}
-             for i in range(1, n + 1)}
+    hosts = servers(n, **data)
     return hosts, plan(hosts, ["db1"], etcd)
 
 
@@ -39,8 +43,6 @@ def settings_of(hosts, nodes, name="db1"):
     ({"ha_ttl": 20}, "ha_ttl: 20 s is too short for ha_loop_wait 10 s and ha_retry_timeout"),
     ({"ha_synchronous_mode_strict": True}, "only with ha_synchronous_mode: true"),
     ({"postgres_ha": "patroni", "ha_client_path": "vip"}, "ha_vip: ha_client_path 'vip' needs"),
-    ({"postgres_ha": "patroni", "ha_client_path": "vip", "ha_vip": "10.0.0.9/24",
-      "ha_vip_interface": "eth0"}, "ha_client_path: 'vip' .vip-manager. is not supported yet"),
     ({"postgres_ha": "patroni", "ha_rest_port": 6432},
      "ha_rest_port: port 6432 is already pgbouncer_port's"),
     ({"ha_rewind_user": "replicator"}, "ha_rewind_user: 'replicator' must be a role of its own"),
@@ -59,12 +61,12 @@ def test_etcd_needs_an_odd_number_of_at_least_three_members(n):
         cluster(n)
 
 
-def test_the_cluster_agrees_on_patroni_and_etcd_has_no_hosts_of_its_own_yet():
+def test_the_cluster_agrees_on_patroni_and_etcd_members_are_hosts_of_the_inventory():
     hosts, _ = cluster(3)
     hosts["db3"]["ha_ttl"] = 40
     with pytest.raises(TopologyError, match="ha_ttl differs between hosts"):
         plan(hosts, ["db1"])
-    with pytest.raises(TopologyError, match="the etcd group names e1, not in postgres_servers"):
+    with pytest.raises(TopologyError, match="the etcd group names e1, not hosts of the inventory"):
         cluster(3, etcd=["db1", "db2", "e1"])
     hosts, _ = cluster(3)
     hosts["db3"]["postgres_upstream"] = "db2"
@@ -72,6 +74,78 @@ def test_the_cluster_agrees_on_patroni_and_etcd_has_no_hosts_of_its_own_yet():
         plan(hosts, ["db1"])
     _, nodes = cluster(5, etcd=["db1", "db2", "db3"])
     assert [n.name for n in nodes.values() if n.etcd_member] == ["db1", "db2", "db3"]
+
+
+def etcd_hosts(**data):
+    return {f"e{i}": {"postgres_ha": "patroni", "ssh_hostname": f"10.0.1.{i}", **data}
+            for i in (1, 2, 3)}
+
+
+def test_etcd_on_hosts_of_its_own_runs_etcd_there_and_nothing_else():
+    hosts = servers(2)
+    own = etcd_hosts()
+    nodes = plan(hosts, ["db1"], list(own), own)
+    assert sorted(nodes) == ["db1", "db2"] and not any(n.etcd_member for n in nodes.values())
+    settings = settings_of(hosts, nodes, "db2")
+    settings.etcd_hosts = etcd_only(own)
+    assert not settings.etcd_only
+    assert ha.etcd_endpoints(settings) == [f"10.0.1.{i}:2379" for i in (1, 2, 3)]
+    config = ha.patroni_config(settings, "db2", server_parameters(settings, 2 << 30, 2), SECRETS)
+    assert config["etcd3"]["hosts"] == [f"10.0.1.{i}:2379" for i in (1, 2, 3)]
+    member = resolve(own["e2"], "e2")
+    member.cluster, member.etcd_hosts = nodes, etcd_only(own)
+    member.node = member.etcd_hosts["e2"]
+    assert member.etcd_only and not member.is_standby
+    # no Patroni there: etcdctl uses etcd's own client certificate
+    assert f"--cert={ha.ETCD_TLS['cert']}" in ha.etcdctl_command(member, "endpoint health")
+    assert f"--cert={ha.PATRONI_TLS['cert']}" in ha.etcdctl_command(settings, "endpoint health")
+    env = ha.etcd_environment(member, "e2")
+    assert env["ETCD_LISTEN_PEER_URLS"] == "https://10.0.1.2:2380"
+    assert env["ETCD_INITIAL_CLUSTER"] == ",".join(
+        f"e{i}=https://10.0.1.{i}:2380" for i in (1, 2, 3))
+    # a mix: one database host and two of etcd's own
+    mixed = plan(hosts, ["db1"], ["db1", "e1", "e2"], {n: own[n] for n in ("e1", "e2")})
+    assert [n for n, node in mixed.items() if node.etcd_member] == ["db1"]
+
+
+def test_steps_pass_etcds_own_hosts_by():
+    from pginfra.settings import database_hosts_only
+
+    calls = []
+
+    @database_hosts_only(default=False)
+    def step(settings, flag=True):
+        calls.append(flag)
+        return "ran"
+
+    own = etcd_hosts()
+    member = resolve(own["e1"], "e1")
+    member.node = etcd_only(own)["e1"]
+    assert step(member) is False and calls == []
+    hosts, nodes = cluster(3)
+    assert step(settings_of(hosts, nodes), flag=False) == "ran" and calls == [False]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"ha_etcd_peer_port": 2390}, "ha_etcd_peer_port differs between hosts"),
+    ({"ha_scope": "other"}, "ha_scope differs between hosts"),
+    ({"postgres_ha": ""}, "postgres_ha differs between hosts"),
+    ({"ssh_hostname": "etcd3.example.com"},
+     "e3: postgres_replication_address: none given and ssh_hostname is not an IP"),
+])
+def test_etcds_own_hosts_agree_with_the_cluster(change, message):
+    hosts = servers(2)
+    own = etcd_hosts()
+    own["e3"].update(change)
+    with pytest.raises(TopologyError, match=message):
+        plan(hosts, ["db1"], list(own), own)
+
+
+def test_etcd_hosts_of_their_own_without_postgres_ha_are_refused():
+    hosts = {"db1": {}}
+    with pytest.raises(TopologyError, match="the etcd group names e1, e2, e3, not in "
+                                            "postgres_servers, but postgres_ha is off"):
+        plan(hosts, ["db1"], ["e1", "e2", "e3"], etcd_hosts(postgres_ha=""))
 
 
 def test_etcd_listens_on_the_replication_address_only_with_tls_everywhere():

@@ -72,3 +72,16 @@ def test_listen_addresses_the_host_does_not_have_are_refused():
     inherited = resolve({"postgres_listen_addresses": ["10.1.1.1"]})
     assert [p.split(":")[0] for p in listen_problems(inherited, addresses, {})] == [
         "postgres_listen_addresses", "postgres_listen_addresses (PgBouncer's too)"]
+
+
+def test_the_floating_address_is_not_asked_of_the_host():
+    """PgBouncer listens on ha_vip on every member (the leader holds it); the listen check
+    passes it by, and pginfra.vip.interface_problem checks where it goes instead."""
+    addresses = ["127.0.0.1", "10.77.0.10"]
+    floating = resolve({"postgres_ha": "patroni", "ha_client_path": "vip",
+                        "ha_vip": "10.77.0.200/24", "ha_vip_interface": "host0",
+                        "postgres_listen_addresses": ["localhost", "10.77.0.10"]})
+    assert listen_problems(floating, addresses, {}) == []
+    elsewhere = resolve({"postgres_listen_addresses": ["localhost", "10.77.0.10"],
+                         "pgbouncer_listen_addresses": ["10.77.0.200"]})
+    assert listen_problems(elsewhere, addresses, {})  # without HA it is any other address
