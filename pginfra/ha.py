@@ -276,13 +276,16 @@ def patroni_runs_server(settings: Settings) -> bool:
 
 def health_settings(settings: Settings, host_name: str) -> dict | None:
     """health.json's "ha": where pginfra-health asks Patroni and etcd (None without HA)."""
+    from pginfra import vip
+
     if not settings.postgres_ha:
         return None
     return {"member": host_name, "members": list(settings.cluster),
             "rest_url": rest_url(settings, host_name),
             "etcd_endpoints": [f"https://{e}" for e in etcd_endpoints(settings)],
             "cafile": PATRONI_TLS["ca"], "certfile": PATRONI_TLS["cert"],
-            "keyfile": PATRONI_TLS["key"], "synchronous": settings.ha_synchronous_mode}
+            "keyfile": PATRONI_TLS["key"], "synchronous": settings.ha_synchronous_mode,
+            "vip": vip.address(settings)}
 
 
 # Set by the configure step while the run executes: the members whose server waits for a

@@ -14,6 +14,7 @@ settings take the thresholds' defaults and meanings from here.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -140,6 +141,9 @@ class HaSettings:
     # ha_synchronous_mode: Patroni promotes only a named synchronous standby, so while none
     # is named a dead leader is not replaced (the patroni check warns of it)
     synchronous: bool = False
+    # ha_client_path 'vip': the floating address that must be on the leader and nowhere else
+    # ("": none)
+    vip: str = ""
 
 
 # The declaration: HealthConfig's fields (and BackupSettings', PgBouncerSettings',
@@ -291,9 +295,20 @@ def validate_ha(ha) -> HaSettings | None:
     synchronous = ha.get("synchronous", False)
     schema.require(isinstance(synchronous, bool), "ha.synchronous", "must be true or false",
                    synchronous)
+    vip = ha.get("vip", "")
+    schema.require(vip == "" or (isinstance(vip, str) and _is_ipv4(vip)), "ha.vip",
+                   'must be "" or an IPv4 address', vip)
     return HaSettings(member=member, members=members,
                       rest_url=https_url("ha.rest_url", ha["rest_url"]),
-                      etcd_endpoints=urls, synchronous=synchronous, **files)
+                      etcd_endpoints=urls, synchronous=synchronous, vip=vip, **files)
+
+
+def _is_ipv4(value: str) -> bool:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def validate_config(raw, path: str = DEFAULT_CONFIG) -> HealthConfig:

@@ -159,13 +159,38 @@ def _lag(member: dict) -> int | None:
     return lag if isinstance(lag, int) and not isinstance(lag, bool) else None
 
 
+def local_ipv4(fib_trie: str) -> set[str]:
+    """The IPv4 addresses this host holds, from /proc/net/fib_trie's text (each is a "/32 host
+    LOCAL" leaf under its address): no command to run, and it sees a container's own."""
+    found, last = set(), None
+    for line in fib_trie.splitlines():
+        words = line.replace("|--", " ").replace("+--", " ").split()
+        if len(words) == 1 and words[0].count(".") == 3:
+            last = words[0]
+        elif "/32 host LOCAL" in line and last:
+            found.add(last)
+    return found
+
+
+def holds(address: str, path: str = "/proc/net/fib_trie") -> bool | None:
+    """Whether this host holds ``address`` now; None when it cannot tell."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as trie:
+            return address in local_ipv4(trie.read())
+    except OSError:
+        return None
+
+
 def grade_cluster(cluster: dict, me: str, expected: tuple, pair: tuple,
-                  synchronous: bool = False) -> dict:
+                  synchronous: bool = False, vip: str = "",
+                  holds_vip: bool | None = None) -> dict:
     """The patroni check's result from a /cluster answer (parse_cluster's), for member ``me``
     and the ``expected`` members. Critical: no leader, the leader's PostgreSQL not up, this
     member absent or not up. Warning: paused, an expected member absent or not up, members on
     different timelines, ``synchronous`` mode with no synchronous standby named (Patroni would
-    replace no dead leader then). The value: the largest replica lag in MB (``pair``:
+    replace no dead leader then). With a floating address ``vip``: a replica that holds it
+    (``holds_vip``) is critical, clients writing there reach a read-only server; a leader
+    that does not, a warning. The value: the largest replica lag in MB (``pair``:
     replication_lag_mb)."""
     members = {m["name"]: m for m in cluster["members"]}
     leaders = [m for m in members.values() if m.get("role") in LEADER_ROLES]
@@ -206,6 +231,15 @@ def grade_cluster(cluster: dict, me: str, expected: tuple, pair: tuple,
         problems.append("synchronous mode without a synchronous standby: were the leader to "
                         "fail now, Patroni would promote no one (none is known to hold every "
                         "commit)")
+    if vip and holds_vip is not None and leader is not None and mine is not None:
+        if mine is leader and not holds_vip:
+            statuses.append(WARNING)
+            problems.append(f"this leader does not hold the floating address {vip}: clients "
+                            "calling it reach no one (is keepalived running?)")
+        elif mine is not leader and holds_vip:
+            statuses.append(CRITICAL)
+            problems.append(f"this replica holds the floating address {vip}: clients "
+                            "calling it reach a read-only server")
     timelines = {m["name"]: m["timeline"] for m in members.values()
                  if _up(m) and isinstance(m.get("timeline"), int)}
     if len(set(timelines.values())) > 1:
@@ -242,6 +276,7 @@ def grade_cluster(cluster: dict, me: str, expected: tuple, pair: tuple,
         summary.append(f"the largest lag {value:.2f} MB ({clean(behind)})")
     detail = "; ".join([*problems, ", ".join(summary), *notes])
     data = {"member": me, "leader": None if leader is None else leader["name"],
+            "holds_vip": holds_vip,
             "paused": cluster.get("pause") is True, "replicas_streaming": len(up),
             "members_up": sum(1 for m in members.values() if _up(m)),
             "max_lag_bytes": largest, "absent": absent,
@@ -268,7 +303,8 @@ def check_patroni(ctx: Context) -> dict:
     except (OSError, ValueError, http.client.HTTPException) as exc:
         return result("patroni", UNKNOWN, f"Patroni's REST API did not answer GET {url}: "
                       f"{failure(exc, timeout)}", unit="MB", pair=pair, data={"url": url})
-    return grade_cluster(cluster, ha.member, ha.members, pair, ha.synchronous)
+    return grade_cluster(cluster, ha.member, ha.members, pair, ha.synchronous, ha.vip,
+                         holds(ha.vip) if ha.vip else None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,6 +133,30 @@ def lab():
     assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == forward_before
 
 
+@contextlib.contextmanager
+def own_lab(lab_args: dict, control: Path, roles: list[str], hosts: int, first: int,
+            timing: str = ""):
+    """A lab of ``hosts`` rehearsal hosts for one test module (``lab_args``: its state_dir,
+    bridge and prefix), on a free subnet from 10.77.``first``.0/24, with random secrets of
+    ``roles`` in ``control``. A lab left over from an interrupted run goes first; the lab and
+    its secrets go at the end. ``timing``: the name its boot time is recorded under."""
+    with contextlib.suppress(Exception):
+        if Lab.default(**lab_args).load_state():
+            Lab.default(**lab_args).down()
+    shutil.rmtree(control, ignore_errors=True)
+    generate_missing(roles, control / "secrets.yaml")
+    lab = Lab.default(**lab_args, subnet=free_subnet(first=first))
+    started = time.monotonic()
+    try:
+        lab.up(hosts)
+        if timing:
+            record_timing(timing, time.monotonic() - started)
+        yield lab
+    finally:
+        Lab.default(**lab_args).down()
+        shutil.rmtree(control, ignore_errors=True)
+
+
 def why_failed(output: str, tail: int = 4000) -> str:
     """What a failed pyinfra run printed, for an assertion: every operation in which a host
     failed (a host that fails drops out of the operations after it, so the tail alone may not

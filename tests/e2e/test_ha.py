@@ -14,23 +14,20 @@ The tests are one story, in order: each starts from where the one before left th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import time
 
 import psycopg
 import pytest
-from conftest import BIN, STATE_DIR, Deploy, record_timing, wait_for, why_failed
+from conftest import BIN, STATE_DIR, Deploy, own_lab, record_timing, wait_for, why_failed
 
 from pginfra import ROOT, ha
-from pginfra.secrets import generate_missing
 from pginfra_lab import clients
-from pginfra_lab.rehearsal import Lab, free_subnet
+from pginfra_lab.rehearsal import Lab
 
 LAB_DIR = STATE_DIR.parent / "e2e-ha"
 CONTROL = STATE_DIR.parent / "e2e-ha-control"
@@ -46,18 +43,8 @@ HAPROXY_RW, HAPROXY_RO = 5000, 5001
 
 @pytest.fixture(scope="module")
 def lab():
-    with contextlib.suppress(Exception):
-        if Lab.default(**LAB).load_state():  # left over from an interrupted run
-            Lab.default(**LAB).down()
-    shutil.rmtree(CONTROL, ignore_errors=True)
-    generate_missing(ROLES, CONTROL / "secrets.yaml")
-    lab = Lab.default(**LAB, subnet=free_subnet(first=40))
-    started = time.monotonic()
-    lab.up(3)
-    record_timing("ha_lab_up_seconds", time.monotonic() - started)
-    yield lab
-    Lab.default(**LAB).down()
-    shutil.rmtree(CONTROL, ignore_errors=True)
+    with own_lab(LAB, CONTROL, ROLES, hosts=3, first=40, timing="ha_lab_up_seconds") as lab:
+        yield lab
 
 
 def secret(name: str) -> str:

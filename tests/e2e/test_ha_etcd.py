@@ -12,22 +12,19 @@ The tests are one story, in order: each starts from where the one before left th
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import os
-import shutil
 import subprocess
 import time
 
 import psycopg
 import pytest
-from conftest import BIN, STATE_DIR, Deploy, record_timing, wait_for, why_failed
+from conftest import BIN, STATE_DIR, Deploy, own_lab, record_timing, wait_for, why_failed
 
 from pginfra import ROOT, ha
-from pginfra.secrets import generate_missing
 from pginfra_lab import clients
-from pginfra_lab.rehearsal import Lab, free_subnet
+from pginfra_lab.rehearsal import Lab
 
 LAB_DIR = STATE_DIR.parent / "e2e-ha-etcd"
 CONTROL = STATE_DIR.parent / "e2e-ha-etcd-control"
@@ -53,16 +50,8 @@ def floating(lab: Lab) -> str:
 
 @pytest.fixture(scope="module")
 def lab():
-    with contextlib.suppress(Exception):
-        if Lab.default(**LAB).load_state():  # left over from an interrupted run
-            Lab.default(**LAB).down()
-    shutil.rmtree(CONTROL, ignore_errors=True)
-    generate_missing(ROLES, CONTROL / "secrets.yaml")
-    lab = Lab.default(**LAB, subnet=free_subnet(first=60))
-    lab.up(3)
-    yield lab
-    Lab.default(**LAB).down()
-    shutil.rmtree(CONTROL, ignore_errors=True)
+    with own_lab(LAB, CONTROL, ROLES, hosts=3, first=60) as lab:
+        yield lab
 
 
 def deploy(lab: Lab, etcd: str = "pge1,pge2,pge3") -> Deploy:
@@ -154,6 +143,13 @@ def test_the_floating_address_is_on_the_leader_and_reaches_its_pgbouncer(lab):
         conn.execute(f"{clients.CREATE}")
     lab.ssh("pge1", ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-d", "app", "-c",
                      f"'GRANT INSERT, SELECT ON {clients.TABLE} TO app'"])
+    # the health check knows where the address belongs: here on the leader, not on a replica
+    for name in SERVERS:
+        said = lab.ssh(name, ["/usr/local/lib/pginfra/pginfra-health", "--json", "--check",
+                              "patroni"], check=False, timeout=120).stdout.strip()
+        patroni = json.loads(said.splitlines()[-1])["checks"][0]
+        assert patroni["status"] == "ok", patroni
+        assert patroni["data"]["holds_vip"] is (name == "pge1"), patroni
 
 
 def test_the_floating_address_follows_a_switchover_under_writes(lab):
@@ -189,6 +185,11 @@ def test_the_floating_address_follows_a_failover_elected_with_the_etcd_hosts_vot
     lab.boot("pge2")
     wait_for(lambda: whole(lab, "pge1"), "pge2 back as pge1's replica", timeout=180)
     assert holders(lab) == ["pge1"]
+    # booted, pge2 runs keepalived, and its PgBouncer binds the address it does not hold
+    # (ip_nonlocal_bind from /etc/sysctl.d at boot)
+    for unit in ("keepalived", "pgbouncer", "etcd"):
+        assert lab.ssh("pge2", ["systemctl", "is-active", unit]).stdout.strip() == "active", unit
+    assert f"{floating(lab)}:{PGBOUNCER} " in lab.ssh("pge2", ["ss", "-Hltn"]).stdout
 
 
 def test_the_etcd_host_runs_etcd_and_nothing_else(lab):

@@ -7,21 +7,18 @@ The tests are one story, in order: each starts from where the one before left th
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import BIN, STATE_DIR, Deploy, record_timing, wait_for, why_failed
+from conftest import BIN, STATE_DIR, Deploy, own_lab, record_timing, wait_for, why_failed
 
 from pginfra import ROOT
-from pginfra.secrets import generate_missing
-from pginfra_lab.rehearsal import Lab, free_subnet
+from pginfra_lab.rehearsal import Lab
 
 LAB_DIR = STATE_DIR.parent / "e2e-replication"
 CONTROL = STATE_DIR.parent / "e2e-replication-control"
@@ -32,18 +29,9 @@ ROLES = ["postgres", "app", "pgbouncer_admin", "pgbouncer_auth", "replicator",
 
 @pytest.fixture(scope="module")
 def lab():
-    with contextlib.suppress(Exception):
-        if Lab.default(**LAB).load_state():  # left over from an interrupted run
-            Lab.default(**LAB).down()
-    shutil.rmtree(CONTROL, ignore_errors=True)
-    generate_missing(ROLES, CONTROL / "secrets.yaml")
-    lab = Lab.default(**LAB, subnet=free_subnet(first=20))
-    started = time.monotonic()
-    lab.up(3)
-    record_timing("replication_lab_up_seconds", time.monotonic() - started)
-    yield lab
-    Lab.default(**LAB).down()
-    shutil.rmtree(CONTROL, ignore_errors=True)
+    with own_lab(LAB, CONTROL, ROLES, hosts=3, first=20,
+                 timing="replication_lab_up_seconds") as lab:
+        yield lab
 
 
 def deploy(lab: Lab, hosts: str = "pgr1,pgr2,pgr3", primary: str = "", *args: str) -> Deploy:

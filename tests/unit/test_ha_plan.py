@@ -252,8 +252,13 @@ def test_the_health_check_is_told_where_patroni_and_etcd_answer():
         "rest_url": "https://10.0.0.2:8008",
         "etcd_endpoints": [f"https://10.0.0.{i}:2379" for i in (1, 2, 3)],
         "cafile": ha.PATRONI_TLS["ca"], "certfile": ha.PATRONI_TLS["cert"],
-        "keyfile": ha.PATRONI_TLS["key"], "synchronous": False}
+        "keyfile": ha.PATRONI_TLS["key"], "synchronous": False, "vip": ""}
     assert health_config(resolve({}), "db1")["ha"] is None
+    hosts, nodes = cluster(3, ha_client_path="vip", ha_vip="10.0.0.50/24",
+                           ha_vip_interface="eth0")
+    config = checked_config("pginfra-health", health_config(settings_of(hosts, nodes), "db1"),
+                            "db1", "/etc/pginfra/health.json")
+    assert config["ha"]["vip"] == "10.0.0.50"
 
 
 def test_every_member_gets_the_jobs_and_the_repository_stays_on_the_primary():

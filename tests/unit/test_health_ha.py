@@ -131,6 +131,55 @@ def test_synchronous_mode_without_a_synchronous_standby_warns():
     assert r["status"] == "ok"
 
 
+FIB_TRIE = """Main:
+  +-- 0.0.0.0/0 3 0 5
+     +-- 10.77.60.0/24 2 0 2
+        +-- 10.77.60.0/26 2 0 2
+           |-- 10.77.60.0
+              /24 link UNICAST
+           |-- 10.77.60.10
+              /32 host LOCAL
+        |-- 10.77.60.200
+           /32 host LOCAL
+        |-- 10.77.60.255
+           /32 link BROADCAST
+     +-- 127.0.0.0/8 2 0 2
+           |-- 127.0.0.1
+              /32 host LOCAL
+Local:
+  +-- 0.0.0.0/0 3 0 5
+"""
+
+
+def test_the_addresses_this_host_holds_come_from_the_fib_trie(tmp_path):
+    assert ha.local_ipv4(FIB_TRIE) == {"10.77.60.10", "10.77.60.200", "127.0.0.1"}
+    trie = tmp_path / "fib_trie"
+    trie.write_text(FIB_TRIE)
+    assert ha.holds("10.77.60.200", str(trie)) is True
+    assert ha.holds("10.77.60.255", str(trie)) is False  # a broadcast, not held
+    assert ha.holds("10.77.60.200", str(tmp_path / "absent")) is None
+    assert isinstance(ha.holds("127.0.0.1"), bool)  # this machine's own
+
+
+def test_the_floating_address_belongs_on_the_leader_only():
+    cluster = ha.parse_cluster(HEALTHY)
+    vip = "10.0.0.50"
+    assert ha.grade_cluster(cluster, "pgh1", MEMBERS, PAIR, vip=vip, holds_vip=True)[
+        "status"] == "ok"
+    assert ha.grade_cluster(cluster, "pgh2", MEMBERS, PAIR, vip=vip, holds_vip=False)[
+        "status"] == "ok"
+    on_replica = ha.grade_cluster(cluster, "pgh2", MEMBERS, PAIR, vip=vip, holds_vip=True)
+    assert on_replica["status"] == "critical"
+    assert "this replica holds the floating address 10.0.0.50" in on_replica["detail"]
+    missing = ha.grade_cluster(cluster, "pgh1", MEMBERS, PAIR, vip=vip, holds_vip=False)
+    assert missing["status"] == "warning"
+    assert "this leader does not hold the floating address 10.0.0.50" in missing["detail"]
+    # cannot tell, or no floating address: nothing said
+    assert ha.grade_cluster(cluster, "pgh1", MEMBERS, PAIR, vip=vip, holds_vip=None)[
+        "status"] == "ok"
+    assert ha.grade_cluster(cluster, "pgh2", MEMBERS, PAIR, holds_vip=True)["status"] == "ok"
+
+
 def test_no_leader_is_critical():
     r = graded(NO_LEADER)
     assert r["status"] == "critical"
@@ -354,6 +403,8 @@ BAD_HA = [
     (_good_raw(cafile="patroni.ca.crt")["ha"], "key 'ha.cafile'"),
     (_good_raw(certfile=None)["ha"], "key 'ha.certfile'"),
     (_good_raw(keyfile="/")["ha"], "key 'ha.keyfile'"),
+    ({**_good_raw()["ha"], "vip": "10.0.0.50/24"}, "key 'ha.vip'"),
+    ({**_good_raw()["ha"], "vip": 5}, "key 'ha.vip'"),
 ]
 
 
