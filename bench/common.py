@@ -60,8 +60,8 @@ def bench_lab(bridge: str, prefix: str, roles: list[str], hosts: int = 1,
         try:
             lab.up(hosts)
             yield lab, env, Path(tmp)
-        finally:
-            lab.down()
+        finally:  # thrown away: no clean shutdown (an HA leader may wait on a standby gone)
+            lab.down(fast=True)
             shutil.rmtree(control, ignore_errors=True)
 
 

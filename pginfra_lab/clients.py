@@ -25,10 +25,14 @@ def conninfo(addresses: list[str], port: int, password: str, cafile: str,
              dbname: str = "app", user: str = "app") -> str:
     """Every member in one connection string, target_session_attrs=read-write: libpq tries
     them in turn and keeps the one that takes writes (port 5432: the server itself; an HAProxy
-    port: whichever server HAProxy sends it to)."""
+    port: whichever server HAProxy sends it to; the floating address: its holder). TCP
+    keepalives and tcp_user_timeout, as the README asks of clients: when a floating address
+    moves, no one closes the connections to its old holder, and a client waiting for an
+    answer there would wait for ever (the lab showed it)."""
     return (f"host={','.join(addresses)} port={port} dbname={dbname} user={user} "
             f"password={password} sslmode=verify-full sslrootcert={cafile} connect_timeout=2 "
-            "target_session_attrs=read-write")
+            "target_session_attrs=read-write keepalives=1 keepalives_idle=2 "
+            "keepalives_interval=1 keepalives_count=3 tcp_user_timeout=5000")
 
 
 class Writer:

@@ -722,16 +722,21 @@ class Lab:
         self.wait_for_ssh(name, timeout=max(deadline - time.monotonic(), 10), shared=False)
         return now
 
-    def down(self) -> None:
+    def down(self, fast: bool = False) -> None:
+        """Stop every host (cleanly; ``fast``: at once, for a lab thrown away, where a clean
+        shutdown may wait on a synchronous standby already gone) and remove the lab."""
         require_root_on_linux()
         recorded = self.load_state()
         if recorded is None:
             say(f"no lab recorded in {self.state_dir}; nothing to do")
             return
         for name in list(self.hosts):
-            say(f"stopping {name}")
+            say(f"stopping {name}" + (" (at once)" if fast else ""))
             self.close_ssh(name)
-            self.stop_host(name)  # its supervisor first: nothing boots it again
+            if fast:
+                self._pull_plug(name)
+            else:
+                self.stop_host(name)  # its supervisor first: nothing boots it again
             link = f"vb-{name}"
             if run(["ip", "link", "show", link], check=False).returncode == 0:
                 run(["ip", "link", "del", link])

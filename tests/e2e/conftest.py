@@ -152,8 +152,8 @@ def own_lab(lab_args: dict, control: Path, roles: list[str], hosts: int, first: 
         if timing:
             record_timing(timing, time.monotonic() - started)
         yield lab
-    finally:
-        Lab.default(**lab_args).down()
+    finally:  # thrown away: no clean shutdown (an HA leader may wait on a standby gone)
+        Lab.default(**lab_args).down(fast=True)
         shutil.rmtree(control, ignore_errors=True)
 
 
