@@ -240,6 +240,15 @@ def _alive(pid: int) -> bool:
     return parse_stat(stat)[0] != "Z"
 
 
+def _state(pid: int) -> str:
+    """A process's state letter and command (D: in the kernel, uninterruptible), for errors."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return f"{parse_stat(stat)[0]} {stat.partition('(')[2].rpartition(')')[0]}"
+
+
 def _children(parents: list[int]) -> list[int]:
     """The live children of ``parents``."""
     found = []
@@ -633,14 +642,23 @@ class Lab:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
         deadline = time.monotonic() + timeout
+        link = f"vb-{name}"
         while time.monotonic() < deadline:
             alive = [pid for pid in supervisors + nspawns + inits if _alive(pid)]
             alive += self._nspawn_pids(name)
-            veth = run(["ip", "link", "show", f"vb-{name}"], check=False).returncode == 0
+            veth = run(["ip", "link", "show", link], check=False).returncode == 0
             if not alive and not veth:
                 return
+            if not alive:
+                # The kernel frees a dead container's network namespace, and its end of the
+                # veth, in a work queue of its own, which a loaded machine may run a minute or
+                # more later; the veth goes now (deleting one end deletes the pair).
+                run(["ip", "link", "del", link], check=False)
             time.sleep(0.1)
-        raise RehearsalError(f"{name} did not stop within {timeout:.0f}s of SIGKILL")
+        states = {pid: _state(pid) for pid in supervisors + nspawns + inits if _alive(pid)}
+        raise RehearsalError(f"{name} did not stop within {timeout:.0f}s of SIGKILL: still "
+                             f"there: {states or 'no process'}, veth {link} "
+                             f"{'present' if veth else 'gone'}")
 
     def kill(self, name: str) -> None:
         """A host's power cut: killed at once, no shutdown inside (a fault for failover tests).
