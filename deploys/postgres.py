@@ -18,6 +18,7 @@ from pginfra.steps import (
     install_programs,
     install_tls,
     manage_roles,
+    mount_wal_archive,
     prepare_repository,
     replicate,
     route_clients,
@@ -25,12 +26,16 @@ from pginfra.steps import (
     run_pgbouncer,
     run_service,
     schedule_jobs,
+    tune_kernel,
 )
 
 settings = load_settings()  # 0. validate this host's inventory data and its place in the
 #                               cluster (the group 'primary'; every other host a standby)
 
 install_packages(settings)  # 1. PostgreSQL from Debian's packages
+tune_kernel(settings)  # 1a. sysctl (overcommit, swappiness, huge pages), the postgres user's
+#                             limits; on VMs and real hosts (a container's kernel is its machine's)
+mount_wal_archive(settings)  # 1b. the WAL archive on a disk of its own, when one is given
 install_programs(settings)  # 2. pginfra's host programs (the pginfra_host package)
 new_cluster = create_cluster(settings)  # 3. the cluster, created with data checksums
 run_service(settings)  # 4. running under systemd, started at boot

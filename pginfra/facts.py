@@ -625,3 +625,130 @@ class PatroniDynamicConfig(FactBase):
         except yaml.YAMLError:
             return {}
         return found if isinstance(found, dict) else {}
+
+
+class Container(FactBase):
+    """
+    The container technology the host runs in (``systemd-detect-virt --container``), or "" on a
+    VM or a real machine: a container shares its machine's kernel and its kernel settings.
+
+    .. code:: python
+
+        "systemd-nspawn"
+    """
+
+    default = str
+
+    def command(self) -> str:
+        return "systemd-detect-virt --container 2>/dev/null || true"
+
+    def process(self, output):
+        found = output[0].strip() if output else ""
+        return "" if found in ("", "none") else found
+
+
+class MemInfo(FactBase):
+    """
+    ``/proc/meminfo`` in bytes (the counts, such as ``HugePages_Total``, as they are).
+
+    .. code:: python
+
+        {"MemTotal": 2079014912, "SwapTotal": 0, "Committed_AS": 512000000,
+         "HugePages_Total": 0, "Hugepagesize": 2097152}
+    """
+
+    default = dict
+
+    def command(self) -> str:
+        return "cat /proc/meminfo"
+
+    def process(self, output):
+        found = {}
+        for line in output:
+            key, _, rest = line.partition(":")
+            fields = rest.split()
+            if not fields or not fields[0].isdigit():
+                continue
+            found[key.strip()] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
+        return found
+
+
+class BlockDevice(FactBase):
+    """
+    A block device and what is on it: its type, where it and its partitions are mounted
+    (``lsblk``), its file system and UUID (``blkid -p``, which reads the device itself, not
+    udev's database), any other signature (``wipefs``); {} when the path is not a block device.
+
+    .. code:: python
+
+        {"path": "/dev/vdb", "type": "disk", "fstype": "ext4", "uuid": "0b6...",
+         "mountpoints": ["/var/lib/postgresql/wal-archive"], "children": 0, "signatures": ""}
+    """
+
+    default = dict
+
+    def requires_command(self, *args, **kwargs) -> str:
+        return "lsblk"
+
+    def command(self, device: str) -> str:
+        q = shlex.quote(device)
+        return (f"test -b {q} || exit 0; "
+                f"lsblk --json --paths --output NAME,TYPE,MOUNTPOINTS {q} | tr -d '\\n'; echo; "
+                f"blkid -p -o export {q} | sed 's/^/blkid:/'; "
+                f"echo \"signatures=$(wipefs --no-act --noheadings --output TYPE {q} "
+                "2>/dev/null | tr '\\n' ' ')\"")
+
+    def process(self, output):
+        if not output:
+            return {}
+        try:
+            devices = json.loads(output[0]).get("blockdevices") or []
+        except ValueError:
+            return {}
+        if not devices:
+            return {}
+        probed = dict(line[len("blkid:"):].partition("=")[::2] for line in output[1:]
+                      if line.startswith("blkid:"))
+        signatures = next((line.partition("=")[2].strip() for line in output
+                           if line.startswith("signatures=")), "")
+        found = devices[0]
+        mountpoints = [m for m in found.get("mountpoints") or [] if m]
+        children = found.get("children") or []
+        for child in children:
+            mountpoints += [m for m in child.get("mountpoints") or [] if m]
+        return {"path": found.get("name"), "type": found.get("type"),
+                "fstype": probed.get("TYPE", ""),
+                "uuid": probed.get("UUID", ""), "mountpoints": mountpoints,
+                "children": len(children), "signatures": signatures}
+
+
+class Mountpoint(FactBase):
+    """
+    What is mounted on a directory, its ``/etc/fstab`` entry, its owner and mode, and how many
+    entries it holds (``lost+found`` aside); {} when it does not exist.
+
+    .. code:: python
+
+        {"source": "/dev/vdb", "fstab": "UUID=0b6... ext4 defaults,noatime,nofail",
+         "owner": "postgres", "mode": "700", "entries": 12}
+    """
+
+    default = dict
+
+    def command(self, path: str, fstab: str = "/etc/fstab") -> str:
+        q = shlex.quote(path)
+        return (f"test -d {q} || exit 0; "
+                "echo \"source=$(findmnt --noheadings --output SOURCE "
+                f"--mountpoint {q} || true)\"; "
+                f"echo \"fstab=$(awk -v d={q} '$1 !~ /^#/ && $2 == d {{print $1, $3, $4}}' "
+                f"{shlex.quote(fstab)} 2>/dev/null | tail -n 1)\"; "
+                f"echo \"stat=$(stat -c '%U %a' -- {q})\"; "
+                f"echo \"entries=$(find {q} -mindepth 1 -maxdepth 1 ! -name lost+found | wc -l)\"")
+
+    def process(self, output):
+        values = dict(line.partition("=")[::2] for line in output if "=" in line)
+        if "stat" not in values:
+            return {}
+        owner, _, mode = values["stat"].partition(" ")
+        return {"source": values.get("source", "").strip(), "fstab": values.get("fstab", ""),
+                "owner": owner, "mode": mode, "entries": int(values.get("entries") or 0)}

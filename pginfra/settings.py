@@ -701,6 +701,13 @@ SETTINGS: tuple[Setting, ...] = (
         pattern=_ABS_PATH,
     ),
     Setting(
+        "postgres_wal_archive_device", "", str,
+        "Block device of its own for postgres_wal_archive_dir: ext4 made if blank, mounted.",
+        pattern=r"(/dev/[A-Za-z0-9][A-Za-z0-9/_.:-]*)?",
+        validator=lambda v: ("must name a device under /dev, not a directory of it"
+                             if v and ("/../" in v or v.endswith("/")) else None),
+    ),
+    Setting(
         "postgres_log_directory", "/var/log/postgresql/pginfra", str,
         "Server log directory, outside the data directory (owner postgres, mode 0700).",
         pattern=_ABS_PATH,
@@ -1066,6 +1073,26 @@ SETTINGS: tuple[Setting, ...] = (
         "pginfra_apt_cache_time", 3600, int,
         "Seconds an apt package index stays fresh before installing packages refreshes it.",
         minimum=0,
+    ),
+    Setting(
+        "kernel_swappiness", 1, int,
+        "vm.swappiness on a VM or a real host (containers skip kernel settings).",
+        minimum=0, maximum=100,
+    ),
+    Setting(
+        "kernel_overcommit_memory", 2, int,
+        "vm.overcommit_memory: 2 refuses allocations instead of OOM-killing the postmaster.",
+        choices=(0, 2),
+    ),
+    Setting(
+        "kernel_overcommit_ratio", 90, int,
+        "vm.overcommit_ratio with overcommit 2: percent of RAM (less huge pages) committable.",
+        minimum=50, maximum=100,
+    ),
+    Setting(
+        "kernel_nofile", 65536, int,
+        "Open files the postgres user and the server may hold (limits.d, LimitNOFILE).",
+        minimum=4096, maximum=1048576,
     ),
 )
 

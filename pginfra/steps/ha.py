@@ -200,7 +200,8 @@ def _patroni(settings: Settings, passwords: dict[str, str]):
                         src=io.StringIO(text), dest=ha.patroni_config_path(settings),
                         user="postgres", group="postgres", mode="0600")
     dropin = files.put(name="patroni@.service: after the network, restarted when it dies",
-                       src=render_io("patroni@.service.d-pginfra.conf.j2"), dest=DROPIN,
+                       src=render_io("patroni@.service.d-pginfra.conf.j2",
+                                     nofile=settings.kernel_nofile), dest=DROPIN,
                        user="root", group="root", mode="0644", create_remote_dir=True)
     systemd.daemon_reload(name="systemd picks up Patroni's drop-in", _if=dropin.did_change)
     version, cluster = settings.pg_cluster

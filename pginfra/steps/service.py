@@ -39,8 +39,9 @@ def run_service(settings: Settings):
         run_service(load_settings())
     """
     dropin = files.put(
-        name="postgresql@.service: after the network is up, umask 0077",
-        src=render_io("postgresql@.service.d-pginfra.conf.j2"), dest=DROPIN,
+        name="postgresql@.service: after the network is up, umask 0077, LimitNOFILE",
+        src=render_io("postgresql@.service.d-pginfra.conf.j2", nofile=settings.kernel_nofile),
+        dest=DROPIN,
         user="root", group="root", mode="644", create_remote_dir=True,
     )
     systemd.daemon_reload(name="systemd picks up the PostgreSQL drop-in",
