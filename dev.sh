@@ -8,6 +8,11 @@
 # can be run again at any time. Other commands:
 #
 #   ./dev.sh down       stop the rehearsal hosts and remove everything they made
+#   ./dev.sh vm         the same rehearsal on a libvirt VM with Vagrant (pg1; the box is
+#                       built here from Debian's packages, once), provisioned
+#   ./dev.sh vm-down    destroy the Vagrant VMs
+#   ./dev.sh test-vm    the whole VM rehearsal test (the suite runs its short form): about
+#                       45 minutes under plain emulation
 #   ./dev.sh setup      only install what is needed
 #
 # Environment: HOSTS=N boots N rehearsal hosts (default 1).
@@ -21,12 +26,16 @@ VENV=.venv
 # Tools the rehearsal hosts need on this machine, and Debian's Python for the virtualenv.
 HOST_PACKAGES=(debootstrap systemd-container iptables iproute2 openssh-client ca-certificates
                python3 python3-venv)
+# Vagrant VM rehearsals: libvirt and QEMU (KVM or plain emulation), Vagrant's libvirt provider,
+# and what builds the box (qemu-img; mkfs.ext4 is Debian's e2fsprogs, always there).
+VM_PACKAGES=(vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-system-x86
+             qemu-utils dnsmasq-base)
 # Only the test suite needs these: `vagrant validate` checks the Vagrantfile; the host programs'
 # unit tests run throwaway PostgreSQL 15 clusters here (Debian's postgresql-15 must not create
 # and start a cluster of its own: see no_debian_cluster), and run the programs as on a host, with
 # Debian's python3 and the modules the deploy installs there, and the real pgBackRest they drive.
 TEST_PACKAGES=(vagrant postgresql-15 python3-psycopg python3-boto3 pgbackrest patroni haproxy
-               keepalived)
+               keepalived "${VM_PACKAGES[@]}")
 
 preflight() {
     [ "$(uname -s)" = Linux ] || die "pginfra's rehearsal hosts need Linux"
@@ -91,6 +100,25 @@ rehearse() {
 EOF
 }
 
+vm() {
+    setup "${VM_PACKAGES[@]}"
+    export PATH="$PWD/$VENV/bin:$PATH"
+    say "booting the Vagrant VM pg1 with libvirt (pginfra vm up pg1)"
+    pginfra vm up pg1
+    say "passwords for the rehearsal's roles (git-ignored .pginfra/secrets.yaml, mode 0600)"
+    pginfra secrets init postgres app pgbouncer_admin replicator backup_cipher_pass
+    say "provisioning it: pyinfra -y inventories/vagrant.py deploys/postgres.py"
+    PGINFRA_VAGRANT_KNOWN_HOSTS="$PWD/.vagrant/known_hosts" \
+        pyinfra -y inventories/vagrant.py deploys/postgres.py
+    vagrant ssh-config pg1 > .vagrant/ssh-config
+    say "done. Next:"
+    cat <<EOF
+    vagrant ssh pg1                                   # a shell on the VM
+    $VENV/bin/pytest tests/host --hosts=ssh://pg1 --ssh-config=.vagrant/ssh-config --sudo
+    ./dev.sh vm-down                                  # destroy it
+EOF
+}
+
 no_debian_cluster() {
     if [ ! -e /etc/postgresql-common/createcluster.d/50-pginfra-control.conf ] &&
        ! dpkg-query -W -f='${Status}' postgresql-15 2>/dev/null | grep -q "install ok installed"
@@ -115,6 +143,9 @@ case "${1:-}" in
     rehearse) shift; rehearse "$@" ;;
     test) shift; run_tests "$@" ;;
     down) preflight; "$VENV/bin/pginfra" rehearsal down ;;
+    vm) shift; vm "$@" ;;
+    vm-down) preflight; "$VENV/bin/pginfra" vm down ;;
+    test-vm) shift; PGINFRA_E2E_VM=full run_tests tests/e2e/test_vagrant_vm.py "$@" ;;
     setup) setup ;;
-    *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -1,4 +1,4 @@
-"""The ``pginfra`` command: ``pginfra rehearsal ...`` and ``pginfra settings``."""
+"""The ``pginfra`` command: ``pginfra rehearsal ...``, ``pginfra vm ...``, ``pginfra settings``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ def main(argv: list[str] | None = None) -> int:
         from pginfra_lab.rehearsal import main as rehearsal_main
 
         return rehearsal_main(argv[1:])
+    if argv[:1] == ["vm"]:
+        from pginfra_lab.vm import main as vm_main
+
+        return vm_main(argv[1:])
     if argv[:1] == ["settings"]:
         from pginfra.server_config import parameters_reference
         from pginfra.settings import reference
@@ -26,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(
         "usage: pginfra rehearsal {up [--hosts N] | down | status | ssh NAME}\n"
+        "       pginfra vm {box | probe | up [MACHINE...] | down [MACHINE...]}\n"
         "       pginfra settings      print the settings reference\n"
         "       pginfra secrets init ROLE...   random passwords for roles that have none",
         file=sys.stderr,

@@ -56,3 +56,60 @@ def rehearsal_hosts(lab: dict | str | os.PathLike | None = None,
         for name, h in sorted(state["hosts"].items())
         if not only or name in only
     ]
+
+
+def parse_ssh_config(text: str) -> dict[str, dict[str, str]]:
+    """``vagrant ssh-config``'s output: each ``Host`` and its options (keys lower-cased).
+
+    >>> parse_ssh_config("Host pg1\\n  HostName 192.168.121.5\\n  Port 22\\n")
+    {'pg1': {'hostname': '192.168.121.5', 'port': '22'}}
+    """
+    hosts: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if not key or key.startswith("#"):
+            continue
+        if key.lower() == "host":
+            current = hosts.setdefault(value.strip(), {})
+        elif current is not None:
+            current.setdefault(key.lower(), value.strip().strip('"'))
+    return hosts
+
+
+def vagrant_hosts(names: list[str] | None = None, cwd: str | os.PathLike | None = None
+                  ) -> list[tuple[str, dict]]:
+    """
+    pyinfra host entries for the running machines of the Vagrantfile (``names``: only those),
+    named as Vagrant names them (pyinfra's ``@vagrant/NAME`` would give the host the name
+    ``@vagrant/pg1``, which pginfra cannot use in certificate files and replication slots),
+    reached as ``vagrant ssh-config`` says, with sudo.
+
+    >>> vagrant_hosts(["pg1"])  # doctest: +SKIP
+    [('pg1', {'ssh_hostname': '192.168.121.5', 'ssh_port': 22, 'ssh_user': 'vagrant', ...})]
+    """
+    import subprocess
+
+    status = subprocess.run(["vagrant", "status", "--machine-readable"], cwd=cwd,
+                            capture_output=True, text=True, check=False).stdout
+    running = [fields[1] for fields in (line.split(",", 3) for line in status.splitlines())
+               if len(fields) == 4 and fields[2] == "state" and fields[3] == "running"]
+    unknown = [name for name in names or [] if name not in running]
+    if unknown:
+        raise PyinfraError(f"Vagrant machines not running: {', '.join(unknown)} (running: "
+                           f"{', '.join(running) or 'none'}); 'pginfra vm up NAME' first")
+    wanted = [name for name in running if not names or name in names]
+    if not wanted:
+        return []
+    proc = subprocess.run(["vagrant", "ssh-config", *wanted], cwd=cwd, capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        raise PyinfraError(f"vagrant ssh-config failed: {proc.stderr.strip()[-500:]}")
+    config = parse_ssh_config(proc.stdout)
+    return [(name, {"ssh_hostname": config[name]["hostname"],
+                    "ssh_port": int(config[name].get("port", 22)),
+                    "ssh_user": config[name].get("user", "vagrant"),
+                    "ssh_key": config[name].get("identityfile"),
+                    "ssh_allow_agent": False, "ssh_look_for_keys": False,
+                    "_sudo": True})
+            for name in wanted if name in config]

@@ -150,8 +150,15 @@ def install_passfile(settings: Settings) -> list:
 
 
 def run_reporting(state, host, command: str) -> bool:
-    """Run a host-side program and show its report in the run output; its status is the op's."""
-    ok, output = host.run_shell_command(command=command, print_output=False)
+    """Run a host-side program and show its report in the run output; its status is the op's.
+
+    With the op's own connector arguments (``_sudo`` and the like): pyinfra runs a callback's
+    commands with none, so as the SSH user, not root, where a deploy runs with sudo (Vagrant)."""
+    from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+
+    arguments = host.current_op_global_arguments or {}
+    connector = {key: arguments[key] for key in CONNECTOR_ARGUMENT_KEYS if key in arguments}
+    ok, output = host.run_shell_command(command=command, print_output=False, **connector)
     for line in output.output_lines:
         logger.info(f"{host.print_prefix}{line}")
         if line.startswith(f"pginfra-apply-config: {PENDING} for"):

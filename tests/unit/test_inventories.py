@@ -10,7 +10,7 @@ from pyinfra_cli.inventory import make_inventory as _make_inventory
 
 from pginfra import ROOT
 from pginfra.settings import problems
-from pginfra_lab.inventory import rehearsal_hosts
+from pginfra_lab.inventory import parse_ssh_config, rehearsal_hosts
 
 
 def make_inventory(path, **kwargs):
@@ -54,6 +54,36 @@ def test_rehearsal_inventory_without_a_lab_says_what_to_do(tmp_path):
 def test_vagrant_inventory_names_the_vagrantfile_machines():
     text = (ROOT / "inventories/vagrant.py").read_text()
     vagrantfile = (ROOT / "Vagrantfile").read_text()
-    for name in ("pg1", "pg2"):
-        assert f"@vagrant/{name}" in text
-        assert f'"{name}"' in vagrantfile
+    assert 'NET = ENV.fetch("PGINFRA_VM_NET", "192.168.56")' in vagrantfile
+    assert '_NET = os.environ.get("PGINFRA_VM_NET", "192.168.56")' in text
+    for name, host in (("pg1", "11"), ("pg2", "12")):
+        assert f'"{name}": f"{{_NET}}.{host}"' in text
+        assert f'"{name}" => {{ ip: "#{{NET}}.{host}"' in vagrantfile
+
+
+def test_vagrant_ssh_config_is_read_as_vagrant_writes_it():
+    """What `vagrant ssh-config pg1 pg2` printed for two libvirt machines."""
+    text = """Host pg1
+  HostName 192.168.121.158
+  User vagrant
+  Port 22
+  UserKnownHostsFile /dev/null
+  StrictHostKeyChecking no
+  PasswordAuthentication no
+  IdentityFile /var/lib/pginfra/e2e-vm/vagrant/machines/pg1/libvirt/private_key
+  IdentitiesOnly yes
+  LogLevel FATAL
+  PubkeyAcceptedKeyTypes +ssh-rsa
+  HostKeyAlgorithms +ssh-rsa
+
+Host pg2
+  HostName 192.168.121.7
+  User vagrant
+  Port 2222
+  IdentityFile "/root/my keys/pg2"
+"""
+    hosts = parse_ssh_config(text)
+    assert hosts["pg1"]["hostname"] == "192.168.121.158"
+    assert hosts["pg1"]["identityfile"].endswith("/machines/pg1/libvirt/private_key")
+    assert hosts["pg2"] == {"hostname": "192.168.121.7", "user": "vagrant", "port": "2222",
+                            "identityfile": "/root/my keys/pg2"}

@@ -50,11 +50,12 @@ def test_no_step_spells_a_clusters_paths_itself():
 
 def test_the_runtime_package_does_not_carry_the_lab():
     """pginfra_lab (rehearsal hosts, the local S3 endpoint and its moto) stays out of the
-    runtime package: only the `pginfra rehearsal` command reaches it, when it is run."""
+    runtime package: only the `pginfra rehearsal` and `pginfra vm` commands reach it, when
+    they are run."""
     for path in sorted((ROOT / "pginfra").rglob("*.py")):
         modules = imported_modules(path)
         lab = {m for m in modules if m.startswith(("pginfra_lab", "moto"))}
         if path.name == "cli.py":
-            assert lab <= {"pginfra_lab.rehearsal"}, lab
+            assert lab <= {"pginfra_lab.rehearsal", "pginfra_lab.vm"}, lab
         else:
             assert not lab, f"{path.relative_to(ROOT)} imports {sorted(lab)}"
