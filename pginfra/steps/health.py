@@ -36,6 +36,7 @@ METRICS_DIR = layout.METRICS_DIR
 TEXTFILE = layout.HEALTH_TEXTFILE
 EXPORTER_PACKAGES = ("prometheus-postgres-exporter", "prometheus-node-exporter")
 EXPORTER_DROPIN = "/etc/systemd/system/prometheus-postgres-exporter.service.d/pginfra.conf"
+NODE_EXPORTER_DROPIN = "/etc/systemd/system/prometheus-node-exporter.service.d/pginfra.conf"
 
 
 def _cluster(settings: Settings, host_name: str) -> dict:
@@ -194,13 +195,19 @@ def _install_exporters(settings: Settings):
                        dest=EXPORTER_DROPIN, user="root", group="root", mode="0644",
                        create_remote_dir=True)
     changed["prometheus-postgres-exporter"].append(dropin)
+    node_dropin = files.put(name="prometheus-node-exporter waits for its address at boot",
+                            src=render_io("prometheus-node-exporter.service.d-pginfra.conf.j2"),
+                            dest=NODE_EXPORTER_DROPIN, user="root", group="root", mode="0644",
+                            create_remote_dir=True)
+    changed["prometheus-node-exporter"].append(node_dropin)
     apt.packages(name="Prometheus exporters (Debian packages)", packages=list(EXPORTER_PACKAGES),
                  no_recommends=True, update=bool(missing),
                  cache_time=settings.pginfra_apt_cache_time,
                  extra_install_args="-o Dpkg::Options::=--force-confdef "
                                     "-o Dpkg::Options::=--force-confold",
                  _env={"DEBIAN_FRONTEND": "noninteractive"})
-    systemd.daemon_reload(name="systemd picks up the exporter's drop-in", _if=dropin.did_change)
+    systemd.daemon_reload(name="systemd picks up the exporters' drop-ins",
+                          _if=any_changed(dropin, node_dropin))
     for name, owner, mode in (("prometheus-postgres-exporter", EXPORTER_ROLE, "0640"),
                               ("prometheus-node-exporter", "root", "0644")):
         changed[name].append(files.put(
