@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def deploy(*args: str, timeout: float = 3600, data: dict | None = None):
 def on_vm(command: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
     """A command as root on pg1, over SSH as Vagrant reaches it."""
     proc = subprocess.run(["ssh", "-F", str(SSH_CONFIG), "-o", "ConnectTimeout=10",
-                           "-o", "BatchMode=yes", "pg1", f"sudo sh -c {json.dumps(command)}"],
+                           "-o", "BatchMode=yes", "pg1", f"sudo sh -c {shlex.quote(command)}"],
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{command}: {proc.returncode} {proc.stderr[-2000:]}")
