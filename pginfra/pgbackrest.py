@@ -235,6 +235,24 @@ def secrets_text(settings: Settings, cipher_pass: str, s3_cipher_pass: str | Non
     return "\n".join(lines) + "\n"
 
 
+SERVER_UNIT = "pgbackrest.service"  # Debian's: `pgbackrest server` as postgres
+SERVER_SETTLE_SECONDS = 20
+
+
+def restart_server_command(unit: str = SERVER_UNIT, settle: int = SERVER_SETTLE_SECONDS) -> str:
+    """Restart pgBackRest's TLS server and make sure it serves. Debian's unit calls a start
+    failed when the server is gone 3 s after it began (``ExecStartPost``) and brings it back
+    itself a second later (``Restart=always``): a start that failed once is given ``settle``
+    seconds to become active, with the journal printed either way, so a server that keeps
+    failing fails the run with its reason and one that came back does not."""
+    active = f"[ \"$(systemctl show -p ActiveState --value {unit})\" = active ]"
+    return (f"systemctl restart {unit} && exit 0; "
+            f"echo '{unit} did not start at once; systemd restarts it:'; "
+            f"journalctl --no-pager -n 15 -u {unit}; "
+            f"i=0; while [ $i -lt {settle} ]; do sleep 1; i=$((i+1)); {active} && exit 0; done; "
+            f"echo '{unit} is not active after {settle} s'; exit 1")
+
+
 def archive_command(settings: Settings) -> str:
     return f"pgbackrest --stanza={stanza(settings)} archive-push %p"
 

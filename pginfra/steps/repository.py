@@ -18,7 +18,7 @@ from pginfra.s3_access import ca_file, s3_keys
 from pginfra.secrets import password_for
 from pginfra.settings import Settings, SettingsError, database_hosts_only
 
-UNIT = "pgbackrest.service"  # Debian's: `pgbackrest server` as postgres
+UNIT = pgbr.SERVER_UNIT
 
 
 def passphrases(settings: Settings, host_name: str) -> tuple[str, str | None]:
@@ -82,11 +82,13 @@ def prepare_repository(settings: Settings):
     changed = [config, stanza, secrets]
     if pgbr.tls_server(settings):
         changed += _tls_files(settings)
+    tls = pgbr.tls_server(settings)
     systemd.service(name="pgBackRest TLS server between the cluster's hosts"
-                    if pgbr.tls_server(settings) else "No pgBackRest TLS server (one host)",
-                    service=UNIT, running=pgbr.tls_server(settings),
-                    enabled=pgbr.tls_server(settings),
-                    restarted=pgbr.tls_server(settings) and any(op.will_change for op in changed))
+                    if tls else "No pgBackRest TLS server (one host)",
+                    service=UNIT, running=tls, enabled=tls)
+    if tls and any(op.will_change for op in changed):
+        server.shell(name="Restart pgBackRest's TLS server for its new configuration",
+                     commands=[pgbr.restart_server_command(UNIT)])
 
     if not settings.is_standby:
         _stanza(settings)

@@ -165,14 +165,22 @@ def own_lab(lab_args: dict, control: Path, roles: list[str], hosts: int, first: 
         shutil.rmtree(control, ignore_errors=True)
 
 
-def why_failed(output: str, tail: int = 4000) -> str:
+def why_failed(output: str, tail: int = 4000, lab: Lab | None = None) -> str:
     """What a failed pyinfra run printed, for an assertion: every operation in which a host
     failed (a host that fails drops out of the operations after it, so the tail alone may not
-    name it), then the tail."""
+    name it), with ``lab`` the journal of every unit systemd said failed, then the tail."""
     blocks = re.split(r"\n(?=--> )", output)
     failing = [b for b in blocks if re.search(r"^\s*\[[^\]]+\] Error", b, re.M)]
     head = "\n".join(b[-2500:] for b in failing[:3])
-    return (f"failed operations:\n{head}\n...\n" if head else "") + output[-tail:]
+    journals = ""
+    if lab is not None:
+        for name, unit in sorted(set(re.findall(
+                r"\[([^\]]+)\] Job for (\S+) failed", output)))[:3]:
+            proc = lab.ssh(name, ["journalctl", "--no-pager", "-o", "short-precise", "-n", "40",
+                                  "-u", unit], check=False, timeout=60)
+            journals += f"journal of {unit} on {name}:\n{proc.stdout[-3000:]}\n"
+    return ((f"failed operations:\n{head}\n...\n" if head else "") + journals
+            + output[-tail:])
 
 
 @pytest.fixture(scope="session")
@@ -186,7 +194,7 @@ def first_deploy(lab) -> Deploy:
 def deploy_ok(lab: Lab, *args: str, env: dict | None = None) -> Deploy:
     """A deploy that must succeed."""
     result = run_pyinfra(lab, *args, env=env)
-    assert result.returncode == 0, why_failed(result.stderr)
+    assert result.returncode == 0, why_failed(result.stderr, lab=lab)
     return result
 
 

@@ -131,7 +131,7 @@ def missing_rows(lab: Lab, name: str, committed: list[int]) -> list[int]:
 
 def test_a_patroni_cluster_from_a_cold_start(lab):
     result = deploy(lab)
-    assert result.returncode == 0, why_failed(result.stderr)
+    assert result.returncode == 0, why_failed(result.stderr, lab=lab)
     record_timing("ha_cold_deploy_3_hosts_seconds", result.seconds)
     wait_for(lambda: healthy(lab, "pgh2", NAMES), "one leader and two streaming replicas",
              timeout=90)
@@ -236,7 +236,7 @@ def test_haproxy_on_every_member_routes_to_the_leader_and_the_replicas(lab):
 
 def test_second_deploy_reports_no_changes(lab):
     again = deploy(lab)
-    assert again.returncode == 0, why_failed(again.stderr)
+    assert again.returncode == 0, why_failed(again.stderr, lab=lab)
     assert again.changed == [], again.changed
     record_timing("ha_second_deploy_seconds", again.seconds)
 
@@ -258,7 +258,7 @@ def test_a_shared_parameter_changes_through_patroni_and_restarts_roll(lab):
     with Writer(lab) as writer:
         grown = deploy(lab, {**DATA, "postgres_max_connections": 250})
         time.sleep(1)
-    assert grown.returncode == 0, why_failed(grown.stderr)
+    assert grown.returncode == 0, why_failed(grown.stderr, lab=lab)
     record_timing("ha_rolling_restart_deploy_seconds", grown.seconds)
     assert any("shared configuration (patronictl edit-config)" in n for n in grown.changed)
     # etcd holds it (a file would be overridden by Patroni's command line)
@@ -276,7 +276,7 @@ def test_a_shared_parameter_changes_through_patroni_and_restarts_roll(lab):
     assert again.returncode == 0 and again.changed == [], again.changed
     # a shrink: the leader first (a replica must not have less than its primary)
     back = deploy(lab)
-    assert back.returncode == 0, why_failed(back.stderr)
+    assert back.returncode == 0, why_failed(back.stderr, lab=lab)
     assert q(lab, now, "SHOW max_connections") == "200"
     wait_for(lambda: healthy(lab, now, NAMES), "the cluster after the restarts", timeout=90)
 
@@ -365,13 +365,13 @@ def test_after_a_failover_the_deploy_and_the_jobs_follow_the_leader(lab):
              {"name": "app", "login": True, "connection_limit": 61, "member_of": ["app_owner"]},
              {"name": "community_owner"}]
     changed = deploy(lab, {**DATA, "postgres_roles": roles})
-    assert changed.returncode == 0, why_failed(changed.stderr)
+    assert changed.returncode == 0, why_failed(changed.stderr, lab=lab)
     assert any(n.endswith("| Create or change roles: app") for n in changed.changed), \
         changed.changed
     wait_for(lambda: all(q(lab, n, "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'app'")
                          == "61" for n in NAMES), "the role's change on every member")
     back = deploy(lab)
-    assert back.returncode == 0, why_failed(back.stderr)
+    assert back.returncode == 0, why_failed(back.stderr, lab=lab)
     again = deploy(lab)
     assert again.returncode == 0 and again.changed == [], again.changed
 

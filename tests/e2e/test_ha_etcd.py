@@ -115,7 +115,7 @@ def etcdctl(lab: Lab, *args: str, on: str = "pge1", check: bool = True):
 
 def test_etcd_on_a_host_of_its_own_serves_the_database_hosts(lab):
     result = deploy(lab)
-    assert result.returncode == 0, why_failed(result.stderr)
+    assert result.returncode == 0, why_failed(result.stderr, lab=lab)
     record_timing("ha_etcd_own_host_cold_deploy_seconds", result.seconds)
     wait_for(lambda: whole(lab), "pge1 leading, pge2 its replica", timeout=90)
     listed = json.loads(etcdctl(lab, "member", "list", "-w", "json").stdout)
@@ -213,7 +213,7 @@ def test_the_etcd_host_runs_etcd_and_nothing_else(lab):
 
 def test_second_deploy_reports_no_changes(lab):
     again = deploy(lab)
-    assert again.returncode == 0, why_failed(again.stderr)
+    assert again.returncode == 0, why_failed(again.stderr, lab=lab)
     assert again.changed == [], again.changed
 
 

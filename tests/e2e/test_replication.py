@@ -48,7 +48,7 @@ def deploy(lab: Lab, hosts: str = "pgr1,pgr2,pgr3", primary: str = "", *args: st
 
 def deploy_ok(lab: Lab, *args, **kwargs) -> Deploy:
     result = deploy(lab, *args, **kwargs)
-    assert result.returncode == 0, why_failed(result.stderr)
+    assert result.returncode == 0, why_failed(result.stderr, lab=lab)
     return result
 
 

@@ -146,3 +146,41 @@ def test_stanza_create_leaves_the_standbys_out():
     assert "--reset-pg2-host" in flags and "--reset-pg3-path" in flags
     assert not [f for f in flags if f.startswith("--reset-pg1")]
     assert pgbr.local_only_flags(host("db1")) == []
+
+
+def _restart_with(tmp_path, restart_rc: int, active_after: int | None):
+    """restart_server_command against a systemctl that fails the restart with ``restart_rc``
+    and reports the unit active from its ``active_after``-th look (never with None)."""
+    count = tmp_path / "looks"
+    count.write_text("0")
+    (tmp_path / "systemctl").write_text(f"""#!/bin/sh
+case "$1" in
+  restart) exit {restart_rc} ;;
+  show) n=$(( $(cat {count}) + 1 )); echo $n > {count}
+        if [ -n "{active_after or ''}" ] && [ $n -ge {active_after or 0} ]; then echo active
+        else echo activating; fi ;;
+esac
+""")
+    (tmp_path / "journalctl").write_text("#!/bin/sh\necho 'ERROR: [039]: unable to bind socket'\n")
+    for tool in ("systemctl", "journalctl"):
+        (tmp_path / tool).chmod(0o755)
+    command = pgbr.restart_server_command(settle=3).replace("sleep 1", "sleep 0.05")
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True,
+                          env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+
+
+def test_a_server_restart_that_works_at_once_waits_for_nothing(tmp_path):
+    proc = _restart_with(tmp_path, 0, None)
+    assert proc.returncode == 0 and proc.stdout == ""
+
+
+def test_a_server_systemd_brings_back_passes_and_says_why_it_failed_first(tmp_path):
+    proc = _restart_with(tmp_path, 1, 2)
+    assert proc.returncode == 0
+    assert "did not start at once" in proc.stdout and "unable to bind socket" in proc.stdout
+
+
+def test_a_server_that_stays_down_fails_the_run_with_its_journal(tmp_path):
+    proc = _restart_with(tmp_path, 1, None)
+    assert proc.returncode == 1
+    assert "unable to bind socket" in proc.stdout and "not active after 3 s" in proc.stdout
