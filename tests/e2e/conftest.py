@@ -176,9 +176,12 @@ def why_failed(output: str, tail: int = 4000, lab: Lab | None = None) -> str:
     if lab is not None:
         for name, unit in sorted(set(re.findall(
                 r"\[([^\]]+)\] Job for (\S+) failed", output)))[:3]:
-            proc = lab.ssh(name, ["journalctl", "--no-pager", "-o", "short-precise", "-n", "40",
-                                  "-u", unit], check=False, timeout=60)
-            journals += f"journal of {unit} on {name}:\n{proc.stdout[-3000:]}\n"
+            try:
+                text = lab.ssh(name, ["journalctl", "--no-pager", "-o", "short-precise", "-n",
+                                      "40", "-u", unit], check=False, timeout=60).stdout
+            except Exception as error:  # a host that is down: the run's output still counts
+                text = f"(not read: {error})"
+            journals += f"journal of {unit} on {name}:\n{text[-3000:]}\n"
     return ((f"failed operations:\n{head}\n...\n" if head else "") + journals
             + output[-tail:])
 
