@@ -13,7 +13,16 @@ from pginfra_host import util
 from pginfra_host.health.config import THRESHOLDS
 from pginfra_host.health.context import Context
 from pginfra_host.health.db import describe, query, query_one, settings
-from pginfra_host.health.result import CRITICAL, OK, grade, result, rounded, worst
+from pginfra_host.health.result import (
+    CRITICAL,
+    OK,
+    WARNING,
+    grade,
+    more,
+    result,
+    rounded,
+    worst,
+)
 
 XID_HORIZON = 2 ** 31
 MIN_BLOCKS = 100_000  # cache_hit_ratio: below this (800 MB of reads) a cold cache is no signal
@@ -31,18 +40,30 @@ def fs_usage(path: str) -> dict:
             "inodes_percent": 100.0 * inodes_used / inode_total if st.f_files else None}
 
 
-def tree_bytes(path: str) -> int:
-    """The bytes of the regular files under ``path``."""
-    total, todo = 0, [path]
+def tree_bytes(path: str) -> tuple[int, list[str]]:
+    """The bytes of the regular files under ``path``, and the directories under it this user
+    cannot read. ``lost+found`` at the root of a filesystem is not one of them: mke2fs makes it
+    root's, 0700, for fsck, on the device of ``postgres_wal_archive_device`` too."""
+    total, todo, unreadable = 0, [path], []
     while todo:
-        with os.scandir(todo.pop()) as entries:
+        current = todo.pop()
+        try:
+            entries = os.scandir(current)
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            if not (os.path.basename(current) == "lost+found"
+                    and os.path.ismount(os.path.dirname(current))):
+                unreadable.append(current)
+            continue
+        with entries:
             for entry in entries:
                 with contextlib.suppress(FileNotFoundError):
                     if entry.is_dir(follow_symlinks=False):
                         todo.append(entry.path)
                     elif entry.is_file(follow_symlinks=False):
                         total += entry.stat(follow_symlinks=False).st_size
-    return total
+    return total, sorted(unreadable)
 
 
 def postgres_bytes(ctx: Context) -> tuple[int | None, str | None]:
@@ -98,9 +119,13 @@ def check_disk(ctx: Context, name: str, key: str, path: str) -> dict:
                 notes.append(f"pg_wal's filesystem {wal_usage['percent']:.1f} % used, "
                              f"{util.human(wal_usage['free_bytes'])} free")
     else:
-        size = tree_bytes(path)
-        data["bytes"] = size
+        size, unreadable = tree_bytes(path)
+        data["bytes"], data["unreadable"] = size, unreadable
         what = f"the archive holds {util.human(size)}"
+        if unreadable:  # pgBackRest, as postgres, cannot read them either
+            statuses.append(WARNING)
+            notes.append(f"{len(unreadable)} directory(ies) under it this check's user cannot "
+                         f"read: {more(unreadable)} (pgBackRest cannot either)")
     detail = (f"{value:.1f} % of the filesystem of {path} used, "
               f"{util.human(usage['free_bytes'])} free; {what}")
     if notes:

@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+from pginfra.roles import EXPORTER_ROLE
 from pginfra.server_config import server_parameters
 from pginfra.tuning import MB
 
@@ -149,8 +150,13 @@ def test_hba_uses_only_scram_and_peer_and_rejects_the_rest(psql):
 
 
 def test_every_login_role_and_postgres_have_a_scram_password(psql):
+    """The Prometheus exporter's role (health_prometheus) excepted: it has no password at all,
+    so it can only come in over the Unix socket by peer authentication, never over TCP."""
     assert psql("SELECT count(*) FROM pg_authid WHERE (rolcanlogin OR rolname = 'postgres') "
+                f"AND rolname <> '{EXPORTER_ROLE}' "
                 "AND coalesce(rolpassword, '') NOT LIKE 'SCRAM-SHA-256$%'") == "0"
+    assert psql(f"SELECT count(*) FROM pg_authid WHERE rolname = '{EXPORTER_ROLE}' "
+                "AND rolpassword IS NOT NULL") == "0"
 
 
 def test_databases_refuse_public_connect_and_public_schema_create_and_usage(host, psql):
