@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -16,9 +15,12 @@ import pytest
 
 from pginfra import ROOT
 
+PYTHON3 = "/usr/bin/python3"
 pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("mount"),
-    reason="needs root, setpriv and mount (util-linux) to walk a mount as another user")
+    os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("mount")
+    or not os.path.exists(PYTHON3),
+    reason="needs root, setpriv and mount (util-linux) to walk a mount as another user, and "
+           "the system's python3")
 
 
 @pytest.fixture
@@ -41,8 +43,9 @@ def archive():
 def walk_as_nobody(base: Path, path: Path) -> list:
     code = ("import json, sys; from pginfra_host.health.storage import tree_bytes; "
             "print(json.dumps(tree_bytes(sys.argv[1])))")
+    # the host's own Python, as on a host (this one's virtualenv may sit in a 0700 home)
     proc = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                           sys.executable, "-c", code, str(path)], capture_output=True,
+                           PYTHON3, "-c", code, str(path)], capture_output=True,
                           text=True, env={"PYTHONPATH": str(base / "pkg")}, check=True)
     return json.loads(proc.stdout)
 
