@@ -18,8 +18,6 @@ from pginfra.s3_access import ca_file, s3_keys
 from pginfra.secrets import password_for
 from pginfra.settings import Settings, SettingsError, database_hosts_only
 
-UNIT = pgbr.SERVER_UNIT
-
 
 def passphrases(settings: Settings, host_name: str) -> tuple[str, str | None]:
     """(repository 1's, repository 2's or None) from the secrets source; missing is an error
@@ -80,15 +78,15 @@ def prepare_repository(settings: Settings):
                         mode=mode)
 
     changed = [config, stanza, secrets]
-    if pgbr.tls_server(settings):
-        changed += _tls_files(settings)
     tls = pgbr.tls_server(settings)
+    if tls:
+        changed += _tls_files(settings)
     systemd.service(name="pgBackRest TLS server between the cluster's hosts"
                     if tls else "No pgBackRest TLS server (one host)",
-                    service=UNIT, running=tls, enabled=tls)
+                    service=pgbr.SERVER_UNIT, running=tls, enabled=tls)
     if tls and any(op.will_change for op in changed):
         server.shell(name="Restart pgBackRest's TLS server for its new configuration",
-                     commands=[pgbr.restart_server_command(UNIT)])
+                     commands=[pgbr.restart_server_command()])
 
     if not settings.is_standby:
         _stanza(settings)
