@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pginfra.secrets import generate_missing  # noqa: E402
-from pginfra_lab.rehearsal import Lab, free_subnet  # noqa: E402
+from pginfra_lab.rehearsal import Lab, free_subnet, machine_lock  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -55,13 +55,17 @@ def bench_lab(bridge: str, prefix: str, roles: list[str], hosts: int = 1,
         os.environ["PGINFRA_SECRETS_FILE"] = str(control / "secrets.yaml")
         env = dict(os.environ, PGINFRA_REHEARSAL_DIR=f"{tmp}/lab",
                    PGINFRA_CA_DIR=str(control / "ca"))
-        lab_options.setdefault("subnet", free_subnet(first=2))
-        lab = Lab(state_dir=Path(tmp) / "lab", bridge=bridge, prefix=prefix, **lab_options)
+        lab = None
         try:
-            lab.up(hosts)
+            with machine_lock():  # another benchmark may be choosing a subnet right now
+                lab_options.setdefault("subnet", free_subnet(first=2))
+                lab = Lab(state_dir=Path(tmp) / "lab", bridge=bridge, prefix=prefix,
+                          **lab_options)
+                lab.up(hosts)
             yield lab, env, Path(tmp)
         finally:  # thrown away: no clean shutdown (an HA leader may wait on a standby gone)
-            lab.down(fast=True)
+            if lab is not None and lab.load_state():
+                lab.down(fast=True)
             shutil.rmtree(control, ignore_errors=True)
 
 

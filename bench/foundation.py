@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from common import parse_args, write_results  # noqa: E402
 
 from pginfra.secrets import generate_missing  # noqa: E402
-from pginfra_lab.rehearsal import Lab, free_subnet  # noqa: E402
+from pginfra_lab.rehearsal import Lab, free_subnet, machine_lock  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -67,14 +67,16 @@ def main() -> int:
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="pginfra-bench-") as tmp:
         cache = Path("/var/cache/pginfra") if args.keep_rootfs_cache else Path(tmp) / "cache"
-        lab = Lab(state_dir=Path(tmp) / "lab", cache_dir=cache, subnet=free_subnet(first=2),
-                  bridge="pginfra-bench", prefix="pgb")
+        lab = Lab(state_dir=Path(tmp) / "lab", cache_dir=cache, bridge="pginfra-bench",
+                  prefix="pgb")
         generate_missing(["postgres", "app", "pgbouncer_admin", "backup_cipher_pass"],
                          Path(tmp) / "control" / "secrets.yaml")
         try:
             if not args.keep_rootfs_cache:
                 figures["rootfs_build_s"], _ = timed(lab.build_rootfs)
-            figures["lab_up_2_hosts_s"], _ = timed(lab.up, 2)
+            with machine_lock():  # another benchmark may be choosing a subnet right now
+                lab.subnet = free_subnet(first=2)
+                figures["lab_up_2_hosts_s"], _ = timed(lab.up, 2)
             figures["host_boot_s"] = lab.hosts["pgb1"]["boot_seconds"]
 
             bare = "export DEBIAN_FRONTEND=noninteractive; apt-get update -q >/dev/null && " \
@@ -86,7 +88,8 @@ def main() -> int:
             figures["first_deploy_changed_ops"] = first["success"]
             figures["second_deploy_changed_ops"] = second["success"]
         finally:
-            lab.down()
+            if lab.load_state():
+                lab.down()
 
     base = figures["baseline_bare_apt_install_s"]
     figures["ratio_first_deploy_to_baseline"] = figures["first_deploy_s"] / base

@@ -18,6 +18,7 @@ What inventories and testinfra need is written into the lab's state directory:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -28,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +51,8 @@ IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 IP_FORWARD_RECORD = Path("/run/pginfra-rehearsal.ip_forward")  # the value before any lab
 # Shared SSH connections; a socket path must stay under 108 bytes, so not in the state directory.
 SSH_CONTROL_DIR = Path("/run/pginfra-ssh")
+# Held while a lab changes what all labs share (see machine_lock).
+MACHINE_LOCK = Path("/run/pginfra-rehearsal.lock")
 # nspawn's exit status when the container asked for a reboot (with --keep-unit it does not boot
 # the container again itself, it leaves that to its service manager: here, the supervisor).
 EXIT_REBOOT = 133
@@ -124,6 +128,36 @@ def overlapping_routes(subnet: str, routes: list[dict], own_bridge: str) -> list
         if other.version == net.version and other.overlaps(net):
             clashes.append(f"{dst} dev {route.get('dev', '?')}")
     return clashes
+
+
+_lock_guard = threading.RLock()
+_lock_files: list = []
+
+
+@contextlib.contextmanager
+def machine_lock(path: Path | None = None):
+    """Hold this machine's lab lock: labs brought up or down at the same time (the benchmarks'
+    short modes run side by side) take turns choosing a free subnet and making its bridge, its
+    NAT rules, the record of ip_forward and the root filesystem cache. Reentrant in a process;
+    a blocking ``flock`` between processes, released when the holder exits however it exits.
+
+        with machine_lock():
+            lab = Lab(subnet=free_subnet(first=2), ...)
+            lab.up(3)            # takes the lock again: no deadlock
+    """
+    with _lock_guard:
+        if not _lock_files:
+            handle = open(path or MACHINE_LOCK, "a")  # noqa: SIM115 - closed below
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            _lock_files.append(handle)
+        else:
+            _lock_files.append(_lock_files[-1])
+        try:
+            yield
+        finally:
+            handle = _lock_files.pop()
+            if not _lock_files:
+                handle.close()  # closing the only descriptor releases the flock
 
 
 def free_subnet(routes: list[dict] | None = None, first: int = 1,
@@ -575,16 +609,17 @@ class Lab:
     # commands
     def up(self, count: int = 1) -> dict[str, dict]:
         names = host_names(self.prefix, count)
-        self.preflight(names)
-        gateway, addresses = plan_addresses(self.subnet, names)
-        self.ensure_key()
-        self.build_rootfs()
-        self.ensure_network(gateway)
-        for name in names:
-            self.hosts.setdefault(name, {"address": addresses[name], "pid": None})
-            self.hosts[name]["address"] = addresses[name]
-            self.create_host(name, addresses[name], gateway)
-        self.save_state()
+        with machine_lock():  # the checks and what labs share, as one step
+            self.preflight(names)
+            gateway, addresses = plan_addresses(self.subnet, names)
+            self.ensure_key()
+            self.build_rootfs()
+            self.ensure_network(gateway)
+            for name in names:
+                self.hosts.setdefault(name, {"address": addresses[name], "pid": None})
+                self.hosts[name]["address"] = addresses[name]
+                self.create_host(name, addresses[name], gateway)
+            self.save_state()
         self.write_access_files()
         for name in names:
             if self.is_running(name):
@@ -758,18 +793,20 @@ class Lab:
             link = f"vb-{name}"
             if run(["ip", "link", "show", link], check=False).returncode == 0:
                 run(["ip", "link", "del", link])
-        for rule in self._iptables_rules():
-            while run(["iptables", *rule[:2], "-C", *rule[2:]], check=False).returncode == 0:
-                run(["iptables", *rule[:2], "-D", *rule[2:]])
-        if run(["ip", "link", "show", self.bridge], check=False).returncode == 0:
-            run(["ip", "link", "del", self.bridge])
-        other_labs = IPT_COMMENT in run(["iptables-save", "-t", "nat"]).stdout
-        if IP_FORWARD_RECORD.exists() and not other_labs:  # the last lab down restores it
-            IP_FORWARD.write_text(IP_FORWARD_RECORD.read_text())
-            IP_FORWARD_RECORD.unlink()
-        if not other_labs:
-            with contextlib.suppress(OSError):  # left in place while a connection lingers
-                SSH_CONTROL_DIR.rmdir()
+        with machine_lock():  # "the last lab down" must not race another lab coming up
+            for rule in self._iptables_rules():
+                while run(["iptables", *rule[:2], "-C", *rule[2:]],
+                          check=False).returncode == 0:
+                    run(["iptables", *rule[:2], "-D", *rule[2:]])
+            if run(["ip", "link", "show", self.bridge], check=False).returncode == 0:
+                run(["ip", "link", "del", self.bridge])
+            other_labs = IPT_COMMENT in run(["iptables-save", "-t", "nat"]).stdout
+            if IP_FORWARD_RECORD.exists() and not other_labs:  # the last lab down restores it
+                IP_FORWARD.write_text(IP_FORWARD_RECORD.read_text())
+                IP_FORWARD_RECORD.unlink()
+            if not other_labs:
+                with contextlib.suppress(OSError):  # left in place while a connection lingers
+                    SSH_CONTROL_DIR.rmdir()
         shutil.rmtree(self.state_dir)
         self.hosts = {}
         say("lab removed; the root filesystem cache stays in " + str(self.rootfs_dir().parent))

@@ -233,3 +233,44 @@ def test_a_supervised_host_is_found_running_and_stop_host_ends_its_supervisor(tm
         if sup.poll() is None:
             os.killpg(sup.pid, 9)
             sup.wait()
+
+
+def _locked_child(lock, log, hold: float):
+    """A process that holds the lab lock for ``hold`` seconds, writing when it enters and leaves."""
+    import subprocess
+    import sys
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from pginfra_lab.rehearsal import machine_lock\n"
+        f"log = Path({str(log)!r})\n"
+        f"with machine_lock(Path({str(lock)!r})):\n"
+        "    log.write_text(log.read_text() + 'child in\\n')\n"
+        "    print('held', flush=True)\n"
+        f"    time.sleep({hold})\n"
+        "    log.write_text(log.read_text() + 'child out\\n')\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+
+
+def test_machine_lock_makes_a_second_process_wait_its_turn(tmp_path):
+    lock, log = tmp_path / "lock", tmp_path / "log"
+    log.write_text("")
+    child = _locked_child(lock, log, hold=1.0)
+    assert child.stdout.readline().strip() == "held"
+    with rehearsal.machine_lock(lock):
+        log.write_text(log.read_text() + "parent in\n")
+    assert child.wait(timeout=30) == 0
+    assert log.read_text().splitlines() == ["child in", "child out", "parent in"]
+
+
+def test_machine_lock_is_reentrant_and_released_by_the_outermost_exit(tmp_path):
+    import fcntl
+    lock = tmp_path / "lock"
+    # Nested: no deadlock. Another open file of the lock cannot take it meanwhile.
+    with (rehearsal.machine_lock(lock), rehearsal.machine_lock(lock), open(lock) as other,
+          pytest.raises(BlockingIOError)):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(lock) as other:  # released once the outer block ends
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
