@@ -27,6 +27,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from pginfra_lab.rehearsal import (
@@ -313,6 +314,54 @@ def add_box(box: Box) -> None:
         return
     run(["vagrant", "box", "add", "--force", "--name", BOX_NAME, str(box.box_file)], timeout=900)
     stamp.write_text(f"{time.time():.0f}\n")
+    prune_box_volumes()  # the next machine up uploads this box afresh
+
+
+BOX_VOLUME_PREFIX = BOX_NAME.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
+
+
+def stale_box_volumes(volumes: dict[str, str | None]) -> list[str]:
+    """The copies of the box in libvirt's pool that no machine runs on. Vagrant's libvirt
+    provider uploads the box into the pool (``..._vagrant_box_image_0_<stamp>_box.img``, 764 MB
+    here) the first time a machine comes up from it and never removes one, so every rebuilt box
+    left its old copy behind. ``volumes``: every volume of the pool, name -> the path of its
+    backing file (None without one); a machine's disk has its box's copy as backing file.
+
+        stale_box_volumes({"pginfra-VAGRANTSLASH-bookworm64_vagrant_box_image_0_1_box.img": None,
+                           "pginfra-e2e-vm-pg1.img": None})
+        # -> ["pginfra-VAGRANTSLASH-bookworm64_vagrant_box_image_0_1_box.img"]
+    """
+    used = {Path(backing).name for backing in volumes.values() if backing}
+    return sorted(name for name in volumes
+                  if name.startswith(BOX_VOLUME_PREFIX) and name not in used)
+
+
+def pool_volumes(pool: str = "default") -> dict[str, str | None]:
+    """Every volume of libvirt's ``pool``: name -> the path of its backing file, or None."""
+    virsh = ["virsh", "-c", "qemu:///system"]
+    volumes = {}
+    for line in run([*virsh, "vol-list", pool, "--details"]).stdout.splitlines()[2:]:
+        if line.strip():
+            name = line.split()[0]
+            xml = run([*virsh, "vol-dumpxml", "--pool", pool, name]).stdout
+            backing = ET.fromstring(xml).find("backingStore/path")
+            volumes[name] = backing.text if backing is not None else None
+    return volumes
+
+
+def prune_box_volumes(pool: str = "default") -> list[str]:
+    """Delete the copies of the box no machine runs on from libvirt's ``pool`` (see
+    stale_box_volumes), when a rebuilt box is added: they hold the old box. The names deleted.
+    A failure is said and left: it never stops a VM from coming up."""
+    try:
+        stale = stale_box_volumes(pool_volumes(pool))
+        for name in stale:
+            say(f"removing an old copy of the box from libvirt's pool {pool}: {name}")
+            run(["virsh", "-c", "qemu:///system", "vol-delete", "--pool", pool, name])
+        return stale
+    except (RehearsalError, ET.ParseError, subprocess.SubprocessError, OSError) as error:
+        say(f"old copies of the box were not removed from libvirt's pool {pool}: {error}")
+        return []
 
 
 def project_dir() -> Path:

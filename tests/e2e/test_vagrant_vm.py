@@ -25,7 +25,7 @@ from pginfra import ROOT, archive_disk, kernel
 from pginfra.facts import BlockDevice, Container, MemInfo
 from pginfra.secrets import generate_missing
 from pginfra.tuning import MB, tune
-from pginfra_lab.vm import Machines
+from pginfra_lab.vm import BOX_VOLUME_PREFIX, Machines, pool_volumes, stale_box_volumes
 
 # Another state directory and network (PGINFRA_E2E_VM_DIR, PGINFRA_VM_NET) run a second copy
 # beside the suite's: the whole rehearsal while the suite runs its short form.
@@ -133,6 +133,15 @@ def vm():
                 virsh("net-destroy", network)
                 virsh("net-undefine", network)
             FORWARD.write_text(forward_before)
+
+
+def test_the_box_copy_a_machine_runs_on_is_never_pruned(vm):
+    """Read from libvirt's real pool: pg1's disk has a copy of the box as its backing file, and
+    that copy is not one of those a rebuilt box's ``vagrant box add`` removes."""
+    volumes = pool_volumes()
+    disk = volumes[f"{MACHINES.prefix}pg1.img"]
+    assert disk and Path(disk).name.startswith(BOX_VOLUME_PREFIX), volumes
+    assert Path(disk).name not in stale_box_volumes(volumes)
 
 
 def run_fact(fact, **kwargs):

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from pginfra_lab import vm
 from pginfra_lab.rehearsal import RehearsalError
 from pginfra_lab.vm import (
     BOX_PACKAGES,
@@ -66,3 +67,21 @@ def test_machines_of_a_test_are_kept_apart(tmp_path):
                     reason="vagrant is not installed (./dev.sh test installs Debian's vagrant)")
 def test_vagrants_insecure_key_comes_from_debians_package():
     assert vagrant_public_key().startswith(("ssh-rsa ", "ssh-ed25519 "))
+
+
+def _box_volume(stamp: int) -> str:
+    return f"{vm.BOX_VOLUME_PREFIX}0_{stamp}_box.img"
+
+
+def test_copies_of_the_box_no_machine_runs_on_go():
+    pool = "/var/lib/libvirt/images/"
+    volumes = {
+        _box_volume(1796105378): None,
+        _box_volume(1796110484): None,  # a machine made from an older box still runs on it
+        "pginfra-e2e-pg1.img": pool + _box_volume(1796110484),
+        "pginfra-e2e-pg1-vdb.qcow2": None,
+        "someone-elses-box_vagrant_box_image_0_1_box.img": None,
+    }
+    assert vm.stale_box_volumes(volumes) == [_box_volume(1796105378)]
+    assert vm.stale_box_volumes({"pginfra-e2e-pg1-vdb.qcow2": None}) == []
+    assert vm.stale_box_volumes({}) == []
