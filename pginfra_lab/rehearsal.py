@@ -131,7 +131,7 @@ def overlapping_routes(subnet: str, routes: list[dict], own_bridge: str) -> list
 
 
 _lock_guard = threading.RLock()
-_lock_files: list = []
+_lock_held = {"file": None, "depth": 0}
 
 
 @contextlib.contextmanager
@@ -146,18 +146,17 @@ def machine_lock(path: Path | None = None):
             lab.up(3)            # takes the lock again: no deadlock
     """
     with _lock_guard:
-        if not _lock_files:
-            handle = open(path or MACHINE_LOCK, "a")  # noqa: SIM115 - closed below
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            _lock_files.append(handle)
-        else:
-            _lock_files.append(_lock_files[-1])
+        if _lock_held["depth"] == 0:
+            _lock_held["file"] = open(path or MACHINE_LOCK, "a")  # noqa: SIM115 - closed below
+            fcntl.flock(_lock_held["file"], fcntl.LOCK_EX)
+        _lock_held["depth"] += 1
         try:
             yield
         finally:
-            handle = _lock_files.pop()
-            if not _lock_files:
-                handle.close()  # closing the only descriptor releases the flock
+            _lock_held["depth"] -= 1
+            if _lock_held["depth"] == 0:
+                _lock_held["file"].close()  # closing its only descriptor releases the flock
+                _lock_held["file"] = None
 
 
 def free_subnet(routes: list[dict] | None = None, first: int = 1,

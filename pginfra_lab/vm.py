@@ -41,6 +41,7 @@ from pginfra_lab.rehearsal import (
 )
 
 BOX_NAME = "pginfra/bookworm64"
+VIRSH = ["virsh", "-c", "qemu:///system"]  # the system libvirtd that Vagrant uses
 # What a VM needs beyond a container: a kernel and its initramfs, udev, and a DHCP client on the
 # first interface (libvirt's management network), which Vagrant's Debian guest support drives
 # through ifupdown for the private network.
@@ -291,18 +292,18 @@ def ensure_libvirtd() -> None:
             say(f"starting {daemon} (systemd is not PID 1 here)")
             run([daemon, "--daemon"])
     deadline = time.monotonic() + 30
-    while run(["virsh", "-c", "qemu:///system", "version"], check=False).returncode != 0:
+    while run([*VIRSH, "version"], check=False).returncode != 0:
         if time.monotonic() > deadline:
             raise RehearsalError("libvirtd does not answer on qemu:///system")
         time.sleep(0.5)
-    pools = run(["virsh", "-c", "qemu:///system", "pool-list", "--all", "--name"]).stdout.split()
+    pools = run([*VIRSH, "pool-list", "--all", "--name"]).stdout.split()
     if "default" not in pools:
         Path("/var/lib/libvirt/images").mkdir(parents=True, exist_ok=True)
-        run(["virsh", "-c", "qemu:///system", "pool-define-as", "default", "dir",
+        run([*VIRSH, "pool-define-as", "default", "dir",
              "--target", "/var/lib/libvirt/images"])
-    info = run(["virsh", "-c", "qemu:///system", "pool-info", "default"]).stdout
+    info = run([*VIRSH, "pool-info", "default"]).stdout
     if "running" not in info:
-        run(["virsh", "-c", "qemu:///system", "pool-start", "default"])
+        run([*VIRSH, "pool-start", "default"])
 
 
 def add_box(box: Box) -> None:
@@ -338,12 +339,11 @@ def stale_box_volumes(volumes: dict[str, str | None]) -> list[str]:
 
 def pool_volumes(pool: str = "default") -> dict[str, str | None]:
     """Every volume of libvirt's ``pool``: name -> the path of its backing file, or None."""
-    virsh = ["virsh", "-c", "qemu:///system"]
     volumes = {}
-    for line in run([*virsh, "vol-list", pool, "--details"]).stdout.splitlines()[2:]:
+    for line in run([*VIRSH, "vol-list", pool, "--details"]).stdout.splitlines()[2:]:
         if line.strip():
             name = line.split()[0]
-            xml = run([*virsh, "vol-dumpxml", "--pool", pool, name]).stdout
+            xml = run([*VIRSH, "vol-dumpxml", "--pool", pool, name]).stdout
             backing = ET.fromstring(xml).find("backingStore/path")
             volumes[name] = backing.text if backing is not None else None
     return volumes
@@ -357,7 +357,7 @@ def prune_box_volumes(pool: str = "default") -> list[str]:
         stale = stale_box_volumes(pool_volumes(pool))
         for name in stale:
             say(f"removing an old copy of the box from libvirt's pool {pool}: {name}")
-            run(["virsh", "-c", "qemu:///system", "vol-delete", "--pool", pool, name])
+            run([*VIRSH, "vol-delete", "--pool", pool, name])
         return stale
     except (RehearsalError, ET.ParseError, subprocess.SubprocessError, OSError) as error:
         say(f"old copies of the box were not removed from libvirt's pool {pool}: {error}")

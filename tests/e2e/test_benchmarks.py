@@ -52,16 +52,12 @@ def runs(request) -> dict[str, Future]:
     pool.shutdown(wait=True)
 
 
-def figures_of(runs: dict[str, Future], name: str) -> dict:
-    return runs[name].result()
-
-
 def positive(*values) -> bool:
     return all(isinstance(v, int | float) and v > 0 for v in values)
 
 
 def test_foundation(runs):
-    figures = figures_of(runs, "foundation")
+    figures = runs["foundation"].result()
     assert positive(figures["baseline_bare_apt_install_s"], figures["first_deploy_s"],
                     figures["ratio_first_deploy_to_baseline"],
                     figures["ratio_second_deploy_to_baseline"])
@@ -70,7 +66,7 @@ def test_foundation(runs):
 
 
 def test_pgbouncer(runs):
-    figures = figures_of(runs, "pgbouncer")
+    figures = runs["pgbouncer"].result()
     capacity = figures["capacity"]
     assert capacity["client_failures"] == 0, capacity["first_failure"]
     assert capacity["clients_connected"] == capacity["clients_requested"]
@@ -80,7 +76,7 @@ def test_pgbouncer(runs):
 
 
 def test_backup(runs):
-    figures = figures_of(runs, "backup")
+    figures = runs["backup"].result()
     baseline, pgbr = figures["baseline"], figures["pgbackrest"]
     for name in ("pg_basebackup_gzip", "pg_basebackup_lz4"):
         assert positive(baseline[name]["seconds"], baseline[name]["bytes"]), baseline[name]
@@ -100,7 +96,7 @@ def test_backup(runs):
 
 
 def test_harden(runs):
-    figures = figures_of(runs, "harden")
+    figures = runs["harden"].result()
     safe, naive = figures["safe"], figures["naive"]
     assert safe["apply_ok"], safe["apply_errors"]
     assert safe["invalid_indexes_after"] == 0
@@ -109,7 +105,7 @@ def test_harden(runs):
 
 
 def test_health(runs):
-    figures = figures_of(runs, "health")
+    figures = runs["health"].result()
     assert positive(figures["baseline_tps"], figures["health_back_to_back"]["runs"],
                     figures["health_back_to_back"]["tps_ratio_to_baseline"],
                     figures["health_capacity"]["seconds_ratio_after_to_before"])
@@ -119,7 +115,7 @@ def test_health(runs):
 
 
 def test_replication(runs):
-    figures = figures_of(runs, "replication")
+    figures = runs["replication"].result()
     assert positive(figures["cold_1_host_s"], figures["noop_1_host_s"],
                     figures["cold_3_hosts_s"], figures["noop_3_hosts_s"],
                     figures["plain_pg_basebackup_s"], figures["deploy_rebuilding_standby_s"],
@@ -133,7 +129,7 @@ def test_replication(runs):
 
 
 def test_ha(runs):
-    figures = figures_of(runs, "ha")
+    figures = runs["ha"].result()
     tps = figures["tps"]
     assert positive(tps["direct_to_leader"], tps["client_path_haproxy_pgbouncer"])
     run = figures["tuned_sync"]

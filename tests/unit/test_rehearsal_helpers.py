@@ -2,6 +2,7 @@ import os
 
 import pytest
 
+from pginfra import ROOT
 from pginfra_lab import rehearsal
 from pginfra_lab.rehearsal import (
     Lab,
@@ -251,7 +252,7 @@ def _locked_child(lock, log, hold: float):
         "    log.write_text(log.read_text() + 'child out\\n')\n"
     )
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+                            cwd=ROOT)
 
 
 def test_machine_lock_makes_a_second_process_wait_its_turn(tmp_path):
